@@ -1,0 +1,50 @@
+# Airlock: `make run` starts the proxy on its defaults, `make test` runs the whole suite.
+# Both create .venv with Python 3.12+ and install the project into it first.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+# The first Python 3.12+ found: python3.13, python3.12, python3, then pyenv's installs.
+PYTHON ?= $(shell for c in python3.13 python3.12 python3 \
+            $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV); do \
+            $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 && { echo $$c; break; }; \
+          done)
+
+.PHONY: run test lint bench soak deps clean
+
+$(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "airlock needs Python 3.12 or newer (3.13 preferred): install python3.13 (e.g. 'apt-get install python3.13' or 'pyenv install 3.13') and run make again" >&2; \
+	  exit 1; fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# Debian packages the tests drive: curl as a real client, node for NODE_EXTRA_CA_CERTS.
+deps:
+	@if ! command -v curl >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; \
+	  else echo "the tests need curl: install it (apt-get install curl)" >&2; exit 1; fi; fi
+
+run: $(STAMP)
+	$(VENV)/bin/airlock run $(ARGS)
+
+test: $(STAMP) deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) airlock-data .pytest_cache .mypy_cache .ruff_cache

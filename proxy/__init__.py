@@ -1,0 +1,1 @@
+"""The proxy process and its faces: the mitmproxy addons, protocol adapters, control API and CLI."""

@@ -1,0 +1,45 @@
+"""Answers to agents that the proxy gives itself: refusals that say why and what to do."""
+
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http
+
+from rules import Decision
+
+RULE_HEADER = "X-Airlock-Rule"
+
+
+def _json(status: int, body: dict[str, object], extra: dict[str, str] | None = None) -> http.Response:
+    headers = {"Content-Type": "application/json", "Cache-Control": "no-store"} | (extra or {})
+    return http.Response.make(status, json.dumps(body).encode() + b"\n", headers)
+
+
+def refusal(decision: Decision, action_id: int | None) -> http.Response:
+    """403 for an action the rules refused, naming the rule."""
+    rule = decision.rule or "defaults"
+    return _json(
+        403,
+        {
+            "error": decision.error or "denied",
+            "rule": rule,
+            "message": decision.message,
+            "action_id": action_id,
+        },
+        {RULE_HEADER: rule},
+    )
+
+
+def unavailable(message: str) -> http.Response:
+    """503 when the log cannot record an action: nothing mutating goes out unlogged."""
+    return _json(
+        503,
+        {"error": "log_unavailable", "rule": None, "message": message, "action_id": None},
+        {"Retry-After": "30"},
+    )
+
+
+def internal_error(message: str) -> http.Response:
+    """500 when the proxy failed to decide an action; the action was not forwarded."""
+    return _json(500, {"error": "internal", "rule": None, "message": message, "action_id": None})

@@ -1,0 +1,21 @@
+"""The interception CA: created by mitmproxy's CertStore in the data dir, key mode 0600."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mitmproxy.certs import CertStore
+
+BASENAME = "mitmproxy"  # mitmproxy looks for <confdir>/mitmproxy-ca.pem
+KEY_SIZE = 2048
+
+
+def ensure_ca(directory: Path) -> Path:
+    """Create the CA in `directory` if it is missing and return the CA certificate's path."""
+    CertStore.from_store(directory, BASENAME, KEY_SIZE)
+    return cert_path(directory)
+
+
+def cert_path(directory: Path) -> Path:
+    """Where the CA certificate (public part only) is, for clients to trust."""
+    return directory / f"{BASENAME}-ca-cert.pem"

@@ -1,0 +1,277 @@
+"""The `airlock` command: run the proxy, read and verify the log, resolve actions, exec agents."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from rules import RulesError, default_path
+from store import Log, NoLog, State, StateError, StoreError, UnknownAction
+
+from . import logview, records
+from .ca import ensure_ca
+from .config import (
+    Address,
+    ConfigError,
+    RunConfig,
+    default_data,
+    parse_address,
+    parse_size,
+    parse_upstream,
+)
+from .datadir import DataDir, DataDirError
+from .environ import agent_environment
+from .server import StartupError, serve
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _typed(parse: Callable[[str], object]) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    return convert
+
+
+def _data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        default=default_data(),
+        metavar="DIR",
+        help="data directory: log, CA, control token (default: $AIRLOCK_DATA or ./airlock-data)",
+    )
+
+
+def build_parser() -> Parser:
+    """The command line: one subcommand per task."""
+    parser = Parser(prog="airlock", description="A gate between AI agents and what they act on.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy and the control API")
+    _data_arg(run)
+    run.add_argument("--listen", type=_typed(parse_address), default=Address("127.0.0.1", 8080),
+                     metavar="HOST:PORT", help="forward proxy address (default 127.0.0.1:8080)")
+    run.add_argument("--control", type=_typed(parse_address), default=Address("127.0.0.1", 8081),
+                     metavar="HOST:PORT", help="control API address (default 127.0.0.1:8081)")
+    run.add_argument("--rules", type=Path, default=default_path(), metavar="PATH",
+                     help="rule file or directory of *.yaml (default: the shipped rules/default.yaml)")
+    run.add_argument("--upstream", type=_typed(parse_upstream), action="append", default=[],
+                     metavar="NAME=URL@PORT", help="serve URL in reverse mode on local PORT (repeatable)")
+    run.add_argument("--agent", default=os.environ.get("AIRLOCK_AGENT", "agent"),
+                     help="agent name recorded on actions (a request may say X-Airlock-Agent)")
+    run.add_argument("--body-limit", type=_typed(parse_size), default=64 * 1024, metavar="SIZE",
+                     help="request body bytes kept in the log; digest always kept (default 64KiB)")
+    run.add_argument("--log-max-size", type=_typed(parse_size), default=64 << 30, metavar="SIZE",
+                     help="largest the log may grow before mutating requests get 503 (default 64GiB)")
+    run.add_argument("--upstream-ca", type=Path, metavar="FILE",
+                     help="extra CA bundle trusted for upstream TLS (e.g. an internal CA)")
+    run.set_defaults(func=cmd_run)
+
+    log = sub.add_parser("log", help="list actions, newest last")
+    _data_arg(log)
+    log.add_argument("--json", action="store_true", help="one JSON object per line")
+    log.add_argument("--follow", "-f", action="store_true", help="keep printing actions as they change")
+    log.add_argument("--state", choices=[s.value for s in State], help="only actions in this state")
+    log.set_defaults(func=cmd_log)
+
+    show = sub.add_parser("show", help="one action with all its entries")
+    _data_arg(show)
+    show.add_argument("id", type=int, help="action id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_show)
+
+    verify = sub.add_parser("verify", help="check the log's hash chain; non-zero exit if altered")
+    _data_arg(verify)
+    verify.set_defaults(func=cmd_verify)
+
+    resolve = sub.add_parser("resolve", help="settle an in_doubt action")
+    _data_arg(resolve)
+    resolve.add_argument("id", type=int, help="action id")
+    how = resolve.add_mutually_exclusive_group(required=True)
+    how.add_argument("--executed", action="store_true", help="it did take effect upstream")
+    how.add_argument("--not-executed", action="store_true", help="it did not take effect upstream")
+    resolve.add_argument("--note", default="", help="why you know")
+    resolve.set_defaults(func=cmd_resolve)
+
+    ca = sub.add_parser("ca", help="print the CA certificate path (creating the CA if needed)")
+    _data_arg(ca)
+    ca.set_defaults(func=cmd_ca)
+
+    ex = sub.add_parser("exec", help="run a command with its traffic routed through the proxy")
+    _data_arg(ex)
+    ex.add_argument("--listen", type=_typed(parse_address), default=Address("127.0.0.1", 8080),
+                    metavar="HOST:PORT", help="the proxy's address (default 127.0.0.1:8080)")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="command to run")
+    ex.set_defaults(func=cmd_exec)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the proxy until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    cfg = RunConfig(
+        data=Path(args.data),
+        listen=args.listen,
+        control=args.control,
+        rules=args.rules,
+        upstreams=tuple(args.upstream),
+        agent=args.agent,
+        body_limit=args.body_limit,
+        log_max_size=args.log_max_size,
+        upstream_ca=args.upstream_ca,
+    )
+    ports = [cfg.listen.port, cfg.control.port, *(u.port for u in cfg.upstreams)]
+    if len(set(ports)) != len(ports):
+        raise UserError(f"ports must differ: --listen, --control and --upstream use {ports}")
+    if cfg.upstream_ca is not None and not cfg.upstream_ca.is_file():
+        raise UserError(f"--upstream-ca {cfg.upstream_ca}: no such file")
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def _open_log(args: argparse.Namespace) -> Log:
+    return Log.open(DataDir(args.data).log, readonly=True)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    """Print actions; with --follow, keep printing them as entries arrive."""
+    log = _open_log(args)
+    fmt = logview.as_json if args.json else logview.as_line
+    last = 0
+    for index in log.actions(args.state):
+        print(fmt(index), flush=False)
+    sys.stdout.flush()
+    if not args.follow:
+        return 0
+    last, _ = log.head()
+    try:
+        while True:
+            time.sleep(0.2)
+            for entry in log.entries(last + 1):
+                last = entry.seq
+                if entry.action is None:
+                    continue
+                index = log.action(entry.action)
+                if index is not None and (args.state is None or index["state"] == args.state):
+                    print(fmt(index), flush=True)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print one action and every entry about it."""
+    log = _open_log(args)
+    found = log.action(args.id)
+    if found is None:
+        raise UserError(f"no action {args.id} in the log at {args.data}")
+    index = found
+    entries = [e for seq in index["entries"] if (e := log.entry(seq)) is not None]
+    if args.json:
+        print(json.dumps({"action": index, "entries": [e.as_dict() for e in entries]}, indent=2))
+    else:
+        print(logview.describe(index, entries))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check the chain; exit 1 naming the first bad entry."""
+    verdict = _open_log(args).verify()
+    if verdict.ok:
+        print(f"ok: {verdict.checked} entries verified")
+        return 0
+    print(f"altered: {verdict.reason} ({verdict.checked} entries before it verified)")
+    return 1
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    """Record an operator's resolution of an in_doubt action."""
+    data = DataDir(args.data)
+    if not (data.log / "data.mdb").exists():
+        raise UserError(f"no log at {data.log}: nothing to resolve")
+    log = Log.open(data.log)
+    try:
+        current = log.action(args.id)
+        if current is None:
+            raise UserError(f"no action {args.id} in the log at {args.data}")
+        if current["state"] != State.IN_DOUBT:
+            raise UserError(
+                f"action {args.id} is {current['state']}: only in_doubt actions can be resolved"
+            )
+        log.start()
+        who = os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"
+        record = records.resolution(args.id, executed=args.executed, note=args.note, by=who)
+        try:
+            entry = log.append_now(record)
+        except (StateError, UnknownAction) as e:
+            raise UserError(str(e)) from e
+    finally:
+        log.close()
+    verdict = "executed" if args.executed else "not executed"
+    print(f"action {args.id} resolved as {verdict} (entry {entry.seq})")
+    return 0
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    """Print the CA certificate's path."""
+    data = DataDir(args.data)
+    data.prepare()
+    print(ensure_ca(data.ca))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Replace this process with the command, its environment pointed at the proxy."""
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise UserError("exec needs a command: airlock exec -- CMD ARGS...")
+    data = DataDir(args.data)
+    data.prepare()
+    cert = ensure_ca(data.ca)
+    env = agent_environment(os.environ, f"http://{args.listen}", cert)
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except FileNotFoundError:
+        print(f"airlock exec: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"airlock exec: permission denied: {cmd[0]}", file=sys.stderr)
+        return 126
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `airlock` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (UserError, RulesError, DataDirError, StartupError, NoLog, StoreError) as e:
+        print(f"airlock {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""What `airlock run` is told on its command line, parsed and checked."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from rules import default_path
+
+DEFAULT_DATA = "./airlock-data"
+
+
+class ConfigError(ValueError):
+    """A command-line value is malformed; the message names it and shows the expected form."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A host and port to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A named upstream served in reverse mode on a local port."""
+
+    name: str
+    url: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the proxy process needs to start."""
+
+    data: Path
+    listen: Address = Address("127.0.0.1", 8080)
+    control: Address = Address("127.0.0.1", 8081)
+    rules: Path = field(default_factory=default_path)
+    upstreams: tuple[Upstream, ...] = ()
+    agent: str = "agent"
+    body_limit: int = 64 * 1024
+    log_max_size: int = 64 << 30
+    upstream_ca: Path | None = None
+
+
+def default_data() -> str:
+    """The data dir when --data is not given: $AIRLOCK_DATA, else ./airlock-data."""
+    return os.environ.get("AIRLOCK_DATA") or DEFAULT_DATA
+
+
+def parse_address(text: str) -> Address:
+    """HOST:PORT (or [V6]:PORT, or :PORT for all interfaces' default of 127.0.0.1)."""
+    m = re.fullmatch(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})", text)
+    if not m or int(m["port"]) > 65535:
+        raise ConfigError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    host = m["v6"] or m["host"] or "127.0.0.1"
+    return Address(host, int(m["port"]))
+
+
+def parse_upstream(text: str) -> Upstream:
+    """NAME=URL@PORT, e.g. tools=http://127.0.0.1:9000/mcp@9001."""
+    m = re.fullmatch(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)=(?P<url>.+)@(?P<port>\d{1,5})", text)
+    if not m or int(m["port"]) > 65535:
+        raise ConfigError(f"{text!r} is not NAME=URL@PORT (e.g. tools=http://127.0.0.1:9000@9001)")
+    url = urlsplit(m["url"])
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"{m['url']!r} in {text!r} is not an http:// or https:// URL")
+    return Upstream(m["name"], m["url"], int(m["port"]))
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte size: 65536, 64KiB, 10MB, 1GiB."""
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    if not m or m[2].lower() not in _UNITS:
+        raise ConfigError(f"{text!r} is not a size (e.g. 65536, 64KiB, 10MiB)")
+    return int(m[1]) * _UNITS[m[2].lower()]

@@ -1,0 +1,135 @@
+"""The control API (aiohttp): health, the log, and resolutions; loopback and a token by default."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from store import Log, NoLog, StateError, StoreError, UnknownAction
+
+from . import records
+
+LOG = web.AppKey("log", Log)
+TOKEN = web.AppKey("token", str)
+OPEN_PATHS = frozenset({"/healthz"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, error: str, message: str) -> web.Response:
+    return web.json_response({"error": error, "message": message}, status=status)
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every path but /healthz needs `Authorization: Bearer <token from the data dir>`."""
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    given = request.headers.get("Authorization", "")
+    expected = f"Bearer {request.app[TOKEN]}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return _error(401, "unauthorized", "send Authorization: Bearer <token from DATA/control.token>")
+    return await handler(request)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn store errors into JSON answers instead of tracebacks."""
+    try:
+        return await handler(request)
+    except UnknownAction as e:
+        return _error(404, "not_found", str(e))
+    except StateError as e:
+        return _error(409, "conflict", str(e))
+    except StoreError as e:
+        return _error(503, "log_unavailable", str(e))
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness and readiness: the log answers."""
+    try:
+        seq, _ = request.app[LOG].head()
+    except (NoLog, StoreError) as e:
+        return _error(503, "log_unavailable", str(e))
+    return web.json_response({"ok": True, "entries": seq})
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "bad_request", "message": f"{name} must be an integer"}),
+            content_type="application/json",
+        ) from None
+
+
+async def list_actions(request: web.Request) -> web.Response:
+    """GET /v1/actions?state=S&after=ID&limit=N: action summaries, oldest first."""
+    after = _int_param(request, "after", 0)
+    limit = _int_param(request, "limit", 100)
+    found: list[dict[str, Any]] = []
+    for index in request.app[LOG].actions(request.query.get("state"), after=after):
+        found.append(index)
+        if len(found) >= limit:
+            break
+    return web.json_response({"actions": found})
+
+
+async def show_action(request: web.Request) -> web.Response:
+    """GET /v1/actions/{id}: one action with all its entries."""
+    log = request.app[LOG]
+    action_id = int(request.match_info["id"])
+    index = log.action(action_id)
+    if index is None:
+        raise UnknownAction(f"no action {action_id} in the log")
+    entries = [e.as_dict() for seq in index["entries"] if (e := log.entry(seq)) is not None]
+    return web.json_response({"action": index, "entries": entries})
+
+
+async def resolve_action(request: web.Request) -> web.Response:
+    """POST /v1/actions/{id}/resolve {"executed": bool, "note": str}: settle an in-doubt action."""
+    try:
+        body = await request.json()
+        executed = body["executed"]
+        if not isinstance(executed, bool):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return _error(400, "bad_request", 'send {"executed": true|false, "note": "..."}')
+    record = records.resolution(
+        int(request.match_info["id"]), executed=executed, note=str(body.get("note", "")), by="control-api"
+    )
+    entry = await request.app[LOG].append(record)
+    return web.json_response({"entry": entry.as_dict()})
+
+
+async def verify(request: web.Request) -> web.Response:
+    """GET /v1/verify: check the hash chain."""
+    verdict = request.app[LOG].verify()
+    return web.json_response(
+        {"ok": verdict.ok, "checked": verdict.checked, "bad_seq": verdict.bad_seq, "reason": verdict.reason}
+    )
+
+
+def make_app(log: Log, token: str) -> web.Application:
+    """The control API application over one log."""
+    app = web.Application(middlewares=[json_errors, require_token])
+    app[LOG] = log
+    app[TOKEN] = token
+    app.add_routes(
+        [
+            web.get("/healthz", health),
+            web.get("/v1/actions", list_actions),
+            web.get(r"/v1/actions/{id:\d+}", show_action),
+            web.post(r"/v1/actions/{id:\d+}/resolve", resolve_action),
+            web.get("/v1/verify", verify),
+        ]
+    )
+    return app

@@ -1,0 +1,25 @@
+"""The environment `airlock exec` gives a command: proxy variables and CA trust for every client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
+CA_VARS = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "AWS_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+)
+BYPASS_VARS = ("NO_PROXY", "no_proxy")
+
+
+def agent_environment(base: Mapping[str, str], proxy_url: str, ca_cert: Path) -> dict[str, str]:
+    """`base` with every request routed through `proxy_url` and `ca_cert` trusted."""
+    env = {k: v for k, v in base.items() if k not in BYPASS_VARS}
+    env.update({k: proxy_url for k in PROXY_VARS})
+    env.update({k: str(ca_cert) for k in CA_VARS})
+    return env

@@ -1,0 +1,209 @@
+"""The gate: the mitmproxy addon that classifies, decides, logs and only then lets a request go.
+
+Order per request: classify into an Action, decide with the rules, write the intent (durably
+before anything goes upstream when the action mutates), forward, then write the outcome when
+the response has passed through in full.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from mitmproxy import http, tcp
+from mitmproxy.proxy.mode_specs import ProxyMode
+
+from rules import Action, Decision, Effect, Ruleset, Verdict
+from store import ActionRef, Entry, Log, StoreError
+
+from . import answers, records
+from .protocols.http import AGENT_HEADER, classify, header_map
+from .redact import Redactor
+
+logger = logging.getLogger(__name__)
+
+TRACK = "airlock.tracking"
+
+
+class Meter:
+    """Counts and hashes a response body as it streams through, chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        self._hash.update(chunk)
+        return chunk
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of everything seen so far."""
+        return self._hash.hexdigest()
+
+
+@dataclass
+class Tracking:
+    """What the gate keeps on a forwarded flow until its outcome is written."""
+
+    ref: ActionRef
+    started: float = field(default_factory=time.monotonic)
+    meter: Meter = field(default_factory=Meter)
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request was let through."""
+        return (time.monotonic() - self.started) * 1000
+
+
+class Gate:
+    """Decides every request against the rules and writes it to the log around forwarding."""
+
+    def __init__(
+        self,
+        log: Log,
+        ruleset: Ruleset,
+        *,
+        agent: str,
+        bodies: records.BodyPolicy,
+        upstreams: dict[ProxyMode, str] | None = None,
+    ):
+        self.log = log
+        self.agent = agent
+        self.bodies = bodies
+        self.upstreams = upstreams or {}
+        self.ruleset = ruleset
+        self.redactor = Redactor(ruleset.secret_headers)
+
+    def use_rules(self, ruleset: Ruleset) -> None:
+        """Decide from now on with `ruleset`."""
+        self.ruleset, self.redactor = ruleset, Redactor(ruleset.secret_headers)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Decide and log a request before it may go upstream."""
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            upstream = self.upstreams.get(flow.client_conn.proxy_mode)
+            action = classify(flow, agent=self.agent, upstream=upstream)
+            decision = self.ruleset.evaluate(action)
+        except Exception:
+            logger.exception("could not decide %s %s", flow.request.method, flow.request.pretty_url)
+            flow.response = answers.internal_error(
+                "airlock could not evaluate this request against its rules; it was not forwarded"
+            )
+            return
+        flow.request.headers.pop(AGENT_HEADER, None)
+        await self._admit(flow, action, decision)
+
+    async def _admit(self, flow: http.HTTPFlow, action: Action, decision: Decision) -> None:
+        ref = ActionRef()
+        intent = records.intent(
+            action,
+            decision,
+            ref,
+            redactor=self.redactor,
+            bodies=self.bodies,
+            rules_digest=self.ruleset.digest,
+        )
+        if decision.refused:
+            try:
+                await self.log.append(intent)
+            except StoreError as e:
+                logger.error("a refusal was not logged: %s", e)
+            flow.response = answers.refusal(decision, ref.id)
+            return
+        if action.effect.mutating:
+            try:
+                await self.log.append(intent)
+            except StoreError as e:
+                flow.response = answers.unavailable(f"{e}; the request was not forwarded")
+                return
+        else:
+            self.log.submit(intent).add_done_callback(_report_failure)
+        flow.metadata[TRACK] = Tracking(ref)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Stream the response body through a meter instead of buffering it whole."""
+        tracking = flow.metadata.get(TRACK)
+        if tracking is not None and flow.response is not None:
+            flow.response.stream = tracking.meter
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """Write the outcome once the whole response has passed."""
+        tracking: Tracking | None = flow.metadata.pop(TRACK, None)
+        if tracking is not None and flow.response is not None:
+            self._record_response(flow, tracking)
+
+    def _record_response(self, flow: http.HTTPFlow, tracking: Tracking, error: str | None = None) -> None:
+        assert flow.response is not None
+        meter = tracking.meter
+        if not meter.size and flow.response.raw_content:
+            meter(flow.response.raw_content)
+        record = records.outcome(
+            tracking.ref,
+            status=flow.response.status_code,
+            size=meter.size,
+            sha256=meter.sha256,
+            duration_ms=tracking.elapsed_ms(),
+            headers=self.redactor.headers(header_map(flow.response.headers)),
+            error=error,
+        )
+        self.log.submit(record).add_done_callback(_report_failure)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """Write a failure outcome for a request that got no response."""
+        tracking: Tracking | None = flow.metadata.pop(TRACK, None)
+        if tracking is None:
+            return
+        message = flow.error.msg if flow.error else "unknown error"
+        if flow.response is not None:
+            # The upstream answered, then the stream broke: the action did reach it.
+            self._record_response(flow, tracking, error=message)
+            return
+        if flow.server_conn.timestamp_tcp_setup is not None:
+            message += " (after connecting to the upstream)"
+        record = records.failure(tracking.ref, error=message, duration_ms=tracking.elapsed_ms())
+        self.log.submit(record).add_done_callback(_report_failure)
+
+    async def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        """Refuse raw TCP streams: only HTTP(S) that the gate can read may pass."""
+        host, port = flow.server_conn.address or ("unknown", 0)
+        action = Action(
+            method="CONNECT",
+            scheme="tcp",
+            host=str(host).lower(),
+            port=port,
+            path="",
+            effect=Effect.WRITE,
+            protocol="tcp",
+            agent=self.agent,
+        )
+        decision = Decision(
+            Verdict.DENY,
+            "raw-tcp",
+            f"raw TCP to {host}:{port} cannot be inspected, so it is refused; "
+            "only HTTP and HTTPS pass through airlock",
+            "protocol_refused",
+        )
+        intent = records.intent(
+            action,
+            decision,
+            ActionRef(),
+            redactor=self.redactor,
+            bodies=self.bodies,
+            rules_digest=self.ruleset.digest,
+        )
+        try:
+            await self.log.append(intent)
+        except StoreError as e:
+            logger.error("a refusal was not logged: %s", e)
+        flow.kill()
+
+
+def _report_failure(fut: concurrent.futures.Future[Entry]) -> None:
+    if (e := fut.exception()) is not None:
+        logger.error("a log entry was not written: %s", e)

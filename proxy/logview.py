@@ -1,0 +1,57 @@
+"""How the CLI prints actions and entries: one line per action, or one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from store import Entry
+
+# Fields every JSON line carries, in this order; other index fields follow.
+JSON_FIELDS = ("id", "ts", "agent", "method", "url", "host", "effect", "state", "status", "rule")
+_INTERNAL = frozenset({"entries", "writer"})
+
+
+def iso(ts: float) -> str:
+    """A timestamp as RFC 3339 UTC with milliseconds."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def as_json(index: dict[str, Any]) -> str:
+    """One action as a JSON line."""
+    out = {k: index.get(k) for k in JSON_FIELDS}
+    out.update({k: v for k, v in index.items() if k not in out and k not in _INTERNAL})
+    out["ts"] = iso(index["ts"])
+    out["updated"] = iso(index.get("updated", index["ts"]))
+    return json.dumps(out, ensure_ascii=False)
+
+
+def as_line(index: dict[str, Any]) -> str:
+    """One action as a readable line: id, time, state, method, status, URL, then who and why."""
+    status = index.get("status")
+    extra = [f"agent={index.get('agent', '-')}", f"effect={index.get('effect', '-')}"]
+    if index.get("rule"):
+        extra.append(f"rule={index['rule']}")
+    if index.get("tool"):
+        extra.append(f"tool={index['tool']}")
+    if index.get("upstream"):
+        extra.append(f"upstream={index['upstream']}")
+    if index.get("error"):
+        extra.append(f"error={index['error']!r}")
+    return (
+        f"{index['id']:>6}  {iso(index['ts'])}  {index.get('state', '?'):<9}  "
+        f"{index.get('method', '-'):<7} {status if status is not None else '-':>3}  "
+        f"{index.get('url', '-')}  {' '.join(extra)}"
+    )
+
+
+def describe(index: dict[str, Any], entries: list[Entry]) -> str:
+    """One action with every entry written about it, for `airlock show`."""
+    lines = [as_line(index), ""]
+    for e in entries:
+        state = f" -> {e.state}" if e.state else ""
+        lines.append(f"  entry {e.seq}  {iso(e.ts)}  {e.kind}{state}  (writer {e.writer})")
+        for text in json.dumps(e.data, indent=2, ensure_ascii=False).splitlines():
+            lines.append(f"    {text}")
+    return "\n".join(lines)

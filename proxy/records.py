@@ -1,0 +1,140 @@
+"""Log records for what the gate sees: the intent of an action, its outcome, its resolution."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from rules import Action, Decision, Verdict
+from store import ActionRef, Record, State
+
+from .redact import Redactor
+
+
+@dataclass(frozen=True)
+class BodyPolicy:
+    """How much of a body the log keeps; its size and digest are always kept."""
+
+    limit: int = 64 * 1024
+
+
+def body_excerpt(body: bytes | None, policy: BodyPolicy) -> dict[str, Any]:
+    """Size, SHA-256 and the first `limit` bytes of a body (as text where it is UTF-8)."""
+    if body is None:
+        return {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+    kept = body[: policy.limit]
+    out: dict[str, Any] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    if len(body) > policy.limit:
+        out["truncated"] = True
+    try:
+        out["text"] = kept.decode()
+    except UnicodeDecodeError:
+        out["base64"] = base64.b64encode(kept).decode()
+    return out
+
+
+def intent(
+    action: Action,
+    decision: Decision,
+    ref: ActionRef,
+    *,
+    redactor: Redactor,
+    bodies: BodyPolicy,
+    rules_digest: str,
+) -> Record:
+    """The first entry of an action: what was asked (redacted) and what the rules decided."""
+    url = action.url
+    if action.query:
+        url = url[: -len(action.query)] + redactor.query(action.query)
+    described: dict[str, Any] = {
+        "protocol": action.protocol,
+        "agent": action.agent,
+        "method": action.method,
+        "url": url,
+        "host": action.host,
+        "port": action.port,
+        "path": action.path,
+        "effect": action.effect.value,
+        "headers": redactor.headers(action.headers),
+        "body": body_excerpt(action.body, bodies),
+    }
+    for optional in ("upstream", "service", "operation", "tool"):
+        if (value := getattr(action, optional)) is not None:
+            described[optional] = value
+    refused = decision.verdict is Verdict.DENY
+    return Record(
+        kind="intent",
+        action=ref,
+        state=State.DENIED if refused else State.PENDING,
+        opens=True,
+        data={
+            "action": described,
+            "decision": {
+                "verdict": decision.verdict.value,
+                "rule": decision.rule,
+                "message": decision.message,
+            },
+            "rules": rules_digest,
+        },
+        summary={
+            "agent": action.agent,
+            "protocol": action.protocol,
+            "method": action.method,
+            "url": url,
+            "host": action.host,
+            "effect": action.effect.value,
+            "verdict": decision.verdict.value,
+            "rule": decision.rule,
+            "status": None,
+        }
+        | {k: described[k] for k in ("upstream", "tool") if k in described},
+    )
+
+
+def outcome(
+    ref: ActionRef,
+    *,
+    status: int,
+    size: int,
+    sha256: str,
+    duration_ms: float,
+    headers: dict[str, str],
+    error: str | None = None,
+) -> Record:
+    """The response an action got, whatever its status code (and a stream error, if it broke)."""
+    data: dict[str, Any] = {
+        "status": status,
+        "size": size,
+        "sha256": sha256,
+        "duration_ms": round(duration_ms, 3),
+        "headers": headers,
+    }
+    if error is not None:
+        data["error"] = error
+    return Record(
+        kind="outcome", action=ref, state=State.COMMITTED, data=data, summary={"status": status}
+    )
+
+
+def failure(ref: ActionRef, *, error: str, duration_ms: float) -> Record:
+    """An action that got no response: the upstream failed or timed out."""
+    return Record(
+        kind="outcome",
+        action=ref,
+        state=State.FAILED,
+        data={"error": error, "duration_ms": round(duration_ms, 3)},
+        summary={"error": error},
+    )
+
+
+def resolution(action_id: int, *, executed: bool, note: str, by: str) -> Record:
+    """An operator's word on an in-doubt action: it ran upstream, or it did not."""
+    return Record(
+        kind="resolution",
+        action=ActionRef(action_id),
+        state=State.COMMITTED if executed else State.ABORTED,
+        data={"executed": executed, "note": note, "by": by},
+        summary={"resolution": "executed" if executed else "not_executed"},
+    )

@@ -1,0 +1,118 @@
+"""The proxy process: mitmproxy's data plane with the gate, and the control API, in one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+from mitmproxy import addons, master, options
+from mitmproxy.proxy.mode_specs import ProxyMode
+
+from rules import Ruleset
+from store import Log
+
+from .ca import ensure_ca
+from .config import RunConfig
+from .control import make_app
+from .datadir import DataDir
+from .gate import Gate
+from .records import BodyPolicy
+
+logger = logging.getLogger("airlock")
+
+
+class StartupError(Exception):
+    """The proxy could not start; the message says what to change."""
+
+
+def modes(cfg: RunConfig) -> tuple[list[str], dict[ProxyMode, str]]:
+    """mitmproxy mode specs for the forward listener and every named upstream."""
+    specs = [f"regular@{cfg.listen}"]
+    named: dict[ProxyMode, str] = {}
+    for up in cfg.upstreams:
+        spec = f"reverse:{up.url}@{cfg.listen.host}:{up.port}"
+        if ":" in cfg.listen.host:
+            spec = f"reverse:{up.url}@[{cfg.listen.host}]:{up.port}"
+        specs.append(spec)
+        named[ProxyMode.parse(spec)] = up.name
+    return specs, named
+
+
+def configure(opts: options.Options, cfg: RunConfig, data: DataDir, specs: list[str]) -> None:
+    """Set the mitmproxy options Airlock runs with (after the addons that declare them loaded)."""
+    opts.update(
+        mode=specs,
+        confdir=str(data.ca),
+        # Connect upstream only once the gate has let a request through.
+        connection_strategy="lazy",
+        upstream_cert=False,
+        ssl_verify_upstream_trusted_ca=str(cfg.upstream_ca) if cfg.upstream_ca else None,
+    )
+
+
+async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT or SIGTERM; raise StartupError if anything cannot start."""
+    data = DataDir(cfg.data)
+    data.prepare()
+    ruleset = Ruleset.load(cfg.rules)
+    ensure_ca(data.ca)
+    token = data.control_token()
+    log = Log.open(data.log, max_size=cfg.log_max_size)
+    log.start()
+    try:
+        specs, named = modes(cfg)
+        m = master.Master(options.Options())
+        m.addons.add(*addons.default_addons())
+        gate = Gate(log, ruleset, agent=cfg.agent, bodies=BodyPolicy(cfg.body_limit), upstreams=named)
+        m.addons.add(gate)
+        configure(m.options, cfg, data, specs)
+
+        runner = web.AppRunner(make_app(log, token), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, cfg.control.host, cfg.control.port)
+            try:
+                await site.start()
+            except OSError as e:
+                raise StartupError(
+                    f"cannot listen on {cfg.control} for the control API: {e.strerror or e}; "
+                    "pick another with --control"
+                ) from e
+            await _start_listeners(m, cfg)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, m.shutdown)
+            logger.info(
+                "airlock: proxy on %s, control API on %s, data in %s, rules %s",
+                cfg.listen,
+                cfg.control,
+                cfg.data,
+                cfg.rules,
+            )
+            for up in cfg.upstreams:
+                logger.info("airlock: upstream %s on port %d -> %s", up.name, up.port, up.url)
+            if ready is not None:
+                ready.set()
+            await m.run()
+        finally:
+            await runner.cleanup()
+    finally:
+        log.close()
+
+
+async def _start_listeners(m: master.Master, cfg: RunConfig) -> None:
+    proxyserver = m.addons.get("proxyserver")
+    if await proxyserver.setup_servers():
+        return
+    for server in proxyserver.servers:
+        if server.last_exception is not None:
+            err = server.last_exception
+            reason = getattr(err, "strerror", None) or str(err)
+            raise StartupError(
+                f"cannot start {server.mode.description.lower()} on "
+                f"{server.mode.listen_host(cfg.listen.host) or cfg.listen.host}:"
+                f"{server.mode.listen_port()}: {reason}; pick another port with --listen or --upstream"
+            )
+    raise StartupError("the proxy listeners did not start; see the messages above")

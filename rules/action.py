@@ -1,0 +1,56 @@
+"""The normalized Action: the one thing rules see, built from the wire by the protocol adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Effect(StrEnum):
+    """What an action does to the world it reaches."""
+
+    READ = "read"
+    WRITE = "write"
+    DESTRUCTIVE = "destructive"
+
+    @property
+    def mutating(self) -> bool:
+        """True for effects that change something upstream: these are logged durably first."""
+        return self is not Effect.READ
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What an agent asks to do, independent of how it arrived.
+
+    `protocol` says which adapter read it (http, mcp, aws, k8s); `service`, `operation`,
+    `tool` and `args` are filled in by the adapters that understand more than HTTP.
+    """
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    effect: Effect
+    protocol: str = "http"
+    agent: str = "agent"
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    upstream: str | None = None
+    service: str | None = None
+    operation: str | None = None
+    tool: str | None = None
+    args: Any = None
+
+    @property
+    def url(self) -> str:
+        """The full URL, with the port only where it is not the scheme's default."""
+        default = {"http": 80, "https": 443}.get(self.scheme)
+        netloc = self.host if self.port == default else f"{self.host}:{self.port}"
+        if ":" in self.host and not self.host.startswith("["):
+            netloc = f"[{self.host}]" if self.port == default else f"[{self.host}]:{self.port}"
+        return f"{self.scheme}://{netloc}{self.path}" + (f"?{self.query}" if self.query else "")

@@ -1,0 +1,23 @@
+"""The log: an append-only, hash-chained sequence of entries in LMDB, and its indexes.
+
+Knows nothing of HTTP or rules: it stores plain records about numbered actions.
+"""
+
+from .errors import NoLog, StateError, StoreError, StoreFull, UnknownAction
+from .log import ActionRef, Entry, Log, Record, Verdict
+from .states import FINAL, State
+
+__all__ = [
+    "FINAL",
+    "ActionRef",
+    "Entry",
+    "Log",
+    "NoLog",
+    "Record",
+    "State",
+    "StateError",
+    "StoreError",
+    "StoreFull",
+    "UnknownAction",
+    "Verdict",
+]

@@ -1,0 +1,489 @@
+"""The write-ahead log: an append-only, hash-chained sequence of entries in LMDB, with indexes.
+
+One writer thread per process batches concurrent appends into one synced commit (group
+commit), so callers on an event loop never wait on fsync themselves. Several processes may
+append to the same log (the proxy, `airlock mcp`, the CLI's `resolve`): LMDB serializes their
+write transactions, and every transaction reads the chain head and the action counter
+inside itself, so nothing is cached that another process could make stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from .chain import GENESIS, canonical, link
+from .errors import NoLog, StateError, StoreError, StoreFull, UnknownAction
+from .states import INITIAL, MOVES, State
+
+logger = logging.getLogger(__name__)
+
+_DBS = (b"entries", b"actions", b"states", b"meta")
+_HEAD = b"head"
+_NEXT_ACTION = b"next_action"
+_BATCH_MAX = 512
+_STOP = object()
+
+DEFAULT_MAP_SIZE = 64 << 20
+DEFAULT_MAX_SIZE = 64 << 30
+
+
+def _key(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+def _b(raw: bytes | memoryview) -> bytes:
+    return raw if isinstance(raw, bytes) else bytes(raw)
+
+
+def _state_key(state: str, action_id: int) -> bytes:
+    return state.encode() + b"\0" + _key(action_id)
+
+
+@dataclass
+class ActionRef:
+    """A handle on an action; the writer fills in `id` when the action's first entry is written."""
+
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """An entry to append: what happened, to which action, the state it moves to, and the
+    summary fields it sets on the action's index record."""
+
+    kind: str
+    action: ActionRef | None = None
+    state: State | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    opens: bool = False  # the first entry of a new action: the writer assigns its id
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One written entry of the log, as stored."""
+
+    seq: int
+    ts: float
+    kind: str
+    action: int | None
+    state: str | None
+    writer: str
+    data: dict[str, Any]
+    prev: str
+    hash: str
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Entry:
+        """Decode an entry from its stored bytes."""
+        return cls(**json.loads(raw))
+
+    def body(self) -> dict[str, Any]:
+        """The part of the entry its hash covers (everything but `prev` and `hash`)."""
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "action": self.action,
+            "state": self.state,
+            "writer": self.writer,
+            "data": self.data,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as a JSON-ready mapping."""
+        return self.body() | {"prev": self.prev, "hash": self.hash}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The result of checking the chain: how many entries were checked and the first bad one."""
+
+    checked: int
+    bad_seq: int | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when every entry verified."""
+        return self.bad_seq is None
+
+
+class Log:
+    """The log of one data directory: readers anywhere, appends through this process's writer."""
+
+    def __init__(self, path: Path, env: lmdb.Environment, *, readonly: bool, max_size: int):
+        self.path = path
+        self._env = env
+        self._readonly = readonly
+        self._max_size = max_size
+        self._dbs = {name: env.open_db(name, create=not readonly) for name in _DBS}
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+        self.writer_id = uuid.uuid4().hex[:12]
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        readonly: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> Log:
+        """Open (or, for writing, create) the log in directory `path`."""
+        path = Path(path)
+        if readonly and not (path / "data.mdb").exists():
+            raise NoLog(f"no log at {path}: start the proxy with this data dir first")
+        try:
+            if not readonly:
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "writers").mkdir(exist_ok=True)
+            env = lmdb.open(
+                str(path),
+                map_size=min(map_size, max_size),
+                max_dbs=len(_DBS),
+                readonly=readonly,
+                sync=True,
+                metasync=True,
+            )
+        except (lmdb.Error, OSError) as e:
+            raise StoreError(f"cannot open the log at {path}: {e}") from e
+        return cls(path, env, readonly=readonly, max_size=max_size)
+
+    # ---- reading -------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        try:
+            txn = self._env.begin()
+        except lmdb.MapResizedError:
+            # Another process grew the map; adopt its size and try again.
+            self._env.set_mapsize(0)
+            txn = self._env.begin()
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    def head(self) -> tuple[int, str]:
+        """The sequence number and hash of the last entry (0 and the genesis hash if empty)."""
+        with self._read() as txn:
+            return self._head(txn)
+
+    def _head(self, txn: lmdb.Transaction) -> tuple[int, str]:
+        raw = txn.get(_HEAD, db=self._dbs[b"meta"])
+        if raw is None:
+            return 0, GENESIS
+        head = json.loads(_b(raw))
+        return head["seq"], head["hash"]
+
+    def entry(self, seq: int) -> Entry | None:
+        """The entry with sequence number `seq`, if there is one."""
+        with self._read() as txn:
+            raw = txn.get(_key(seq), db=self._dbs[b"entries"])
+        return Entry.parse(_b(raw)) if raw is not None else None
+
+    def entries(self, start: int = 1) -> Iterator[Entry]:
+        """Entries in order from sequence number `start`."""
+        with self._read() as txn:
+            cur = txn.cursor(db=self._dbs[b"entries"])
+            if cur.set_range(_key(start)):
+                for _, raw in cur:
+                    yield Entry.parse(_b(raw))
+
+    def action(self, action_id: int) -> dict[str, Any] | None:
+        """The index record of one action: its state, summary fields and entry numbers."""
+        with self._read() as txn:
+            raw = txn.get(_key(action_id), db=self._dbs[b"actions"])
+        return json.loads(_b(raw)) if raw is not None else None
+
+    def actions(self, state: str | None = None, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Index records of actions with id above `after`, oldest first, optionally in one state."""
+        with self._read() as txn:
+            if state is None:
+                cur = txn.cursor(db=self._dbs[b"actions"])
+                if cur.set_range(_key(after + 1)):
+                    for _, raw in cur:
+                        yield json.loads(_b(raw))
+                return
+            prefix = state.encode() + b"\0"
+            cur = txn.cursor(db=self._dbs[b"states"])
+            if not cur.set_range(_state_key(state, after + 1)):
+                return
+            actions_db = self._dbs[b"actions"]
+            for raw_key in cur.iternext(values=False):
+                key = _b(raw_key)
+                if not key.startswith(prefix):
+                    break
+                found = txn.get(key[len(prefix) :], db=actions_db)
+                if found is not None:
+                    yield json.loads(_b(found))
+
+    def verify(self) -> Verdict:
+        """Check every entry's hash and link, the sequence's continuity and the recorded head."""
+        prev, expected, checked = GENESIS, 1, 0
+        with self._read() as txn:
+            head_seq, head_hash = self._head(txn)
+            for key, raw in txn.cursor(db=self._dbs[b"entries"]):
+                seq = int.from_bytes(_b(key), "big")
+                try:
+                    entry = Entry.parse(_b(raw))
+                except (ValueError, TypeError) as e:
+                    return Verdict(checked, seq, f"entry {seq} is not a valid entry: {e}")
+                if seq != expected or entry.seq != seq:
+                    return Verdict(checked, seq, f"entry {expected} is missing (found {seq})")
+                if entry.prev != prev:
+                    return Verdict(checked, seq, f"entry {seq} does not link to entry {seq - 1}")
+                if link(prev, entry.body()) != entry.hash:
+                    return Verdict(checked, seq, f"entry {seq} was altered: its hash does not match")
+                prev, expected, checked = entry.hash, seq + 1, checked + 1
+        if (head_seq, head_hash) != (expected - 1, prev):
+            return Verdict(
+                checked, expected, f"the log ends at entry {expected - 1} but its head says {head_seq}"
+            )
+        return Verdict(checked)
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start this process's writer: take its liveness lock, recover dead writers' actions."""
+        if self._readonly:
+            raise StoreError("the log was opened read-only")
+        lock = self.path / "writers" / f"{self.writer_id}.lock"
+        self._lock_fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._recover()
+        self._thread = threading.Thread(target=self._run, name="airlock-log-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer and close the environment."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            (self.path / "writers" / f"{self.writer_id}.lock").unlink(missing_ok=True)
+            self._lock_fd = None
+        self._env.close()
+
+    def submit(self, record: Record) -> concurrent.futures.Future[Entry]:
+        """Queue a record; the future resolves once it is durable (or fails with StoreError)."""
+        fut: concurrent.futures.Future[Entry] = concurrent.futures.Future()
+        if self._thread is None:
+            fut.set_exception(StoreError("the log writer is not running"))
+        else:
+            self._queue.put((record, fut))
+        return fut
+
+    async def append(self, record: Record) -> Entry:
+        """Append a record and wait until it is durable on disk."""
+        return await asyncio.wrap_future(self.submit(record))
+
+    def append_now(self, record: Record) -> Entry:
+        """Append a record from a thread that may block (the CLI): wait for the durable commit."""
+        return self.submit(record).result()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < _BATCH_MAX:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[tuple[Record, concurrent.futures.Future[Entry]]]) -> None:
+        results: list[Entry | StoreError] = []
+        opened: list[ActionRef] = []
+        try:
+            results = self._write([r for r, _ in batch], opened)
+        except StoreError as e:
+            for ref in opened:
+                ref.id = None
+            results = [e] * len(batch)
+        for (_, fut), result in zip(batch, results, strict=True):
+            if isinstance(result, StoreError):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    def _write(self, records: list[Record], opened: list[ActionRef]) -> list[Entry | StoreError]:
+        for _attempt in range(64):
+            try:
+                with self._env.begin(write=True) as txn:
+                    return self._put_all(txn, records, opened)
+            except lmdb.MapFullError:
+                for ref in opened:
+                    ref.id = None
+                opened.clear()
+                self._grow()
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+            except lmdb.Error as e:
+                raise StoreError(f"cannot write the log at {self.path}: {e}") from e
+        raise StoreError(f"cannot write the log at {self.path}: gave up after 64 tries")
+
+    def _grow(self) -> None:
+        size = self._env.info()["map_size"]
+        if size >= self._max_size:
+            raise StoreFull(
+                f"the log at {self.path} is full ({size} bytes, the configured maximum): "
+                "archive it or raise --log-max-size"
+            )
+        try:
+            self._env.set_mapsize(min(size * 2, self._max_size))
+        except lmdb.Error as e:
+            raise StoreFull(f"the log at {self.path} is full and cannot grow: {e}") from e
+
+    def _put_all(
+        self, txn: lmdb.Transaction, records: list[Record], opened: list[ActionRef]
+    ) -> list[Entry | StoreError]:
+        seq, prev = self._head(txn)
+        results: list[Entry | StoreError] = []
+        for record in records:
+            try:
+                entry = self._put(txn, seq + 1, prev, record, opened)
+            except StoreError as e:
+                results.append(e)
+                continue
+            seq, prev = entry.seq, entry.hash
+            results.append(entry)
+        meta = self._dbs[b"meta"]
+        txn.put(_HEAD, canonical({"seq": seq, "hash": prev}), db=meta)
+        return results
+
+    def _put(
+        self, txn: lmdb.Transaction, seq: int, prev: str, record: Record, opened: list[ActionRef]
+    ) -> Entry:
+        actions_db, states_db = self._dbs[b"actions"], self._dbs[b"states"]
+        ref = record.action
+        index: dict[str, Any] | None = None
+        if record.opens:
+            if ref is None or record.state not in INITIAL:
+                raise StateError(f"a new action must start in one of {sorted(INITIAL)}")
+            raw_next = txn.get(_NEXT_ACTION, db=self._dbs[b"meta"])
+            ref.id = int.from_bytes(_b(raw_next), "big") if raw_next else 1
+            opened.append(ref)
+            txn.put(_NEXT_ACTION, _key(ref.id + 1), db=self._dbs[b"meta"])
+        elif ref is not None:
+            if ref.id is None:
+                raise UnknownAction("the action's first entry was never written")
+            raw = txn.get(_key(ref.id), db=actions_db)
+            if raw is None:
+                raise UnknownAction(f"no action {ref.id} in the log")
+            index = json.loads(_b(raw))
+            if record.state is not None and record.state not in MOVES.get(State(index["state"]), ()):
+                raise StateError(f"action {ref.id} is {index['state']}: it cannot become {record.state}")
+
+        ts = round(time.time(), 6)
+        action_id = ref.id if ref is not None else None
+        state = record.state.value if record.state is not None else None
+        data = dict(record.data)
+        body: dict[str, Any] = {
+            "seq": seq,
+            "ts": ts,
+            "kind": record.kind,
+            "action": action_id,
+            "state": state,
+            "writer": self.writer_id,
+            "data": data,
+        }
+        digest = link(prev, body)
+        txn.put(_key(seq), canonical(body | {"prev": prev, "hash": digest}), db=self._dbs[b"entries"])
+
+        if action_id is not None:
+            assert ref is not None
+            if index is None:
+                index = {"id": action_id, "ts": ts, "writer": self.writer_id, "entries": []}
+            elif record.state is not None:
+                txn.delete(_state_key(index["state"], action_id), db=states_db)
+            index.update(record.summary)
+            index["entries"].append(seq)
+            index["updated"] = ts
+            if record.state is not None:
+                index["state"] = record.state.value
+                txn.put(_state_key(index["state"], action_id), b"", db=states_db)
+            txn.put(_key(action_id), canonical(index), db=actions_db)
+        return Entry(
+            seq=seq,
+            ts=ts,
+            kind=record.kind,
+            action=action_id,
+            state=state,
+            writer=self.writer_id,
+            data=data,
+            prev=prev,
+            hash=digest,
+        )
+
+    # ---- recovery ------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Mark actions left pending by writers that died (no lock held) as in doubt."""
+        orphans: dict[str, list[int]] = {}
+        for index in self.actions(State.PENDING):
+            orphans.setdefault(index["writer"], []).append(index["id"])
+        dead = {w: ids for w, ids in orphans.items() if w != self.writer_id and not self._alive(w)}
+        records = [
+            Record(
+                kind="recovery",
+                action=ActionRef(action_id),
+                state=State.IN_DOUBT,
+                data={"reason": "its writer stopped before recording an outcome", "writer": writer},
+            )
+            for writer, ids in dead.items()
+            for action_id in ids
+        ]
+        if records:
+            results = self._write(records, [])
+            bad = [r for r in results if isinstance(r, StoreError)]
+            if bad:
+                raise bad[0]
+            logger.warning("%d action(s) left pending by a stopped writer are now in_doubt", len(records))
+        for writer in dead:
+            (self.path / "writers" / f"{writer}.lock").unlink(missing_ok=True)
+
+    def _alive(self, writer: str) -> bool:
+        lock = self.path / "writers" / f"{writer}.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
