@@ -158,13 +158,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     """Print actions; with --follow, keep printing them as entries arrive."""
     log = _open_log(args)
     fmt = logview.as_json if args.json else logview.as_line
-    last = 0
+    last, _ = log.head()  # taken first, so nothing written while listing is missed
     for index in log.actions(args.state):
         print(fmt(index), flush=False)
     sys.stdout.flush()
     if not args.follow:
         return 0
-    last, _ = log.head()
     try:
         while True:
             time.sleep(0.2)
@@ -172,9 +171,9 @@ def cmd_log(args: argparse.Namespace) -> int:
                 last = entry.seq
                 if entry.action is None:
                     continue
-                index = log.action(entry.action)
-                if index is not None and (args.state is None or index["state"] == args.state):
-                    print(fmt(index), flush=True)
+                changed = log.action(entry.action)
+                if changed is not None and (args.state is None or changed["state"] == args.state):
+                    print(fmt(changed), flush=True)
     except KeyboardInterrupt:
         return 0
 

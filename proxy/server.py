@@ -52,7 +52,7 @@ def configure(opts: options.Options, cfg: RunConfig, data: DataDir, specs: list[
     )
 
 
-async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
+async def serve(cfg: RunConfig) -> None:
     """Run until SIGINT or SIGTERM; raise StartupError if anything cannot start."""
     data = DataDir(cfg.data)
     data.prepare()
@@ -69,6 +69,8 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
         m.addons.add(gate)
         configure(m.options, cfg, data, specs)
 
+        # Listeners first: the control API's /healthz answers only once the proxy does.
+        await _start_listeners(m, cfg)
         runner = web.AppRunner(make_app(log, token), access_log=None)
         await runner.setup()
         try:
@@ -80,7 +82,6 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
                     f"cannot listen on {cfg.control} for the control API: {e.strerror or e}; "
                     "pick another with --control"
                 ) from e
-            await _start_listeners(m, cfg)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, m.shutdown)
@@ -93,8 +94,6 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
             )
             for up in cfg.upstreams:
                 logger.info("airlock: upstream %s on port %d -> %s", up.name, up.port, up.url)
-            if ready is not None:
-                ready.set()
             await m.run()
         finally:
             await runner.cleanup()
