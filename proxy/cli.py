@@ -69,22 +69,60 @@ def build_parser() -> Parser:
 
     run = sub.add_parser("run", help="run the proxy and the control API")
     _data_arg(run)
-    run.add_argument("--listen", type=_typed(parse_address), default=Address("127.0.0.1", 8080),
-                     metavar="HOST:PORT", help="forward proxy address (default 127.0.0.1:8080)")
-    run.add_argument("--control", type=_typed(parse_address), default=Address("127.0.0.1", 8081),
-                     metavar="HOST:PORT", help="control API address (default 127.0.0.1:8081)")
-    run.add_argument("--rules", type=Path, default=default_path(), metavar="PATH",
-                     help="rule file or directory of *.yaml (default: the shipped rules/default.yaml)")
-    run.add_argument("--upstream", type=_typed(parse_upstream), action="append", default=[],
-                     metavar="NAME=URL@PORT", help="serve URL in reverse mode on local PORT (repeatable)")
-    run.add_argument("--agent", default=os.environ.get("AIRLOCK_AGENT", "agent"),
-                     help="agent name recorded on actions (a request may say X-Airlock-Agent)")
-    run.add_argument("--body-limit", type=_typed(parse_size), default=64 * 1024, metavar="SIZE",
-                     help="request body bytes kept in the log; digest always kept (default 64KiB)")
-    run.add_argument("--log-max-size", type=_typed(parse_size), default=64 << 30, metavar="SIZE",
-                     help="largest the log may grow before mutating requests get 503 (default 64GiB)")
-    run.add_argument("--upstream-ca", type=Path, metavar="FILE",
-                     help="extra CA bundle trusted for upstream TLS (e.g. an internal CA)")
+    run.add_argument(
+        "--listen",
+        type=_typed(parse_address),
+        default=Address("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="forward proxy address (default 127.0.0.1:8080)",
+    )
+    run.add_argument(
+        "--control",
+        type=_typed(parse_address),
+        default=Address("127.0.0.1", 8081),
+        metavar="HOST:PORT",
+        help="control API address (default 127.0.0.1:8081)",
+    )
+    run.add_argument(
+        "--rules",
+        type=Path,
+        default=default_path(),
+        metavar="PATH",
+        help="rule file or directory of *.yaml (default: the shipped rules/default.yaml)",
+    )
+    run.add_argument(
+        "--upstream",
+        type=_typed(parse_upstream),
+        action="append",
+        default=[],
+        metavar="NAME=URL@PORT",
+        help="serve URL in reverse mode on local PORT (repeatable)",
+    )
+    run.add_argument(
+        "--agent",
+        default=os.environ.get("AIRLOCK_AGENT", "agent"),
+        help="agent name recorded on actions (a request may say X-Airlock-Agent)",
+    )
+    run.add_argument(
+        "--body-limit",
+        type=_typed(parse_size),
+        default=64 * 1024,
+        metavar="SIZE",
+        help="request body bytes kept in the log; digest always kept (default 64KiB)",
+    )
+    run.add_argument(
+        "--log-max-size",
+        type=_typed(parse_size),
+        default=64 << 30,
+        metavar="SIZE",
+        help="largest the log may grow before mutating requests get 503 (default 64GiB)",
+    )
+    run.add_argument(
+        "--upstream-ca",
+        type=Path,
+        metavar="FILE",
+        help="extra CA bundle trusted for upstream TLS (e.g. an internal CA)",
+    )
     run.set_defaults(func=cmd_run)
 
     log = sub.add_parser("log", help="list actions, newest last")
@@ -119,8 +157,13 @@ def build_parser() -> Parser:
 
     ex = sub.add_parser("exec", help="run a command with its traffic routed through the proxy")
     _data_arg(ex)
-    ex.add_argument("--listen", type=_typed(parse_address), default=Address("127.0.0.1", 8080),
-                    metavar="HOST:PORT", help="the proxy's address (default 127.0.0.1:8080)")
+    ex.add_argument(
+        "--listen",
+        type=_typed(parse_address),
+        default=Address("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="the proxy's address (default 127.0.0.1:8080)",
+    )
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="command to run")
     ex.set_defaults(func=cmd_exec)
     return parser
@@ -214,9 +257,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         if current is None:
             raise UserError(f"no action {args.id} in the log at {args.data}")
         if current["state"] != State.IN_DOUBT:
-            raise UserError(
-                f"action {args.id} is {current['state']}: only in_doubt actions can be resolved"
-            )
+            raise UserError(f"action {args.id} is {current['state']}: only in_doubt actions can be resolved")
         log.start()
         who = os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"
         record = records.resolution(args.id, executed=args.executed, note=args.note, by=who)

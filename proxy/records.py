@@ -113,9 +113,7 @@ def outcome(
     }
     if error is not None:
         data["error"] = error
-    return Record(
-        kind="outcome", action=ref, state=State.COMMITTED, data=data, summary={"status": status}
-    )
+    return Record(kind="outcome", action=ref, state=State.COMMITTED, data=data, summary={"status": status})
 
 
 def failure(ref: ActionRef, *, error: str, duration_ms: float) -> Record:

@@ -135,7 +135,8 @@ class Ruleset:
 
     def evaluate(self, action: Action) -> Decision:
         """Decide an action: egress first, then every matching rule; deny beats hold beats allow."""
-        if not self.egress_allows(action.host):
+        # A named upstream (reverse mode) was chosen by the operator on the command line.
+        if action.upstream is None and not self.egress_allows(action.host):
             message = (
                 f"{action.host} is not on the egress allowlist; "
                 "add it to egress.allow in the rules if the agent should reach it"

@@ -249,7 +249,7 @@ class Log:
                 except (ValueError, TypeError) as e:
                     return Verdict(checked, seq, f"entry {seq} is not a valid entry: {e}")
                 if seq != expected or entry.seq != seq:
-                    return Verdict(checked, seq, f"entry {expected} is missing (found {seq})")
+                    return Verdict(checked, expected, f"entry {expected} is missing (found {seq})")
                 if entry.prev != prev:
                     return Verdict(checked, seq, f"entry {seq} does not link to entry {seq - 1}")
                 if link(prev, entry.body()) != entry.hash:

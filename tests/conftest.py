@@ -256,8 +256,16 @@ class Airlock:
     def command(self) -> list[str]:
         """The `airlock run` command line."""
         cmd = [
-            AIRLOCK, "run", "--data", str(self.data), "--rules", str(self.rules),
-            "--listen", f"127.0.0.1:{self.port}", "--control", f"127.0.0.1:{self.control_port}",
+            AIRLOCK,
+            "run",
+            "--data",
+            str(self.data),
+            "--rules",
+            str(self.rules),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--control",
+            f"127.0.0.1:{self.control_port}",
         ]
         for name, (url, port) in self.upstreams.items():
             cmd += ["--upstream", f"{name}={url}@{port}"]
@@ -307,8 +315,13 @@ def make_airlock(tmp_path: Path) -> Iterator[Callable[..., Airlock]]:
     """A factory for `airlock run` processes on free ports; every one is stopped afterwards."""
     started: list[Airlock] = []
 
-    def make(rules: str = RULES, upstreams: dict[str, tuple[str, int]] | None = None, extra: tuple[str, ...] = (),
-             data: Path | None = None, start: bool = True) -> Airlock:
+    def make(
+        rules: str = RULES,
+        upstreams: dict[str, tuple[str, int]] | None = None,
+        extra: tuple[str, ...] = (),
+        data: Path | None = None,
+        start: bool = True,
+    ) -> Airlock:
         rules_file = tmp_path / f"rules-{len(started)}.yaml"
         rules_file.write_text(rules)
         a = Airlock(
@@ -337,8 +350,17 @@ def airlock(make_airlock: Callable[..., Airlock]) -> Airlock:
 @pytest.fixture(autouse=True)
 def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests say which proxy each client uses; nothing leaks in from the environment.
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
-                "NO_PROXY", "no_proxy", "AIRLOCK_DATA"):
+    for var in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "AIRLOCK_DATA",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 

@@ -27,7 +27,12 @@ def test_requests_get_and_post_are_forwarded_and_logged(airlock: Airlock, upstre
 
     get, post = airlock.log()
     assert (get["method"], get["state"], get["status"], get["effect"]) == ("GET", "committed", 200, "read")
-    assert (post["method"], post["state"], post["status"], post["effect"]) == ("POST", "committed", 200, "write")
+    assert (post["method"], post["state"], post["status"], post["effect"]) == (
+        "POST",
+        "committed",
+        200,
+        "write",
+    )
     assert post["url"] == f"{upstream.url}/things" and post["host"] == "127.0.0.1"
 
     shown = json.loads(airlock.cli("show", str(post["id"]), "--json").stdout)
@@ -42,7 +47,10 @@ def test_requests_get_and_post_are_forwarded_and_logged(airlock: Airlock, upstre
 def test_curl_httpx_and_aiohttp_go_through(airlock: Airlock, upstream: Upstream) -> None:
     out = subprocess.run(
         ["curl", "-sS", "-x", airlock.proxy, "-X", "PUT", "-d", "v=1", f"{upstream.url}/curl"],
-        capture_output=True, text=True, timeout=30, env=environ_without_proxy(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environ_without_proxy(),
     )
     assert out.returncode == 0 and json.loads(out.stdout)["method"] == "PUT"
 
@@ -50,13 +58,18 @@ def test_curl_httpx_and_aiohttp_go_through(airlock: Airlock, upstream: Upstream)
         assert client.patch(f"{upstream.url}/httpx", content=b"p").json()["method"] == "PATCH"
 
     async def with_aiohttp() -> int:
-        async with aiohttp.ClientSession() as s, s.delete(f"{upstream.url}/aiohttp", proxy=airlock.proxy) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.delete(f"{upstream.url}/aiohttp", proxy=airlock.proxy) as r,
+        ):
             return r.status
 
     assert asyncio.run(with_aiohttp()) == 200
     assert [s.method for s in upstream.effects()] == ["PUT", "PATCH", "DELETE"]
     assert [(a["method"], a["state"]) for a in airlock.log()] == [
-        ("PUT", "committed"), ("PATCH", "committed"), ("DELETE", "committed")
+        ("PUT", "committed"),
+        ("PATCH", "committed"),
+        ("DELETE", "committed"),
     ]
 
 
@@ -66,19 +79,37 @@ def test_https_is_intercepted_with_the_generated_ca(
     a = make_airlock(extra=("--upstream-ca", str(upstream_ca.cert)))  # type: ignore[attr-defined]
     key = a.data / "ca" / "mitmproxy-ca.pem"
     assert key.stat().st_mode & 0o777 == 0o600
-    r = requests.post(f"{tls_upstream.url}/secure", data=b"x", proxies=a.proxies, verify=str(a.ca_cert), timeout=10)
+    r = requests.post(
+        f"{tls_upstream.url}/secure", data=b"x", proxies=a.proxies, verify=str(a.ca_cert), timeout=10
+    )
     assert r.status_code == 200 and r.json()["path"] == "/secure"
     out = subprocess.run(
-        ["curl", "-sS", "--cacert", str(a.ca_cert), "-x", a.proxy, f"https://localhost:{tls_upstream.port}/c"],
-        capture_output=True, text=True, timeout=30, env=environ_without_proxy(),
+        [
+            "curl",
+            "-sS",
+            "--cacert",
+            str(a.ca_cert),
+            "-x",
+            a.proxy,
+            f"https://localhost:{tls_upstream.port}/c",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environ_without_proxy(),
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["path"] == "/c"
     urls = [x["url"] for x in a.log()]
-    assert urls == [f"https://127.0.0.1:{tls_upstream.port}/secure", f"https://localhost:{tls_upstream.port}/c"]
+    assert urls == [
+        f"https://127.0.0.1:{tls_upstream.port}/secure",
+        f"https://localhost:{tls_upstream.port}/c",
+    ]
 
 
-def test_reverse_mode_serves_a_named_upstream(make_airlock: Callable[..., Airlock], upstream: Upstream) -> None:
+def test_reverse_mode_serves_a_named_upstream(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
     port = free_port()
     a = make_airlock(upstreams={"inventory": (upstream.url, port)})
     r = requests.post(f"http://127.0.0.1:{port}/orders", json={"n": 1}, timeout=10)
@@ -90,7 +121,9 @@ def test_reverse_mode_serves_a_named_upstream(make_airlock: Callable[..., Airloc
     assert "upstream" not in fwd
 
 
-def test_denied_request_gets_403_json_and_never_reaches_upstream(airlock: Airlock, upstream: Upstream) -> None:
+def test_denied_request_gets_403_json_and_never_reaches_upstream(
+    airlock: Airlock, upstream: Upstream
+) -> None:
     r = requests.delete(f"{upstream.url}/items/7", proxies=airlock.proxies, timeout=10)
     assert r.status_code == 403
     assert r.headers["X-Airlock-Rule"] == "no-item-deletes"
@@ -131,13 +164,22 @@ def test_intent_is_durable_before_the_upstream_sees_the_request(airlock: Airlock
 
 
 def test_credentials_never_reach_the_log(airlock: Airlock, upstream: Upstream) -> None:
-    secrets = ["Bearer sk-live-abc123", "session=s3cr3t-cookie", "aws-session-token-xyz", "apikey-987",
-               "svc-token-555", "query-token-777"]
+    secrets = [
+        "Bearer sk-live-abc123",
+        "session=s3cr3t-cookie",
+        "aws-session-token-xyz",
+        "apikey-987",
+        "svc-token-555",
+        "query-token-777",
+    ]
     requests.post(
         f"{upstream.url}/login?access_token=query-token-777&page=2",
         headers={
-            "Authorization": secrets[0], "Cookie": secrets[1], "X-Amz-Security-Token": secrets[2],
-            "X-Api-Key": secrets[3], "X-Service-Token": secrets[4],
+            "Authorization": secrets[0],
+            "Cookie": secrets[1],
+            "X-Amz-Security-Token": secrets[2],
+            "X-Api-Key": secrets[3],
+            "X-Service-Token": secrets[4],
         },
         data=b"{}",
         proxies=airlock.proxies,
@@ -147,7 +189,9 @@ def test_credentials_never_reach_the_log(airlock: Airlock, upstream: Upstream) -
     assert upstream.effects()[0].headers["authorization"] == secrets[0]
     env = lmdb.open(str(airlock.data / "log"), readonly=True, max_dbs=8)
     with env.begin() as txn:
-        raw = b"".join(bytes(v) for db in (b"entries", b"actions") for _, v in txn.cursor(env.open_db(db, txn=txn)))
+        raw = b"".join(
+            bytes(v) for db in (b"entries", b"actions") for _, v in txn.cursor(env.open_db(db, txn=txn))
+        )
     env.close()
     assert b"[redacted]" in raw and b"page=2" in raw
     for secret in [*secrets, "upstream-secret-cookie"]:
@@ -155,12 +199,16 @@ def test_credentials_never_reach_the_log(airlock: Airlock, upstream: Upstream) -
 
 
 def test_agent_header_names_the_agent_and_is_not_forwarded(airlock: Airlock, upstream: Upstream) -> None:
-    requests.get(f"{upstream.url}/who", headers={AGENT_HEADER: "planner-7"}, proxies=airlock.proxies, timeout=10)
+    requests.get(
+        f"{upstream.url}/who", headers={AGENT_HEADER: "planner-7"}, proxies=airlock.proxies, timeout=10
+    )
     assert AGENT_HEADER not in upstream.effects()[0].headers
     assert airlock.log()[0]["agent"] == "planner-7"
 
 
-def test_body_is_kept_up_to_the_limit_with_its_digest(make_airlock: Callable[..., Airlock], upstream: Upstream) -> None:
+def test_body_is_kept_up_to_the_limit_with_its_digest(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
     a = make_airlock(extra=("--body-limit", "16"))
     body = b"0123456789" * 10
     requests.post(f"{upstream.url}/big", data=body, proxies=a.proxies, timeout=10)
