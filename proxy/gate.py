@@ -197,11 +197,12 @@ class Gate:
             bodies=self.bodies,
             rules_digest=self.ruleset.digest,
         )
+        # Killing a TCP flow does not stop its connect; an error on the connection does.
+        flow.server_conn.error = decision.message
         try:
             await self.log.append(intent)
         except StoreError as e:
             logger.error("a refusal was not logged: %s", e)
-        flow.kill()
 
 
 def _report_failure(fut: concurrent.futures.Future[Entry]) -> None:

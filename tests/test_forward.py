@@ -237,3 +237,38 @@ def test_large_response_streams_and_its_digest_is_logged(airlock: Airlock, upstr
     shown = json.loads(airlock.cli("show", "1", "--json").stdout)
     outcome = shown["entries"][-1]["data"]
     assert outcome["size"] == size and outcome["sha256"] == hashlib.sha256(r.content).hexdigest()
+
+
+def test_https_to_a_host_off_the_allowlist_is_refused_inside_the_tunnel(airlock: Airlock) -> None:
+    # The agent reads the refusal over TLS, from a certificate minted by Airlock's CA.
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--cacert",
+            str(airlock.ca_cert),
+            "-x",
+            airlock.proxy,
+            "https://forgotten.example.com/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environ_without_proxy(),
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["error"] == "egress_denied"
+    assert [x["url"] for x in airlock.log("--state", "denied")] == ["https://forgotten.example.com/"]
+
+
+def test_raw_tcp_through_a_tunnel_is_refused_and_logged(airlock: Airlock, upstream: Upstream) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", airlock.port), timeout=10) as s:
+        s.sendall(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(1000).startswith(b"HTTP/1.1 200")
+        s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # a database handshake: neither TLS nor HTTP
+        assert s.recv(1000) == b""  # closed, nothing relayed
+    assert upstream.effects() == []
+    [logged] = airlock.log()
+    assert (logged["state"], logged["rule"], logged["method"]) == ("denied", "raw-tcp", "CONNECT")
