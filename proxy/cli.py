@@ -62,6 +62,16 @@ def _data_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _address_arg(p: argparse.ArgumentParser, flag: str, default: Address, what: str) -> None:
+    p.add_argument(
+        flag,
+        type=_typed(parse_address),
+        default=default,
+        metavar="HOST:PORT",
+        help=f"{what} (default {default})",
+    )
+
+
 def build_parser() -> Parser:
     """The command line: one subcommand per task."""
     parser = Parser(prog="airlock", description="A gate between AI agents and what they act on.")
@@ -69,20 +79,8 @@ def build_parser() -> Parser:
 
     run = sub.add_parser("run", help="run the proxy and the control API")
     _data_arg(run)
-    run.add_argument(
-        "--listen",
-        type=_typed(parse_address),
-        default=Address("127.0.0.1", 8080),
-        metavar="HOST:PORT",
-        help="forward proxy address (default 127.0.0.1:8080)",
-    )
-    run.add_argument(
-        "--control",
-        type=_typed(parse_address),
-        default=Address("127.0.0.1", 8081),
-        metavar="HOST:PORT",
-        help="control API address (default 127.0.0.1:8081)",
-    )
+    _address_arg(run, "--listen", RunConfig.listen, "forward proxy address")
+    _address_arg(run, "--control", RunConfig.control, "control API address")
     run.add_argument(
         "--rules",
         type=Path,
@@ -157,13 +155,7 @@ def build_parser() -> Parser:
 
     ex = sub.add_parser("exec", help="run a command with its traffic routed through the proxy")
     _data_arg(ex)
-    ex.add_argument(
-        "--listen",
-        type=_typed(parse_address),
-        default=Address("127.0.0.1", 8080),
-        metavar="HOST:PORT",
-        help="the proxy's address (default 127.0.0.1:8080)",
-    )
+    _address_arg(ex, "--listen", RunConfig.listen, "the proxy's address")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="command to run")
     ex.set_defaults(func=cmd_exec)
     return parser
