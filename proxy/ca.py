@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 from mitmproxy.certs import CertStore
@@ -12,7 +13,11 @@ KEY_SIZE = 2048
 
 def ensure_ca(directory: Path) -> Path:
     """Create the CA in `directory` if it is missing and return the CA certificate's path."""
-    CertStore.from_store(directory, BASENAME, KEY_SIZE)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Two commands starting at once on a fresh data dir must not each mint their own CA.
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        CertStore.from_store(directory, BASENAME, KEY_SIZE)
     return cert_path(directory)
 
 

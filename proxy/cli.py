@@ -17,7 +17,6 @@ from rules import RulesError, default_path
 from store import Log, NoLog, State, StateError, StoreError, UnknownAction
 
 from . import logview, records
-from .ca import ensure_ca
 from .config import (
     Address,
     ConfigError,
@@ -29,7 +28,7 @@ from .config import (
 )
 from .datadir import DataDir, DataDirError
 from .environ import agent_environment
-from .server import StartupError, serve
+from .errors import StartupError
 
 
 class UserError(Exception):
@@ -181,6 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"ports must differ: --listen, --control and --upstream use {ports}")
     if cfg.upstream_ca is not None and not cfg.upstream_ca.is_file():
         raise UserError(f"--upstream-ca {cfg.upstream_ca}: no such file")
+    from .server import serve  # mitmproxy loads only for the command that runs it
+
     asyncio.run(serve(cfg))
     return 0
 
@@ -245,11 +246,8 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         raise UserError(f"no log at {data.log}: nothing to resolve")
     log = Log.open(data.log)
     try:
-        current = log.action(args.id)
-        if current is None:
+        if log.action(args.id) is None:
             raise UserError(f"no action {args.id} in the log at {args.data}")
-        if current["state"] != State.IN_DOUBT:
-            raise UserError(f"action {args.id} is {current['state']}: only in_doubt actions can be resolved")
         log.start()
         who = os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"
         record = records.resolution(args.id, executed=args.executed, note=args.note, by=who)
@@ -266,6 +264,8 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 def cmd_ca(args: argparse.Namespace) -> int:
     """Print the CA certificate's path."""
+    from .ca import ensure_ca
+
     data = DataDir(args.data)
     data.prepare()
     print(ensure_ca(data.ca))
@@ -277,6 +277,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise UserError("exec needs a command: airlock exec -- CMD ARGS...")
+    from .ca import ensure_ca
+
     data = DataDir(args.data)
     data.prepare()
     cert = ensure_ca(data.ca)

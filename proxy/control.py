@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
-from store import Log, NoLog, StateError, StoreError, UnknownAction
+from store import Log, NoLog, State, StateError, StoreError, UnknownAction
 
 from . import records
 
 LOG = web.AppKey("log", Log)
 TOKEN = web.AppKey("token", str)
 OPEN_PATHS = frozenset({"/healthz"})
+STATES = frozenset(State)
+MAX_ID = (1 << 63) - 1
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -29,9 +31,9 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     """Every path but /healthz needs `Authorization: Bearer <token from the data dir>`."""
     if request.path in OPEN_PATHS:
         return await handler(request)
-    given = request.headers.get("Authorization", "")
-    expected = f"Bearer {request.app[TOKEN]}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # The scheme name is case-insensitive (RFC 9110); the token itself is not.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), request.app[TOKEN].encode()):
         return _error(401, "unauthorized", "send Authorization: Bearer <token from DATA/control.token>")
     return await handler(request)
 
@@ -58,28 +60,33 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "entries": seq})
 
 
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": "bad_request", "message": message}), content_type="application/json"
+    )
+
+
 def _int_param(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "bad_request", "message": f"{name} must be an integer"}),
-            content_type="application/json",
-        ) from None
+        raise _bad_request(f"{name} must be an integer") from None
+    if not 0 <= value <= MAX_ID:
+        raise _bad_request(f"{name} must be between 0 and {MAX_ID}")
+    return value
 
 
 async def list_actions(request: web.Request) -> web.Response:
     """GET /v1/actions?state=S&after=ID&limit=N: action summaries, oldest first."""
     after = _int_param(request, "after", 0)
     limit = _int_param(request, "limit", 100)
-    found: list[dict[str, Any]] = []
-    for index in request.app[LOG].actions(request.query.get("state"), after=after):
-        found.append(index)
-        if len(found) >= limit:
-            break
+    state = request.query.get("state")
+    if state is not None and state not in STATES:
+        raise _bad_request(f"state must be one of {', '.join(sorted(STATES))}")
+    found = list(itertools.islice(request.app[LOG].actions(state, after=after), limit))
     return web.json_response({"actions": found})
 
 

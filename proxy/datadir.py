@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 
@@ -24,9 +25,10 @@ class DataDir:
         """Create the directory if needed and check that it is writable."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-probe"
-            probe.write_bytes(b"")
-            probe.unlink()
+            # A probe of its own: several commands may prepare the same directory at once.
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".write-probe-")
+            os.close(fd)
+            os.unlink(probe)
         except OSError as e:
             raise DataDirError(
                 f"data dir {self.root} is not writable ({e.strerror or e}): "

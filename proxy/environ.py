@@ -13,6 +13,13 @@ CA_VARS = (
     "NODE_EXTRA_CA_CERTS",
     "AWS_CA_BUNDLE",
     "GIT_SSL_CAINFO",
+    # Less common clients that bring their own CA setting.
+    "PIP_CERT",
+    "HTTPLIB2_CA_CERTS",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+    "NIX_SSL_CERT_FILE",
+    "DENO_CERT",
 )
 BYPASS_VARS = ("NO_PROXY", "no_proxy")
 

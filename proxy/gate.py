@@ -7,7 +7,6 @@ the response has passed through in full.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import logging
 import time
@@ -17,7 +16,7 @@ from mitmproxy import http, tcp
 from mitmproxy.proxy.mode_specs import ProxyMode
 
 from rules import Action, Decision, Effect, Ruleset, Verdict
-from store import ActionRef, Entry, Log, StoreError
+from store import ActionRef, Log, Record, StoreError
 
 from . import answers, records
 from .protocols.http import AGENT_HEADER, classify, header_map
@@ -26,6 +25,7 @@ from .redact import Redactor
 logger = logging.getLogger(__name__)
 
 TRACK = "airlock.tracking"
+STREAM_ABOVE = 256 * 1024
 
 
 class Meter:
@@ -123,13 +123,23 @@ class Gate:
                 flow.response = answers.unavailable(f"{e}; the request was not forwarded")
                 return
         else:
-            self.log.submit(intent).add_done_callback(_report_failure)
+            self._post(intent)
         flow.metadata[TRACK] = Tracking(ref)
 
+    def _post(self, record: Record) -> None:
+        try:
+            self.log.post(record)
+        except StoreError as e:
+            logger.error("a %s entry was not written: %s", record.kind, e)
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """Stream the response body through a meter instead of buffering it whole."""
+        """Stream large or open-ended response bodies through a meter instead of buffering them."""
         tracking = flow.metadata.get(TRACK)
-        if tracking is not None and flow.response is not None:
+        if tracking is None or flow.response is None:
+            return
+        length = flow.response.headers.get("content-length", "")
+        # Small bodies of known length pass whole: streaming them costs more than it saves.
+        if not length.isdigit() or int(length) > STREAM_ABOVE:
             flow.response.stream = tracking.meter
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -152,7 +162,7 @@ class Gate:
             headers=self.redactor.headers(header_map(flow.response.headers)),
             error=error,
         )
-        self.log.submit(record).add_done_callback(_report_failure)
+        self._post(record)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Write a failure outcome for a request that got no response."""
@@ -167,7 +177,7 @@ class Gate:
         if flow.server_conn.timestamp_tcp_setup is not None:
             message += " (after connecting to the upstream)"
         record = records.failure(tracking.ref, error=message, duration_ms=tracking.elapsed_ms())
-        self.log.submit(record).add_done_callback(_report_failure)
+        self._post(record)
 
     async def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """Refuse raw TCP streams: only HTTP(S) that the gate can read may pass."""
@@ -203,8 +213,3 @@ class Gate:
             await self.log.append(intent)
         except StoreError as e:
             logger.error("a refusal was not logged: %s", e)
-
-
-def _report_failure(fut: concurrent.futures.Future[Entry]) -> None:
-    if (e := fut.exception()) is not None:
-        logger.error("a log entry was not written: %s", e)

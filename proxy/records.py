@@ -133,6 +133,7 @@ def resolution(action_id: int, *, executed: bool, note: str, by: str) -> Record:
         kind="resolution",
         action=ActionRef(action_id),
         state=State.COMMITTED if executed else State.ABORTED,
+        expect=State.IN_DOUBT,
         data={"executed": executed, "note": note, "by": by},
         summary={"resolution": "executed" if executed else "not_executed"},
     )

@@ -17,14 +17,11 @@ from .ca import ensure_ca
 from .config import RunConfig
 from .control import make_app
 from .datadir import DataDir
+from .errors import StartupError
 from .gate import Gate
 from .records import BodyPolicy
 
 logger = logging.getLogger("airlock")
-
-
-class StartupError(Exception):
-    """The proxy could not start; the message says what to change."""
 
 
 def modes(cfg: RunConfig) -> tuple[list[str], dict[ProxyMode, str]]:
@@ -70,7 +67,14 @@ async def serve(cfg: RunConfig) -> None:
         configure(m.options, cfg, data, specs)
 
         # Listeners first: the control API's /healthz answers only once the proxy does.
-        await _start_listeners(m, cfg)
+        # mitmproxy's own complaint about a busy port would repeat ours: keep it quiet here.
+        mitm_log = logging.getLogger("mitmproxy")
+        level = mitm_log.level
+        mitm_log.setLevel(logging.CRITICAL)
+        try:
+            await _start_listeners(m, cfg)
+        finally:
+            mitm_log.setLevel(level)
         runner = web.AppRunner(make_app(log, token), access_log=None)
         await runner.setup()
         try:

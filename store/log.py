@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import fcntl
-import json
 import logging
 import os
 import queue
@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import orjson
 
-from .chain import GENESIS, canonical, link
+from .chain import GENESIS, canonical, link, seal, unseal
 from .errors import NoLog, StateError, StoreError, StoreFull, UnknownAction
 from .states import INITIAL, MOVES, State
 
@@ -43,8 +44,15 @@ DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_SIZE = 64 << 30
 
 
+_MAX_KEY = (1 << 64) - 1
+
+
 def _key(n: int) -> bytes:
     return n.to_bytes(8, "big")
+
+
+def _in_range(n: int) -> bool:
+    return 0 <= n <= _MAX_KEY
 
 
 def _b(raw: bytes | memoryview) -> bytes:
@@ -73,6 +81,7 @@ class Record:
     data: Mapping[str, Any] = field(default_factory=dict)
     summary: Mapping[str, Any] = field(default_factory=dict)
     opens: bool = False  # the first entry of a new action: the writer assigns its id
+    expect: State | None = None  # apply only if the action is in this state now (else StateError)
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,9 @@ class Entry:
 
     @classmethod
     def parse(cls, raw: bytes) -> Entry:
-        """Decode an entry from its stored bytes."""
-        return cls(**json.loads(raw))
+        """Decode an entry from its stored bytes (ValueError or TypeError if malformed)."""
+        prev, digest, body = unseal(raw)
+        return cls(**orjson.loads(body), prev=prev, hash=digest)
 
     def body(self) -> dict[str, Any]:
         """The part of the entry its hash covers (everything but `prev` and `hash`)."""
@@ -109,6 +119,27 @@ class Entry:
     def as_dict(self) -> dict[str, Any]:
         """The entry as a JSON-ready mapping."""
         return self.body() | {"prev": self.prev, "hash": self.hash}
+
+
+@dataclass(frozen=True)
+class _LoopWaiter:
+    """An asyncio future waiting on the writer; settled from the loop's own thread."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Entry]
+
+
+Waiter = concurrent.futures.Future[Entry] | _LoopWaiter | None
+
+
+def _settle(results: list[tuple[asyncio.Future[Entry], Entry | StoreError]]) -> None:
+    for fut, result in results:
+        if fut.done():
+            continue
+        if isinstance(result, StoreError):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 @dataclass(frozen=True)
@@ -192,17 +223,22 @@ class Log:
         raw = txn.get(_HEAD, db=self._dbs[b"meta"])
         if raw is None:
             return 0, GENESIS
-        head = json.loads(_b(raw))
+        head = orjson.loads(_b(raw))
         return head["seq"], head["hash"]
 
     def entry(self, seq: int) -> Entry | None:
         """The entry with sequence number `seq`, if there is one."""
+        if not _in_range(seq):
+            return None
         with self._read() as txn:
             raw = txn.get(_key(seq), db=self._dbs[b"entries"])
         return Entry.parse(_b(raw)) if raw is not None else None
 
     def entries(self, start: int = 1) -> Iterator[Entry]:
         """Entries in order from sequence number `start`."""
+        start = max(start, 1)
+        if start > _MAX_KEY:
+            return
         with self._read() as txn:
             cur = txn.cursor(db=self._dbs[b"entries"])
             if cur.set_range(_key(start)):
@@ -211,18 +247,23 @@ class Log:
 
     def action(self, action_id: int) -> dict[str, Any] | None:
         """The index record of one action: its state, summary fields and entry numbers."""
+        if not _in_range(action_id):
+            return None
         with self._read() as txn:
             raw = txn.get(_key(action_id), db=self._dbs[b"actions"])
-        return json.loads(_b(raw)) if raw is not None else None
+        return orjson.loads(_b(raw)) if raw is not None else None
 
     def actions(self, state: str | None = None, after: int = 0) -> Iterator[dict[str, Any]]:
         """Index records of actions with id above `after`, oldest first, optionally in one state."""
+        after = max(after, 0)
+        if after >= _MAX_KEY:
+            return
         with self._read() as txn:
             if state is None:
                 cur = txn.cursor(db=self._dbs[b"actions"])
                 if cur.set_range(_key(after + 1)):
                     for _, raw in cur:
-                        yield json.loads(_b(raw))
+                        yield orjson.loads(_b(raw))
                 return
             prefix = state.encode() + b"\0"
             cur = txn.cursor(db=self._dbs[b"states"])
@@ -235,7 +276,7 @@ class Log:
                     break
                 found = txn.get(key[len(prefix) :], db=actions_db)
                 if found is not None:
-                    yield json.loads(_b(found))
+                    yield orjson.loads(_b(found))
 
     def verify(self) -> Verdict:
         """Check every entry's hash and link, the sequence's continuity and the recorded head."""
@@ -244,20 +285,26 @@ class Log:
             head_seq, head_hash = self._head(txn)
             for key, raw in txn.cursor(db=self._dbs[b"entries"]):
                 seq = int.from_bytes(_b(key), "big")
+                if seq != expected:
+                    return Verdict(checked, expected, f"entry {expected} is missing (found {seq})")
+                stored = _b(raw)
+                entry_prev, digest, body = unseal(stored)
+                if entry_prev != prev:
+                    return Verdict(checked, seq, f"entry {seq} does not link to entry {seq - 1}")
+                if link(prev, body) != digest:
+                    return Verdict(checked, seq, f"entry {seq} was altered: its hash does not match")
                 try:
-                    entry = Entry.parse(_b(raw))
+                    if Entry.parse(stored).seq != seq:
+                        return Verdict(checked, seq, f"entry {seq} is stored under the wrong number")
                 except (ValueError, TypeError) as e:
                     return Verdict(checked, seq, f"entry {seq} is not a valid entry: {e}")
-                if seq != expected or entry.seq != seq:
-                    return Verdict(checked, expected, f"entry {expected} is missing (found {seq})")
-                if entry.prev != prev:
-                    return Verdict(checked, seq, f"entry {seq} does not link to entry {seq - 1}")
-                if link(prev, entry.body()) != entry.hash:
-                    return Verdict(checked, seq, f"entry {seq} was altered: its hash does not match")
-                prev, expected, checked = entry.hash, seq + 1, checked + 1
+                prev, expected, checked = digest, seq + 1, checked + 1
         if (head_seq, head_hash) != (expected - 1, prev):
             return Verdict(
-                checked, expected, f"the log ends at entry {expected - 1} but its head says {head_seq}"
+                checked,
+                expected,
+                f"the log ends at entry {expected - 1} (hash {prev[:12]}) but its head records "
+                f"entry {head_seq} (hash {head_hash[:12]})",
             )
         return Verdict(checked)
 
@@ -286,18 +333,33 @@ class Log:
             self._lock_fd = None
         self._env.close()
 
+    def _running(self) -> None:
+        if self._thread is None:
+            raise StoreError("the log writer is not running")
+
     def submit(self, record: Record) -> concurrent.futures.Future[Entry]:
         """Queue a record; the future resolves once it is durable (or fails with StoreError)."""
         fut: concurrent.futures.Future[Entry] = concurrent.futures.Future()
-        if self._thread is None:
-            fut.set_exception(StoreError("the log writer is not running"))
-        else:
-            self._queue.put((record, fut))
+        try:
+            self._running()
+        except StoreError as e:
+            fut.set_exception(e)
+            return fut
+        self._queue.put((record, fut))
         return fut
+
+    def post(self, record: Record) -> None:
+        """Queue a record without waiting for it; the writer logs a failure to write it."""
+        self._running()
+        self._queue.put((record, None))
 
     async def append(self, record: Record) -> Entry:
         """Append a record and wait until it is durable on disk."""
-        return await asyncio.wrap_future(self.submit(record))
+        self._running()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Entry] = loop.create_future()
+        self._queue.put((record, _LoopWaiter(loop, fut)))
+        return await fut
 
     def append_now(self, record: Record) -> Entry:
         """Append a record from a thread that may block (the CLI): wait for the durable commit."""
@@ -323,7 +385,7 @@ class Log:
             if stop:
                 return
 
-    def _commit(self, batch: list[tuple[Record, concurrent.futures.Future[Entry]]]) -> None:
+    def _commit(self, batch: list[tuple[Record, Waiter]]) -> None:
         results: list[Entry | StoreError] = []
         opened: list[ActionRef] = []
         try:
@@ -332,11 +394,21 @@ class Log:
             for ref in opened:
                 ref.id = None
             results = [e] * len(batch)
-        for (_, fut), result in zip(batch, results, strict=True):
-            if isinstance(result, StoreError):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
+        # One wake-up per event loop for the whole batch, not one per waiter.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Entry], Entry | StoreError]]] = {}
+        for (record, waiter), result in zip(batch, results, strict=True):
+            if isinstance(waiter, _LoopWaiter):
+                by_loop.setdefault(waiter.loop, []).append((waiter.future, result))
+            elif waiter is not None:
+                if isinstance(result, StoreError):
+                    waiter.set_exception(result)
+                else:
+                    waiter.set_result(result)
+            elif isinstance(result, StoreError):
+                logger.error("a %s entry was not written: %s", record.kind, result)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _write(self, records: list[Record], opened: list[ActionRef]) -> list[Entry | StoreError]:
         for _attempt in range(64):
@@ -402,7 +474,12 @@ class Log:
             raw = txn.get(_key(ref.id), db=actions_db)
             if raw is None:
                 raise UnknownAction(f"no action {ref.id} in the log")
-            index = json.loads(_b(raw))
+            index = orjson.loads(_b(raw))
+            if record.expect is not None and index["state"] != record.expect:
+                raise StateError(
+                    f"action {ref.id} is {index['state']}; "
+                    f"a {record.kind} applies only to {record.expect} actions"
+                )
             if record.state is not None and record.state not in MOVES.get(State(index["state"]), ()):
                 raise StateError(f"action {ref.id} is {index['state']}: it cannot become {record.state}")
 
@@ -419,8 +496,8 @@ class Log:
             "writer": self.writer_id,
             "data": data,
         }
-        digest = link(prev, body)
-        txn.put(_key(seq), canonical(body | {"prev": prev, "hash": digest}), db=self._dbs[b"entries"])
+        digest, stored = seal(prev, canonical(body))
+        txn.put(_key(seq), stored, db=self._dbs[b"entries"])
 
         if action_id is not None:
             assert ref is not None
@@ -434,7 +511,7 @@ class Log:
             if record.state is not None:
                 index["state"] = record.state.value
                 txn.put(_state_key(index["state"], action_id), b"", db=states_db)
-            txn.put(_key(action_id), canonical(index), db=actions_db)
+            txn.put(_key(action_id), orjson.dumps(index), db=actions_db)
         return Entry(
             seq=seq,
             ts=ts,

@@ -72,7 +72,11 @@ def _rewrite(path: Path, seq: int, change: bytes | None) -> None:
 
 @pytest.mark.parametrize(
     ("seq", "change", "needle"),
-    [(2, b'"n":3', "entry 2 was altered"), (2, None, "entry 2 is missing"), (3, None, "head says 3")],
+    [
+        (2, b'"n":3', "entry 2 was altered"),
+        (2, None, "entry 2 is missing"),
+        (3, None, "head records entry 3"),
+    ],
 )
 def test_verify_names_the_first_bad_entry(
     tmp_path: Path, seq: int, change: bytes | None, needle: str
