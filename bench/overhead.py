@@ -7,7 +7,12 @@ the intent durably (a synced LMDB commit) before forwarding. Three targets are m
 
   direct    client -> upstream
   mitmproxy client -> mitmdump (no addons of ours) -> upstream
+  dataplane client -> Airlock's mitmproxy set-up (its addons and options) without gate or log -> upstream
   airlock   client -> airlock run -> upstream
+
+The project's targets compare airlock with plain mitmproxy. Airlock loads only the mitmproxy
+addons it needs, which is cheaper than mitmdump's default set, so "gate and log alone" (airlock
+against its own data plane) is printed too: that is what the gate and the durable log cost.
 
 at concurrency 1 (per-request latency) and concurrency 16 (requests per second). The upstream
 (an aiohttp app) and every load run are separate processes; the proxies start once and stay up
@@ -16,7 +21,7 @@ rounds, because a small shared machine is noisy. This is a measurement, never a 
 exits 0 once it has measured, whether the targets are met or not.
 
 Internal roles of the same file (started by the orchestrator as subprocesses):
-``overhead.py upstream`` and ``overhead.py load ...``.
+``overhead.py upstream``, ``overhead.py dataplane ...`` and ``overhead.py load ...``.
 """
 
 from __future__ import annotations
@@ -277,6 +282,31 @@ def start_mitmdump(procs: Processes, work: Path) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+async def serve_data_plane(port: int, work: Path) -> None:
+    """Airlock's own mitmproxy data plane (its addons and options) with no gate and no log."""
+    from mitmproxy import master, options
+
+    from proxy.config import Address, RunConfig
+    from proxy.datadir import DataDir
+    from proxy.server import configure, data_plane
+
+    cfg = RunConfig(data=work, listen=Address("127.0.0.1", port))
+    m = master.Master(options.Options())
+    m.addons.add(*data_plane())
+    configure(m.options, cfg, DataDir(work), [f"regular@{cfg.listen}"])
+    await m.run()
+
+
+def start_data_plane(procs: Processes, work: Path) -> str:
+    """Start Airlock's data plane without the gate: the baseline for what the gate and log cost."""
+    port = free_port()
+    output = work / "dataplane.out"
+    cmd = [sys.executable, str(HERE), "dataplane", "--port", str(port), "--work", str(work / "dataplane")]
+    proc = procs.start(cmd, output)
+    wait_until(lambda: port_open(port), proc, "the data plane", output)
+    return f"http://127.0.0.1:{port}"
+
+
 def start_airlock(procs: Processes, work: Path) -> tuple[str, Path]:
     """Start `airlock run` allowing loopback; return its proxy URL and data directory."""
     port, control = free_port(), free_port()
@@ -414,6 +444,10 @@ def print_ratios(runs: Runs) -> None:
         f"  airlock throughput / mitmproxy, c=16:             {share:.1%} "
         f"(target >= {TARGET_THROUGHPUT:.0%}): {verdict(share >= TARGET_THROUGHPUT)}"
     )
+    gate_added = paired(runs, "airlock", "dataplane", c1, "median_ms", ratio=False)
+    gate_share = paired(runs, "airlock", "dataplane", c16, "rps", ratio=True)
+    print(f"  gate and log alone (airlock vs its data plane without them), c=1:  {gate_added:+.3f} ms")
+    print(f"  gate and log alone (airlock vs its data plane without them), c=16: {gate_share:.1%}")
     print(f"  context: mitmproxy added median latency over direct, c=1: {mitm_added:+.3f} ms")
     print(f"  context: mitmproxy throughput / direct, c=16:             {mitm_share:.1%}")
 
@@ -439,8 +473,14 @@ def orchestrate(args: argparse.Namespace) -> None:
         try:
             up_port = start_upstream(procs, work)
             mitm = start_mitmdump(procs, work)
+            plane = start_data_plane(procs, work)
             airlock, data = start_airlock(procs, work)
-            targets = [Target("direct", None), Target("mitmproxy", mitm), Target("airlock", airlock)]
+            targets = [
+                Target("direct", None),
+                Target("mitmproxy", mitm),
+                Target("dataplane", plane),
+                Target("airlock", airlock),
+            ]
             url = f"http://127.0.0.1:{up_port}/items"
             print(
                 f"POST {len(BODY)}-byte JSON to {url}; {args.rounds} rounds x {args.requests} requests "
@@ -467,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=200, help="warm-up requests per measurement (default 200)")
     sub = p.add_subparsers(dest="role", metavar="")
     sub.add_parser("upstream", help="(internal) run the upstream server")
+    plane = sub.add_parser("dataplane", help="(internal) run Airlock's data plane without the gate")
+    plane.add_argument("--port", type=int, required=True)
+    plane.add_argument("--work", type=Path, required=True)
     load = sub.add_parser("load", help="(internal) run one load measurement, print JSON")
     load.add_argument("--url", required=True)
     load.add_argument("--proxy")
@@ -487,6 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "upstream":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_upstream())
+        return 0
+    if args.role == "dataplane":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_data_plane(args.port, args.work))
         return 0
     if args.role == "load":
         res = asyncio.run(generate_load(args.url, args.proxy, args.concurrency, args.requests, args.warmup))

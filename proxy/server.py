@@ -7,7 +7,17 @@ import logging
 import signal
 
 from aiohttp import web
-from mitmproxy import addons, master, options
+from mitmproxy import master, options
+from mitmproxy.addons import (
+    block,
+    core,
+    disable_h2c,
+    dns_resolver,
+    next_layer,
+    proxyserver,
+    tlsconfig,
+    update_alt_svc,
+)
 from mitmproxy.proxy.mode_specs import ProxyMode
 
 from rules import Ruleset
@@ -37,6 +47,25 @@ def modes(cfg: RunConfig) -> tuple[list[str], dict[ProxyMode, str]]:
     return specs, named
 
 
+def data_plane() -> list[object]:
+    """The mitmproxy addons Airlock needs, and no others.
+
+    Not the default set: playback, map local/remote, body and header rewriting, sticky
+    cookies, scripts and the onboarding app would each be a path that the gate does not see,
+    and every hook of every flow would pay for them.
+    """
+    return [
+        core.Core(),
+        block.Block(),  # refuse clients from public addresses when listening on all interfaces
+        disable_h2c.DisableH2C(),  # no cleartext HTTP/2 upgrades past the gate
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        dns_resolver.DnsResolver(),
+        update_alt_svc.UpdateAltSvc(),  # keep reverse-mode clients on the reverse port
+    ]
+
+
 def configure(opts: options.Options, cfg: RunConfig, data: DataDir, specs: list[str]) -> None:
     """Set the mitmproxy options Airlock runs with (after the addons that declare them loaded)."""
     opts.update(
@@ -61,7 +90,7 @@ async def serve(cfg: RunConfig) -> None:
     try:
         specs, named = modes(cfg)
         m = master.Master(options.Options())
-        m.addons.add(*addons.default_addons())
+        m.addons.add(*data_plane())
         gate = Gate(log, ruleset, agent=cfg.agent, bodies=BodyPolicy(cfg.body_limit), upstreams=named)
         m.addons.add(gate)
         configure(m.options, cfg, data, specs)

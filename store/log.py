@@ -40,6 +40,9 @@ _NEXT_ACTION = b"next_action"
 _BATCH_MAX = 512
 _STOP = object()
 
+# How long a posted record (one nobody waits for) may wait to share a commit.
+LAZY_COMMIT = 0.005
+
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_SIZE = 64 << 30
 
@@ -366,24 +369,43 @@ class Log:
         return self.submit(record).result()
 
     def _run(self) -> None:
+        # Records someone waits for are committed at once, together with whatever else is queued.
+        # Posted records (reads, outcomes) may wait up to LAZY_COMMIT for company, so that at low
+        # concurrency they share the next waited-for commit instead of costing an fsync each.
+        lazy: list[tuple[Record, Waiter]] = []
+        deadline = 0.0
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < _BATCH_MAX:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0) if lazy else None)
+            except queue.Empty:
+                self._commit(lazy)
+                lazy = []
+                continue
+            batch, stop = self._drain(item)
+            if not lazy and batch:
+                deadline = time.monotonic() + LAZY_COMMIT
+            lazy.extend(batch)
+            if stop or len(lazy) >= _BATCH_MAX or any(waiter is not None for _, waiter in batch):
+                if lazy:
+                    self._commit(lazy)
+                lazy = []
             if stop:
                 return
+
+    def _drain(self, first: Any) -> tuple[list[tuple[Record, Waiter]], bool]:
+        """The first item and everything queued behind it; True if a stop was among them."""
+        batch: list[tuple[Record, Waiter]] = []
+        item = first
+        while True:
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+            if len(batch) >= _BATCH_MAX:
+                return batch, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
 
     def _commit(self, batch: list[tuple[Record, Waiter]]) -> None:
         results: list[Entry | StoreError] = []

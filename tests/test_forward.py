@@ -272,3 +272,10 @@ def test_raw_tcp_through_a_tunnel_is_refused_and_logged(airlock: Airlock, upstre
     assert upstream.effects() == []
     [logged] = airlock.log()
     assert (logged["state"], logged["rule"], logged["method"]) == ("denied", "raw-tcp", "CONNECT")
+
+
+def test_no_mitmproxy_side_doors(airlock: Airlock) -> None:
+    # mitmproxy's onboarding app answers http://mitm.it itself; Airlock loads no such addon,
+    # so the name is just another host off the allowlist.
+    r = requests.get("http://mitm.it/cert/pem", proxies=airlock.proxies, timeout=10)
+    assert r.status_code == 403 and r.json()["error"] == "egress_denied"
