@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -367,3 +368,72 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def environ_without_proxy() -> dict[str, str]:
     """The test process environment with no proxy variables (for subprocess clients)."""
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real curl with `args` and no proxy variables from the environment."""
+    return subprocess.run(
+        ["curl", "-sS", *args], capture_output=True, text=True, timeout=30, env=environ_without_proxy()
+    )
+
+
+# ---- helpers shared by the test modules -----------------------------------------------------
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    """Poll until `condition` holds; fail naming `what` if it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+def entries_now(a: Airlock) -> int:
+    """How many entries the log holds, as the control API's /healthz reports."""
+    return int(requests.get(f"{a.control}/healthz", timeout=5).json()["entries"])
+
+
+def settle(a: Airlock, entries: int) -> None:
+    """Wait until the log holds `entries` entries (outcomes are written just after the client has
+    its response)."""
+    wait_for(lambda: entries_now(a) == entries, f"the log holds {entries} entries")
+
+
+@contextmanager
+def plain_upstream() -> Iterator[Upstream]:
+    """The HTTP upstream, for module-scoped fixtures."""
+    yield from _serve(Upstream(free_port(), "http"), None)
+
+
+def started_airlock(root: Path, rules: str = RULES) -> Airlock:
+    """An `airlock run` with its rules, data and output under `root`."""
+    (root / "rules.yaml").write_text(rules)
+    return Airlock(
+        data=root / "data",
+        rules=root / "rules.yaml",
+        port=free_port(),
+        control_port=free_port(),
+        output=root / "airlock.out",
+    ).start()
+
+
+def hold_and_crash(a: Airlock, up: Upstream, paths: list[str]) -> dict[str, int]:
+    """POST each /hold path through the proxy, wait until the upstream holds them all, SIGKILL the
+    proxy and start it again on the same data dir: the actions are in_doubt. Returns path -> id."""
+
+    def send(path: str) -> None:
+        with suppress(requests.RequestException):  # the proxy is killed under it
+            requests.post(f"{up.url}{path}", data=b"payload", proxies=a.proxies, timeout=30)
+
+    threads = [threading.Thread(target=send, args=(p,), daemon=True) for p in paths]
+    for t in threads:
+        t.start()
+    wait_for(lambda: {s.path for s in up.effects()} >= set(paths), "the upstream holds every request")
+    a.stop(signal.SIGKILL)
+    for t in threads:
+        t.join(30)
+    a.start()
+    found = {str(x["url"]).removeprefix(up.url): int(x["id"]) for x in a.log("--state", "in_doubt")}
+    assert set(found) == set(paths), found
+    return found

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
@@ -27,7 +27,16 @@ import lmdb
 import pytest
 import requests
 
-from .conftest import AIRLOCK, RULES, Airlock, Upstream, _serve, free_port
+from .conftest import (
+    AIRLOCK,
+    Airlock,
+    Upstream,
+    free_port,
+    hold_and_crash,
+    plain_upstream,
+    settle,
+    started_airlock,
+)
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 JSON_KEYS = {"id", "ts", "agent", "method", "url", "host", "effect", "state", "status", "rule"}
@@ -58,47 +67,9 @@ def one_line_error(proc: Run) -> str:
     return lines[0]
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    """Poll until `condition` holds; fail naming `what` if it never does."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.02)
-
-
-def settle(a: Airlock, entries: int) -> None:
-    """Wait until the log holds `entries` entries (outcomes are written just after the client has its
-    response), as the control API's /healthz reports."""
-    wait_for(
-        lambda: requests.get(f"{a.control}/healthz", timeout=5).json()["entries"] == entries,
-        f"the log holds {entries} entries",
-    )
-
-
 def json_lines(text: str) -> list[dict[str, object]]:
     """Parse one JSON object per line."""
     return [json.loads(line) for line in text.splitlines()]
-
-
-@contextmanager
-def plain_upstream() -> Iterator[Upstream]:
-    """The conftest upstream, for module-scoped fixtures."""
-    yield from _serve(Upstream(free_port(), "http"), None)
-
-
-def started_airlock(root: Path) -> Airlock:
-    """An `airlock run` with the test rules and its data in root/data."""
-    rules = root / "rules.yaml"
-    rules.write_text(RULES)
-    a = Airlock(
-        data=root / "data",
-        rules=rules,
-        port=free_port(),
-        control_port=free_port(),
-        output=root / "airlock.out",
-    )
-    return a.start()
 
 
 def make_traffic(a: Airlock, up: Upstream) -> None:
@@ -143,27 +114,6 @@ def quiet_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         finally:
             a.stop()
     yield a.data
-
-
-def hold_and_crash(a: Airlock, up: Upstream, paths: list[str]) -> dict[str, int]:
-    """POST each /hold path through the proxy, wait until the upstream holds them all, SIGKILL the proxy
-    and start it again on the same data dir: the actions are in_doubt. Returns path -> action id."""
-
-    def send(path: str) -> None:
-        with suppress(requests.RequestException):  # the proxy is killed under it
-            requests.post(f"{up.url}{path}", data=b"payload", proxies=a.proxies, timeout=30)
-
-    threads = [threading.Thread(target=send, args=(p,), daemon=True) for p in paths]
-    for t in threads:
-        t.start()
-    wait_for(lambda: {s.path for s in up.effects()} >= set(paths), "the upstream holds every request")
-    a.stop(signal.SIGKILL)
-    for t in threads:
-        t.join(30)
-    a.start()
-    found = {str(x["url"]).removeprefix(up.url): int(x["id"]) for x in a.log("--state", "in_doubt")}
-    assert set(found) == set(paths), found
-    return found
 
 
 # ---- airlock log ----------------------------------------------------------------------------
@@ -606,6 +556,7 @@ CASES: dict[str, Case] = {
         ("resolve", "99999999999999999999", "--executed", "--data", "{busy_data}"), ("99999999999999999999",)
     ),
 }
+
 
 @pytest.fixture(scope="module")
 def bad_runs(busy: Busy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Run, Case]]]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,29 +14,19 @@ import requests
 
 from proxy.cli import build_parser
 
-from .conftest import RULES, Airlock, Upstream, _serve, free_port
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    """Poll until `condition` holds; fail naming `what` if it never does."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.02)
+from .conftest import (
+    Airlock,
+    Upstream,
+    entries_now,
+    hold_and_crash,
+    plain_upstream,
+    started_airlock,
+    wait_for,
+)
 
 
 def auth(a: Airlock) -> dict[str, str]:
     return {"Authorization": f"Bearer {a.token}"}
-
-
-def entries_now(a: Airlock) -> int:
-    return int(requests.get(f"{a.control}/healthz", timeout=5).json()["entries"])
-
-
-@contextmanager
-def plain_upstream() -> Iterator[Upstream]:
-    yield from _serve(Upstream(free_port(), "http"), None)
 
 
 @dataclass
@@ -60,16 +48,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("control")
-    (root / "rules.yaml").write_text(RULES)
     with plain_upstream() as up:
-        a = Airlock(
-            data=root / "data",
-            rules=root / "rules.yaml",
-            port=free_port(),
-            control_port=free_port(),
-            output=root / "airlock.out",
-        ).start()
+        a = started_airlock(tmp_path_factory.mktemp("control"))
         try:
             s = requests.Session()
             s.proxies = a.proxies
@@ -81,28 +61,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             yield Served(a, up)
         finally:
             a.stop(signal.SIGKILL)
-
-
-def hold_and_crash(a: Airlock, up: Upstream, paths: list[str]) -> dict[str, int]:
-    """POST each /hold path through the proxy, wait until the upstream holds them all, SIGKILL the proxy
-    and start it again on the same data dir: the actions are in_doubt. Returns path -> action id."""
-
-    def send(path: str) -> None:
-        with suppress(requests.RequestException):  # the proxy is killed under it
-            requests.post(f"{up.url}{path}", data=b"payload", proxies=a.proxies, timeout=30)
-
-    threads = [threading.Thread(target=send, args=(p,), daemon=True) for p in paths]
-    for t in threads:
-        t.start()
-    wait_for(lambda: {s.path for s in up.effects()} >= set(paths), "the upstream holds every request")
-    a.stop(signal.SIGKILL)
-    for t in threads:
-        t.join(30)
-    a.start()
-    r = requests.get(f"{a.control}/v1/actions", params={"state": "in_doubt"}, headers=auth(a), timeout=10)
-    found = {str(x["url"]).removeprefix(up.url): int(x["id"]) for x in r.json()["actions"]}
-    assert set(found) == set(paths), found
-    return found
 
 
 # ---- health and auth ------------------------------------------------------------------------

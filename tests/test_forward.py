@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import Callable
 
 import aiohttp
@@ -15,7 +14,7 @@ import requests
 from proxy.protocols.http import AGENT_HEADER
 from store import Log
 
-from .conftest import Airlock, Seen, Upstream, environ_without_proxy, free_port
+from .conftest import Airlock, Seen, Upstream, curl, free_port
 
 
 def test_requests_get_and_post_are_forwarded_and_logged(airlock: Airlock, upstream: Upstream) -> None:
@@ -45,13 +44,7 @@ def test_requests_get_and_post_are_forwarded_and_logged(airlock: Airlock, upstre
 
 
 def test_curl_httpx_and_aiohttp_go_through(airlock: Airlock, upstream: Upstream) -> None:
-    out = subprocess.run(
-        ["curl", "-sS", "-x", airlock.proxy, "-X", "PUT", "-d", "v=1", f"{upstream.url}/curl"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=environ_without_proxy(),
-    )
+    out = curl("-x", airlock.proxy, "-X", "PUT", "-d", "v=1", f"{upstream.url}/curl")
     assert out.returncode == 0 and json.loads(out.stdout)["method"] == "PUT"
 
     with httpx.Client(proxy=airlock.proxy) as client:
@@ -83,21 +76,7 @@ def test_https_is_intercepted_with_the_generated_ca(
         f"{tls_upstream.url}/secure", data=b"x", proxies=a.proxies, verify=str(a.ca_cert), timeout=10
     )
     assert r.status_code == 200 and r.json()["path"] == "/secure"
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--cacert",
-            str(a.ca_cert),
-            "-x",
-            a.proxy,
-            f"https://localhost:{tls_upstream.port}/c",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=environ_without_proxy(),
-    )
+    out = curl("--cacert", str(a.ca_cert), "-x", a.proxy, f"https://localhost:{tls_upstream.port}/c")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["path"] == "/c"
     urls = [x["url"] for x in a.log()]
@@ -241,21 +220,7 @@ def test_large_response_streams_and_its_digest_is_logged(airlock: Airlock, upstr
 
 def test_https_to_a_host_off_the_allowlist_is_refused_inside_the_tunnel(airlock: Airlock) -> None:
     # The agent reads the refusal over TLS, from a certificate minted by Airlock's CA.
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--cacert",
-            str(airlock.ca_cert),
-            "-x",
-            airlock.proxy,
-            "https://forgotten.example.com/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=environ_without_proxy(),
-    )
+    out = curl("--cacert", str(airlock.ca_cert), "-x", airlock.proxy, "https://forgotten.example.com/")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["error"] == "egress_denied"
     assert [x["url"] for x in airlock.log("--state", "denied")] == ["https://forgotten.example.com/"]
