@@ -83,21 +83,22 @@ class Gate:
         self.ruleset, self.redactor = ruleset, Redactor(ruleset.secret_headers)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        """Decide and log a request before it may go upstream."""
+        """Decide and log a request before it may go upstream; on any failure, refuse it."""
         if flow.response or flow.error or not flow.live:
             return
         try:
             upstream = self.upstreams.get(flow.client_conn.proxy_mode)
             action = classify(flow, agent=self.agent, upstream=upstream)
             decision = self.ruleset.evaluate(action)
+            flow.request.headers.pop(AGENT_HEADER, None)
+            await self._admit(flow, action, decision)
         except Exception:
+            # mitmproxy forwards a flow whose hook raised: never let that happen unlogged.
             logger.exception("could not decide %s %s", flow.request.method, flow.request.pretty_url)
+            flow.metadata.pop(TRACK, None)
             flow.response = answers.internal_error(
-                "airlock could not evaluate this request against its rules; it was not forwarded"
+                "airlock could not decide or log this request; it was not forwarded"
             )
-            return
-        flow.request.headers.pop(AGENT_HEADER, None)
-        await self._admit(flow, action, decision)
 
     async def _admit(self, flow: http.HTTPFlow, action: Action, decision: Decision) -> None:
         ref = ActionRef()

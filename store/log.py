@@ -412,10 +412,12 @@ class Log:
         opened: list[ActionRef] = []
         try:
             results = self._write([r for r, _ in batch], opened)
-        except StoreError as e:
+        except Exception as e:
+            # The writer thread must outlive any failure, or every later append would hang.
             for ref in opened:
                 ref.id = None
-            results = [e] * len(batch)
+            error = e if isinstance(e, StoreError) else StoreError(f"cannot write the log: {e!r}")
+            results = [error] * len(batch)
         # One wake-up per event loop for the whole batch, not one per waiter.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Entry], Entry | StoreError]]] = {}
         for (record, waiter), result in zip(batch, results, strict=True):
@@ -470,6 +472,10 @@ class Log:
                 entry = self._put(txn, seq + 1, prev, record, opened)
             except StoreError as e:
                 results.append(e)
+                continue
+            except (TypeError, ValueError) as e:
+                # A record that cannot be encoded fails alone; the writer and the batch go on.
+                results.append(StoreError(f"a {record.kind} entry could not be encoded: {e}"))
                 continue
             seq, prev = entry.seq, entry.hash
             results.append(entry)

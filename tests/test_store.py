@@ -10,7 +10,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from store import ActionRef, Log, Record, State, StateError, StoreFull, UnknownAction
+from store import ActionRef, Log, Record, State, StateError, StoreError, StoreFull, UnknownAction
 from store.chain import canonical
 
 
@@ -187,3 +187,18 @@ def test_a_full_log_refuses_instead_of_losing_entries(tmp_path: Path) -> None:
 
 def test_canonical_form_is_stable() -> None:
     assert canonical({"b": 1, "a": [1, "é"]}) == '{"a":[1,"é"],"b":1}'.encode()
+
+
+def test_a_record_that_cannot_be_encoded_fails_alone(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    try:
+        good = log.submit(intent({"n": 1}))
+        bad = log.submit(intent({"oops": object()}))
+        with pytest.raises(StoreError, match="could not be encoded"):
+            bad.result(10)
+        assert good.result(10).seq == 1
+        # The writer is alive and the chain has no gap.
+        assert log.append_now(intent({"n": 2})).seq == 2
+    finally:
+        log.close()
+    assert Log.open(tmp_path, readonly=True).verify().checked == 2

@@ -1,0 +1,71 @@
+"""The gate addon on mitmproxy's test flows: it fails closed when deciding or logging fails."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from mitmproxy.test import taddons, tflow
+
+from proxy.gate import TRACK, Gate
+from proxy.records import BodyPolicy
+from rules import Action, Decision, Ruleset
+from store import Log
+
+RULES = "version: 1\negress:\n  allow: [address]\n"
+
+
+class BrokenRules(Ruleset):
+    """A ruleset whose evaluation fails, as a bug in a rule matcher would."""
+
+    def evaluate(self, action: Action) -> Decision:
+        raise RuntimeError("matcher bug")
+
+
+def _rules(tmp_path: Path, cls: type[Ruleset] = Ruleset) -> Ruleset:
+    (tmp_path / "r.yaml").write_text(RULES)
+    loaded = Ruleset.load(tmp_path / "r.yaml")
+    loaded.__class__ = cls
+    return loaded
+
+
+def _run(tmp_path: Path, rules: Ruleset, method: str, *, writer: bool) -> tflow.HTTPFlow:
+    async def go() -> tflow.HTTPFlow:
+        log = Log.open(tmp_path / "log")
+        if writer:
+            log.start()
+        gate = Gate(log, rules, agent="t", bodies=BodyPolicy())
+        try:
+            with taddons.context(gate) as tctx:
+                try:
+                    flow = tflow.tflow()
+                    flow.request.method = method
+                    await gate.request(flow)
+                    return flow
+                finally:
+                    await tctx.master.done()  # removes the master's log handler again
+        finally:
+            log.close()
+
+    return asyncio.run(go())
+
+
+def test_a_failing_rule_evaluation_refuses_the_request(tmp_path: Path) -> None:
+    flow = _run(tmp_path, _rules(tmp_path, BrokenRules), "POST", writer=True)
+    assert flow.response is not None and flow.response.status_code == 500
+    assert b"was not forwarded" in flow.response.content
+    assert TRACK not in flow.metadata
+
+
+def test_no_log_means_no_mutation_but_reads_may_pass(tmp_path: Path) -> None:
+    post = _run(tmp_path, _rules(tmp_path), "POST", writer=False)
+    assert post.response is not None and post.response.status_code == 503
+    get = _run(tmp_path, _rules(tmp_path), "GET", writer=False)
+    assert get.response is None and TRACK in get.metadata  # forwarded; its entry could not be written
+
+
+def test_an_allowed_mutation_is_durable_before_the_hook_returns(tmp_path: Path) -> None:
+    flow = _run(tmp_path, _rules(tmp_path), "PUT", writer=True)
+    assert flow.response is None
+    [action] = list(Log.open(tmp_path / "log", readonly=True).actions())
+    assert (action["method"], action["state"]) == ("PUT", "pending")
