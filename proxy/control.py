@@ -9,11 +9,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from rules import RulesError
 from store import Log, NoLog, State, StateError, StoreError, UnknownAction
 
 from . import records
+from .reload import RulesReloader
 
 LOG = web.AppKey("log", Log)
+RELOADER = web.AppKey("reloader", RulesReloader)
 TOKEN = web.AppKey("token", str)
 OPEN_PATHS = frozenset({"/healthz"})
 STATES = frozenset(State)
@@ -125,11 +128,41 @@ async def verify(request: web.Request) -> web.Response:
     )
 
 
-def make_app(log: Log, token: str) -> web.Application:
-    """The control API application over one log."""
+def _rules_state(reloader: RulesReloader) -> dict[str, object]:
+    current = reloader.current
+    return {
+        "digest": current.digest,
+        "sources": [str(p) for p in current.sources],
+        "rules": len(current.rules),
+        "last_error": reloader.last_error,
+    }
+
+
+async def show_rules(request: web.Request) -> web.Response:
+    """GET /v1/rules: the rules in force and the last reload error, if any."""
+    return web.json_response(_rules_state(request.app[RELOADER]))
+
+
+async def reload_rules(request: web.Request) -> web.Response:
+    """POST /v1/rules/reload: load the rule files again; 422 keeps the old rules and says why."""
+    reloader = request.app[RELOADER]
+    try:
+        await reloader.reload("control API")
+    except RulesError as e:
+        return web.json_response(
+            {"error": "invalid_rules", "message": f"{e}; the previous rules stay in force"}
+            | _rules_state(reloader),
+            status=422,
+        )
+    return web.json_response(_rules_state(reloader))
+
+
+def make_app(log: Log, token: str, reloader: RulesReloader) -> web.Application:
+    """The control API application over one log and the rules it keeps current."""
     app = web.Application(middlewares=[json_errors, require_token])
     app[LOG] = log
     app[TOKEN] = token
+    app[RELOADER] = reloader
     app.add_routes(
         [
             web.get("/healthz", health),
@@ -137,6 +170,8 @@ def make_app(log: Log, token: str) -> web.Application:
             web.get(r"/v1/actions/{id:\d+}", show_action),
             web.post(r"/v1/actions/{id:\d+}/resolve", resolve_action),
             web.get("/v1/verify", verify),
+            web.get("/v1/rules", show_rules),
+            web.post("/v1/rules/reload", reload_rules),
         ]
     )
     return app

@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from rules import Action, Decision, Verdict
+from rules import Action, Decision, Ruleset, Verdict
 from store import ActionRef, Record, State
 
 from .redact import Redactor
@@ -136,4 +136,17 @@ def resolution(action_id: int, *, executed: bool, note: str, by: str) -> Record:
         expect=State.IN_DOUBT,
         data={"executed": executed, "note": note, "by": by},
         summary={"resolution": "executed" if executed else "not_executed"},
+    )
+
+
+def rules_loaded(ruleset: Ruleset, *, reason: str) -> Record:
+    """The rules now in force: their digest, files and size, and why they were loaded."""
+    return Record(
+        kind="rules",
+        data={
+            "digest": ruleset.digest,
+            "sources": [str(p) for p in ruleset.sources],
+            "rules": len(ruleset.rules),
+            "reason": reason,
+        },
     )

@@ -30,6 +30,7 @@ from .datadir import DataDir
 from .errors import StartupError
 from .gate import Gate
 from .records import BodyPolicy
+from .reload import RulesReloader
 
 logger = logging.getLogger("airlock")
 
@@ -104,7 +105,9 @@ async def serve(cfg: RunConfig) -> None:
             await _start_listeners(m, cfg)
         finally:
             mitm_log.setLevel(level)
-        runner = web.AppRunner(make_app(log, token), access_log=None)
+        reloader = RulesReloader(cfg.rules, log, gate.use_rules, ruleset)
+        await reloader.record("start")
+        runner = web.AppRunner(make_app(log, token, reloader), access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, cfg.control.host, cfg.control.port)
@@ -118,6 +121,8 @@ async def serve(cfg: RunConfig) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, m.shutdown)
+            loop.add_signal_handler(signal.SIGHUP, reloader.trigger, "SIGHUP")
+            watcher = asyncio.create_task(reloader.watch(), name="rules watcher")
             logger.info(
                 "airlock: proxy on %s, control API on %s, data in %s, rules %s",
                 cfg.listen,
@@ -127,7 +132,10 @@ async def serve(cfg: RunConfig) -> None:
             )
             for up in cfg.upstreams:
                 logger.info("airlock: upstream %s on port %d -> %s", up.name, up.port, up.url)
-            await m.run()
+            try:
+                await m.run()
+            finally:
+                watcher.cancel()
         finally:
             await runner.cleanup()
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .action import Action, Effect
 from .decision import Decision, Verdict
-from .ruleset import EGRESS_RULE, Rule, Ruleset
+from .ruleset import EGRESS_RULE, Explanation, Rule, Ruleset
 from .source import RulesError
 
 
@@ -22,6 +22,7 @@ __all__ = [
     "Action",
     "Decision",
     "Effect",
+    "Explanation",
     "Rule",
     "RulesError",
     "Ruleset",

@@ -1,53 +1,29 @@
-"""The Ruleset: rules loaded from YAML files, and the one function that decides an Action."""
+"""The Ruleset: rules loaded from YAML files, and the one function that decides an Action.
+
+Evaluation: egress first (is the host, and port, reachable at all?), then every rule whose
+`match` holds; the strictest verdict wins (deny > hold > log > allow), so adding an allow rule
+can never unlock what a deny rule blocks. No match falls to `defaults` for the action's effect.
+Rules whose top-level match names literal hosts, methods or protocols are indexed by them, so
+most rules are never looked at for a given action.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .action import Action
+import jsonschema
+
+from .action import Action, Effect
 from .decision import Decision, Verdict
-from .source import RulesError, files, read
+from .match import Predicate, compile_match, globs, is_literal, strings
+from .source import Document, files, read
 
-_PRECEDENCE = {Verdict.ALLOW: 0, Verdict.LOG: 1, Verdict.HOLD: 2, Verdict.DENY: 3}
+PRECEDENCE = {Verdict.ALLOW: 0, Verdict.LOG: 1, Verdict.HOLD: 2, Verdict.DENY: 3}
 EGRESS_RULE = "egress"
-
-Matcher = Callable[[Action], bool]
-
-
-def _as_list(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _globs(patterns: Iterable[str], fold: bool) -> Callable[[str], bool]:
-    pats = [p.lower() for p in patterns] if fold else list(patterns)
-    if fold:
-        return lambda v: any(fnmatchcase(v.lower(), p) for p in pats)
-    return lambda v: any(fnmatchcase(v, p) for p in pats)
-
-
-def _compile_match(match: dict[str, Any]) -> list[Matcher]:
-    tests: list[Matcher] = []
-    if "agent" in match:
-        agent = _globs(_as_list(match["agent"]), fold=False)
-        tests.append(lambda a: agent(a.agent))
-    if "host" in match:
-        host = _globs(_as_list(match["host"]), fold=True)
-        tests.append(lambda a: host(a.host))
-    if "method" in match:
-        methods = {m.upper() for m in _as_list(match["method"])}
-        tests.append(lambda a: a.method.upper() in methods)
-    if "path" in match:
-        path = _globs(_as_list(match["path"]), fold=False)
-        tests.append(lambda a: path(a.path))
-    if "effect" in match:
-        effects = set(_as_list(match["effect"]))
-        tests.append(lambda a: a.effect.value in effects)
-    return tests
 
 
 @dataclass(frozen=True)
@@ -59,103 +35,203 @@ class Rule:
     message: str
     description: str
     source: Path
-    tests: tuple[Matcher, ...]
+    position: int
+    test: Predicate
+    hosts: frozenset[str] | None = None  # literal hosts the rule can match, if it names only those
+    methods: frozenset[str] | None = None
+    protocols: frozenset[str] | None = None
 
     def matches(self, action: Action) -> bool:
         """True when every field of the rule's `match` holds for the action."""
-        return all(test(action) for test in self.tests)
+        if self.methods is not None and action.method.upper() not in self.methods:
+            return False
+        if self.protocols is not None and action.protocol not in self.protocols:
+            return False
+        return self.test(action)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why an action got its decision: the egress check, every matching rule, the decision."""
+
+    action: Action
+    egress: str  # allowed, refused, reported, upstream
+    matched: list[Rule]
+    decision: Decision
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Egress:
+    test: Callable[[str | None], bool]
+    ports: frozenset[int] | None
+
+
+@dataclass
+class _Parts:
+    rules: list[Rule] = field(default_factory=list)
+    egress: list[_Egress] = field(default_factory=list)
+    egress_modes: list[str] = field(default_factory=list)
+    defaults: dict[Effect, Verdict] = field(default_factory=dict)
+    secrets: set[str] = field(default_factory=set)
+
+
+def _egress_entry(entry: str | dict[str, Any]) -> _Egress:
+    if isinstance(entry, dict):
+        ports = frozenset(entry["ports"]) if "ports" in entry else None
+        return _Egress(globs([entry["host"]], fold=True), ports)
+    host, sep, port = entry.rpartition(":")
+    if sep and port.isdigit() and ":" not in host.strip("[]").replace("::", "") and host:
+        return _Egress(globs([host.strip("[]")], fold=True), frozenset({int(port)}))
+    return _Egress(globs([entry], fold=True), None)
+
+
+def _literal_set(spec: dict[str, Any], key: str, fold: Callable[[str], str]) -> frozenset[str] | None:
+    if key not in spec:
+        return None
+    values = strings(spec[key])
+    if not all(is_literal(v) for v in values):
+        return None
+    return frozenset(fold(v) for v in values)
+
+
+def _check_schemas(doc: Document, steps: list[str | int], match: dict[str, Any]) -> None:
+    for key in ("body", "args"):
+        if key in match:
+            try:
+                jsonschema.Draft202012Validator.check_schema(match[key])
+            except jsonschema.SchemaError as e:
+                raise doc.error([*steps, key], f"not a valid JSON Schema: {e.message}") from e
+    for key in ("all", "any"):
+        for i, inner in enumerate(match.get(key, [])):
+            _check_schemas(doc, [*steps, key, i], inner)
+    if "not" in match:
+        _check_schemas(doc, [*steps, "not"], match["not"])
+
+
+def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
+    content = doc.content
+    egress = content.get("egress", {})
+    parts.egress.extend(_egress_entry(e) for e in egress.get("allow", []))
+    if "action" in egress:
+        parts.egress_modes.append(egress["action"])
+    for effect, verdict in content.get("defaults", {}).items():
+        current = parts.defaults.get(Effect(effect))
+        # Across files the strictest default wins, like the rules themselves.
+        if current is None or PRECEDENCE[Verdict(verdict)] > PRECEDENCE[current]:
+            parts.defaults[Effect(effect)] = Verdict(verdict)
+    parts.secrets.update(h.lower() for h in content.get("secrets", {}).get("headers", []))
+    for i, spec in enumerate(content.get("rules", [])):
+        if spec["id"] in seen:
+            raise doc.error(
+                ["rules", i, "id"],
+                f"{spec['id']!r} is already defined in {seen[spec['id']]}; rule ids must be unique",
+            )
+        seen[spec["id"]] = doc.path
+        match = spec["match"]
+        _check_schemas(doc, ["rules", i, "match"], match)
+        parts.rules.append(
+            Rule(
+                id=spec["id"],
+                verdict=Verdict(spec["action"]),
+                message=spec.get("message", ""),
+                description=spec.get("description", ""),
+                source=doc.path,
+                position=len(parts.rules),
+                test=compile_match(match),
+                hosts=_literal_set(match, "host", str.lower),
+                methods=_literal_set(match, "method", str.upper),
+                protocols=_literal_set(match, "protocol", str.lower),
+            )
+        )
 
 
 class Ruleset:
-    """Every rule from one rules path, with the egress allowlist and the extra secret headers."""
+    """Every rule from one rules path, with the egress allowlist, defaults and secret headers."""
 
-    def __init__(
-        self,
-        rules: list[Rule],
-        *,
-        egress_allow: list[str],
-        egress_report: bool,
-        secret_headers: frozenset[str],
-        digest: str,
-        sources: list[Path],
-    ):
-        self.rules = rules
-        self.egress_allow = egress_allow
-        self.egress_report = egress_report
-        self.secret_headers = secret_headers
+    def __init__(self, parts: _Parts, *, digest: str, sources: list[Path]):
+        self.rules = parts.rules
+        self.defaults = parts.defaults
+        self.secret_headers = frozenset(parts.secrets)
+        # Report mode only if every file that says anything about it says report.
+        self.egress_report = bool(parts.egress_modes) and all(m == "report" for m in parts.egress_modes)
         self.digest = digest
         self.sources = sources
-        self._egress = _globs(egress_allow, fold=True)
+        self._egress = parts.egress
+        self._by_host: dict[str, list[Rule]] = {}
+        self._any_host: list[Rule] = []
+        for rule in self.rules:
+            if rule.hosts is None:
+                self._any_host.append(rule)
+            else:
+                for host in rule.hosts:
+                    self._by_host.setdefault(host, []).append(rule)
 
     @classmethod
     def load(cls, path: Path | str) -> Ruleset:
         """Load and validate a rule file, or every *.yaml in a directory; raise RulesError."""
-        path = Path(path)
-        docs = [read(p) for p in files(path)]
-        rules: list[Rule] = []
+        docs = [read(p) for p in files(Path(path))]
+        parts = _Parts()
         seen: dict[str, Path] = {}
-        allow: list[str] = []
-        report = False
-        secrets: set[str] = set()
         for doc in docs:
-            egress = doc.content.get("egress", {})
-            allow.extend(egress.get("allow", []))
-            report = report or egress.get("action") == "report"
-            secrets.update(h.lower() for h in doc.content.get("secrets", {}).get("headers", []))
-            for i, spec in enumerate(doc.content.get("rules", [])):
-                if spec["id"] in seen:
-                    raise RulesError(
-                        f"{doc.path}: rules[{i}].id: {spec['id']!r} is already defined in "
-                        f"{seen[spec['id']]}; rule ids must be unique"
-                    )
-                seen[spec["id"]] = doc.path
-                rules.append(
-                    Rule(
-                        id=spec["id"],
-                        verdict=Verdict(spec["action"]),
-                        message=spec.get("message", ""),
-                        description=spec.get("description", ""),
-                        source=doc.path,
-                        tests=tuple(_compile_match(spec["match"])),
-                    )
-                )
+            _add_document(parts, doc, seen)
         digest = hashlib.sha256("".join(d.digest for d in docs).encode()).hexdigest()
-        return cls(
-            rules,
-            egress_allow=allow,
-            egress_report=report,
-            secret_headers=frozenset(secrets),
-            digest=digest,
-            sources=[d.path for d in docs],
-        )
+        return cls(parts, digest=digest, sources=[d.path for d in docs])
 
-    def egress_allows(self, host: str) -> bool:
-        """True when the host is on the egress allowlist."""
-        return self._egress(host)
+    def egress_allows(self, host: str, port: int | None = None) -> bool:
+        """True when the host (and port, where the entry names ports) is on the allowlist."""
+        return any(e.test(host) and (e.ports is None or port in e.ports) for e in self._egress)
+
+    def candidates(self, action: Action) -> Iterable[Rule]:
+        """The rules that can match the action: those indexed under its host, and the rest."""
+        yield from self._by_host.get(action.host.lower(), ())
+        yield from self._any_host
 
     def evaluate(self, action: Action) -> Decision:
-        """Decide an action: egress first, then every matching rule; deny beats hold beats allow."""
-        # A named upstream (reverse mode) was chosen by the operator on the command line.
-        if action.upstream is None and not self.egress_allows(action.host):
+        """Decide an action (see the module docstring for the order)."""
+        return self.explain(action).decision
+
+    def explain(self, action: Action) -> Explanation:
+        """Decide an action and say why: egress, every matching rule, the winner or the default."""
+        matched = sorted((r for r in self.candidates(action) if r.matches(action)), key=lambda r: r.position)
+        egress, reported = "allowed", None
+        if action.upstream is not None:
+            egress = "upstream"  # a named upstream was chosen by the operator on the command line
+        elif not self.egress_allows(action.host, action.port):
+            target = f"{action.host}:{action.port}"
             message = (
-                f"{action.host} is not on the egress allowlist; "
+                f"{target} is not on the egress allowlist; "
                 "add it to egress.allow in the rules if the agent should reach it"
             )
             if not self.egress_report:
-                return Decision(Verdict.DENY, EGRESS_RULE, message, "egress_denied")
-            return Decision(Verdict.LOG, EGRESS_RULE, f"report only: {message}")
-        matched = [r for r in self.rules if r.matches(action)]
-        if not matched:
-            return Decision(Verdict.ALLOW)
-        rule = max(matched, key=lambda r: _PRECEDENCE[r.verdict])
-        if rule.verdict is Verdict.DENY:
-            message = rule.message or f"rule {rule.id} denies this action"
-            return Decision(Verdict.DENY, rule.id, message, "denied")
-        if rule.verdict is Verdict.HOLD:
-            # Votes are not available yet: a held action is refused, and says so.
-            message = (rule.message + " " if rule.message else "") + (
-                f"rule {rule.id} holds this action for votes, which this proxy cannot take yet; "
-                "it was not executed"
+                refused = Decision(Verdict.DENY, EGRESS_RULE, message, "egress_denied")
+                return Explanation(action, "refused", matched, refused, f"egress refuses {target}")
+            egress, reported = "reported", Decision(Verdict.LOG, EGRESS_RULE, f"report only: {message}")
+        if matched:
+            winner = max(matched, key=lambda r: (PRECEDENCE[r.verdict], -r.position))
+            decision = self._decision(winner.verdict, winner.id, winner.message)
+            others = len(matched) - 1
+            reason = f"rule {winner.id} ({winner.verdict.value}) decides" + (
+                f"; {others} other matching rule(s) are not stricter" if others else ""
             )
-            return Decision(Verdict.DENY, rule.id, message, "held")
-        return Decision(rule.verdict, rule.id, rule.message)
+        else:
+            verdict = self.defaults.get(action.effect, Verdict.ALLOW)
+            rule_id = None if verdict is Verdict.ALLOW else f"defaults.{action.effect.value}"
+            decision = self._decision(verdict, rule_id, "")
+            reason = f"no rule matched; defaults.{action.effect.value} is {verdict.value}"
+        if reported is not None and not decision.refused:
+            decision = reported
+            reason += "; egress is in report mode and would refuse the host"
+        return Explanation(action, egress, matched, decision, reason)
+
+    @staticmethod
+    def _decision(verdict: Verdict, rule: str | None, message: str) -> Decision:
+        if verdict is Verdict.DENY:
+            return Decision(Verdict.DENY, rule, message or f"rule {rule} denies this action", "denied")
+        if verdict is Verdict.HOLD:
+            # Votes are not available yet: a held action is refused, and says so.
+            held = (
+                f"{rule} holds this action for votes, which this proxy cannot take yet; it was not executed"
+            )
+            return Decision(Verdict.DENY, rule, f"{message} {held}".strip(), "held")
+        return Decision(verdict, rule, message)

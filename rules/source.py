@@ -20,11 +20,17 @@ class RulesError(Exception):
 
 @dataclass(frozen=True)
 class Document:
-    """One parsed and validated rule file."""
+    """One parsed and validated rule file, with its YAML nodes for pointing at lines."""
 
     path: Path
     content: dict[str, Any]
     digest: str
+    node: yaml.Node | None = None
+
+    def error(self, steps: list[str | int], message: str) -> RulesError:
+        """An error about the value at `steps`, as `file:line:col: field: message`."""
+        at = _node_at(self.node, steps)
+        return RulesError(f"{_where(self.path, at)}: {_field(steps)}: {message}")
 
 
 @cache
@@ -62,39 +68,51 @@ def read(path: Path) -> Document:
         raise RulesError(f"{where}: not valid YAML: {problem}") from e
     if not isinstance(content, dict):
         raise RulesError(f"{path}:1:1: a rule file must be a mapping with at least 'version: 1'")
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
     error = jsonschema.exceptions.best_match(validator.iter_errors(content))
     if error is not None:
         raise RulesError(_describe(path, node, error))
-    return Document(path, content, hashlib.sha256(text.encode()).hexdigest())
+    return Document(path, content, hashlib.sha256(text.encode()).hexdigest(), node)
+
+
+def _field(steps: list[str | int]) -> str:
+    return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).lstrip(".") or "(top)"
+
+
+def _where(path: Path, node: yaml.Node | None) -> str:
+    mark = node.start_mark if node is not None else None
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+
+
+def _node_at(root: yaml.Node | None, steps: list[str | int]) -> yaml.Node | None:
+    node = root
+    for step in steps:
+        if isinstance(node, yaml.MappingNode):
+            value = next((v for k, v in node.value if k.value == step), None)
+            if value is None:
+                break
+            node = value
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            node = node.value[step]
+        else:
+            break
+    return node
 
 
 def _describe(path: Path, root: yaml.Node | None, error: jsonschema.ValidationError) -> str:
-    steps = list(error.absolute_path)
-    field = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).lstrip(".") or "(top)"
-    node, key_node = root, None
-    for step in steps:
-        if isinstance(node, yaml.MappingNode):
-            pair = next(((k, v) for k, v in node.value if k.value == step), None)
-            if pair is None:
-                break
-            key_node, node = pair
-        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
-            key_node, node = None, node.value[step]
-        else:
-            break
-    message = error.message
+    steps: list[str | int] = list(error.absolute_path)
+    node = _node_at(root, steps)
+    field, message = _field(steps), error.message
     if error.validator == "additionalProperties" and isinstance(node, yaml.MappingNode):
         # Point at the unknown key itself, not at the mapping that holds it.
         known = set(error.schema.get("properties", {}))
         unknown = next((k for k, _ in node.value if k.value not in known), None)
         if unknown is not None:
             node = unknown
-            field = f"{field}.{unknown.value}" if steps else unknown.value
+            field = _field([*steps, unknown.value])
             message = f"unknown key {unknown.value!r} (known: {', '.join(sorted(known))})"
     elif error.validator == "enum":
         message = f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
-    at = node if node is not None else key_node
-    mark = at.start_mark if at is not None else None
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-    return f"{where}: {field}: {message}"
+    elif error.validator == "format" and error.validator_value == "regex":
+        message = f"{error.instance!r} is not a valid regular expression"
+    return f"{_where(path, node)}: {field}: {message}"

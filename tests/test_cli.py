@@ -81,7 +81,7 @@ def make_traffic(a: Airlock, up: Upstream) -> None:
     assert s.delete(f"{up.url}/items/7", timeout=10).status_code == 403
     assert s.get(f"{up.url}/status/404", timeout=10).status_code == 404
     assert s.post(f"http://127.0.0.1:{free_port()}/nobody", data=b"x", timeout=10).status_code == 502
-    settle(a, 9)  # 2 entries for each of the four forwarded actions, 1 for the denied one
+    settle(a, 10)  # the rules at start, 2 for each of the four forwarded actions, 1 for the denied one
 
 
 @dataclass
@@ -226,7 +226,7 @@ def test_show_prints_intent_and_outcome(busy: Busy) -> None:
     assert intent["data"]["action"]["method"] == "POST"
     assert intent["data"]["action"]["body"]["text"] == "hello airlock"
     assert (outcome["kind"], outcome["state"], outcome["data"]["status"]) == ("outcome", "committed", 200)
-    assert (intent["seq"], outcome["seq"]) == (3, 4) and outcome["prev"] == intent["hash"]
+    assert (intent["seq"], outcome["seq"]) == (4, 5) and outcome["prev"] == intent["hash"]
     assert f"{up.url}/things" in text.stdout and "committed" in text.stdout
     assert f"entry {intent['seq']}" in text.stdout and "intent -> pending" in text.stdout
     assert f"entry {outcome['seq']}" in text.stdout and "outcome -> committed" in text.stdout
@@ -247,7 +247,7 @@ def test_verify_ok_on_a_live_and_a_stopped_log(busy: Busy, quiet_data: Path) -> 
     )
     # 2 entries for each of the four forwarded actions, 1 for the denied one.
     for proc in (live, stopped):
-        assert proc.returncode == 0 and proc.stdout == "ok: 9 entries verified\n", proc
+        assert proc.returncode == 0 and proc.stdout == "ok: 10 entries verified\n", proc
 
 
 @contextmanager
@@ -300,10 +300,10 @@ def test_verify_names_an_altered_entry(quiet_data: Path, tmp_path: Path, old: by
     with entries_of(data) as (txn, db):
         seq, raw = find_entry(txn, db, old)
         txn.put(key(seq), raw.replace(old, new, 1), db=db)
-    assert seq == 3  # the POST's intent: entries 1 and 2 are the GET before it
+    assert seq == 4  # the POST's intent: entry 1 is the rules in force, 2 and 3 the GET before it
     proc = airlock_cmd("verify", "--data", str(data))
     assert proc.returncode == 1, proc
-    assert proc.stdout.startswith("altered:") and re.search(r"\bentry 3\b", proc.stdout), proc.stdout
+    assert proc.stdout.startswith("altered:") and re.search(r"\bentry 4\b", proc.stdout), proc.stdout
 
 
 def canonical(obj: object) -> bytes:
@@ -346,7 +346,7 @@ def test_verify_detects_a_deleted_entry(quiet_data: Path, tmp_path: Path, which:
         last = int.from_bytes(bytes(cur.key()), "big")
         gone = last if which == "last" else 4
         assert txn.delete(key(gone), db=db)
-    assert last == 9
+    assert last == 10
     proc = airlock_cmd("verify", "--data", str(data))
     assert proc.returncode == 1, proc
     # "entry 4 is missing (found 5)"; "the log ends at entry 8 (...) but its head records entry 9 (...)".
@@ -473,7 +473,7 @@ def test_exec_routes_curl_and_requests_through_the_proxy(airlock: Airlock, upstr
     )
     assert curl.returncode == 0 and json.loads(curl.stdout)["path"] == "/via-exec", curl
     assert py.returncode == 0 and py.stdout.strip() == "/via-requests", py
-    settle(airlock, 4)
+    settle(airlock, 5)
     logged = {x["url"]: x for x in airlock.log()}
     assert logged[f"{upstream.url}/via-exec"]["state"] == "committed"
     assert logged[f"{upstream.url}/via-requests"]["method"] == "POST"

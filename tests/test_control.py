@@ -57,7 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             assert s.post(f"{up.url}/two", json={"n": 2}, timeout=10).status_code == 200
             assert s.delete(f"{up.url}/items/3", timeout=10).status_code == 403
             assert s.get(f"{up.url}/four", timeout=10).status_code == 200
-            wait_for(lambda: entries_now(a) == 7, "every outcome is written")
+            wait_for(lambda: entries_now(a) == 8, "every outcome is written")
             yield Served(a, up)
         finally:
             a.stop(signal.SIGKILL)
@@ -69,7 +69,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 def test_healthz_needs_no_token(served: Served) -> None:
     r = requests.get(f"{served.airlock.control}/healthz", timeout=10)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
-    assert r.json() == {"ok": True, "entries": 7}
+    assert r.json() == {"ok": True, "entries": 8}
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_everything_but_healthz_needs_the_token(
 def test_a_refused_resolve_writes_nothing(served: Served) -> None:
     r = requests.post(f"{served.airlock.control}/v1/actions/1/resolve", json={"executed": False}, timeout=10)
     assert r.status_code == 401
-    assert entries_now(served.airlock) == 7
+    assert entries_now(served.airlock) == 8
 
 
 # ---- listing and showing actions ------------------------------------------------------------
@@ -192,13 +192,13 @@ def test_resolving_a_committed_action_is_409(served: Served) -> None:
     assert r.json()["error"] == "conflict" and "committed" in r.json()["message"]
     r = served.post("/v1/actions/3/resolve", json={"executed": False})
     assert r.status_code == 409 and "denied" in r.json()["message"]
-    assert entries_now(served.airlock) == 7
+    assert entries_now(served.airlock) == 8
 
 
 def test_resolving_an_unknown_action_is_404(served: Served) -> None:
     r = served.post("/v1/actions/999/resolve", json={"executed": True})
     assert r.status_code == 404 and r.json()["error"] == "not_found"
-    assert entries_now(served.airlock) == 7
+    assert entries_now(served.airlock) == 8
 
 
 @pytest.mark.parametrize(
@@ -231,7 +231,7 @@ def test_resolve_with_a_bad_body_is_400(served: Served, body: bytes) -> None:
     r = served.post("/v1/actions/1/resolve", data=body, headers=headers)
     assert r.status_code == 400
     assert r.json()["error"] == "bad_request" and "executed" in r.json()["message"]
-    assert entries_now(served.airlock) == 7
+    assert entries_now(served.airlock) == 8
 
 
 def test_resolve_settles_in_doubt_actions(airlock: Airlock, upstream: Upstream) -> None:
@@ -295,7 +295,9 @@ def test_an_action_still_in_flight_cannot_be_resolved(airlock: Airlock, upstream
         upstream.release.set()
         sender.join(30)
     assert done and done[0].status_code == 200
-    wait_for(lambda: entries_now(airlock) == 2, "the outcome is written")
+    wait_for(
+        lambda: entries_now(airlock) == 3, "the outcome is written"
+    )  # after the rules entry and the intent
     shown = requests.get(
         f"{airlock.control}/v1/actions/{pending['id']}", headers=auth(airlock), timeout=10
     ).json()
@@ -308,7 +310,7 @@ def test_an_action_still_in_flight_cannot_be_resolved(airlock: Airlock, upstream
 def test_verify_reports_ok(served: Served) -> None:
     r = served.get("/v1/verify")
     assert r.status_code == 200
-    assert r.json() == {"ok": True, "checked": 7, "bad_seq": None, "reason": ""}
+    assert r.json() == {"ok": True, "checked": 8, "bad_seq": None, "reason": ""}
 
 
 def test_the_control_api_and_the_proxy_default_to_loopback() -> None:

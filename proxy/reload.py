@@ -1,0 +1,99 @@
+"""Live rules: reload when a file in the rules path changes, on SIGHUP, or on request.
+
+A reload that fails validation changes nothing: the previous rules stay in force and the error
+is logged and kept for the control API. Every successful load is an entry in the log with the
+rules' digest, so the audit trail shows which rules decided each action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from rules import RulesError, Ruleset
+from store import Log
+
+from . import records
+
+logger = logging.getLogger(__name__)
+
+Signature = tuple[tuple[str, int, int, int], ...]
+
+
+def signature(path: Path) -> Signature:
+    """What changes when a rule file is edited, added, removed or swapped (as a ConfigMap is)."""
+    targets = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    out = []
+    for target in targets:
+        try:
+            st = os.stat(target)
+        except OSError:
+            continue
+        out.append((str(target), st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+class RulesReloader:
+    """Keeps the proxy's rules current with the files on disk."""
+
+    def __init__(self, path: Path, log: Log, apply: Callable[[Ruleset], None], current: Ruleset):
+        self.path = path
+        self.log = log
+        self.apply = apply
+        self.current = current
+        self.last_error: str | None = None
+        self._seen = signature(path)
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    async def record(self, reason: str) -> None:
+        """Write the rules in force to the log (at start, and after each reload)."""
+        await self.log.append(records.rules_loaded(self.current, reason=reason))
+
+    async def reload(self, reason: str) -> Ruleset:
+        """Load the rules again; on success use and log them, on failure keep the old ones."""
+        async with self._lock:
+            self._seen = signature(self.path)
+            try:
+                ruleset = Ruleset.load(self.path)
+            except RulesError as e:
+                self.last_error = str(e)
+                logger.error("airlock: rules not reloaded (%s), the previous rules stay: %s", reason, e)
+                raise
+            self.last_error = None
+            if ruleset.digest == self.current.digest:
+                return ruleset
+            self.apply(ruleset)
+            self.current = ruleset
+            await self.record(reason)
+            logger.info(
+                "airlock: rules reloaded (%s): %d rules, digest %s",
+                reason,
+                len(ruleset.rules),
+                ruleset.digest[:12],
+            )
+            return ruleset
+
+    async def try_reload(self, reason: str) -> bool:
+        """Reload; a failure is logged and kept in `last_error`, and reported as False."""
+        try:
+            await self.reload(reason)
+        except RulesError:
+            return False
+        return True
+
+    def trigger(self, reason: str) -> None:
+        """Start a reload from synchronous code (a signal handler) and keep it alive until done."""
+        task = asyncio.get_running_loop().create_task(self.try_reload(reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Poll the rules path and reload when it changes (runs until cancelled)."""
+        while True:
+            await asyncio.sleep(interval)
+            if signature(self.path) != self._seen:
+                await self.try_reload("file changed")
