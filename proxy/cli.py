@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from rules import RulesError, default_path
+from rules import RulesError, Ruleset, default_path
 from store import Log, NoLog, State, StateError, StoreError, UnknownAction
 
 from . import logview, records
@@ -148,6 +148,26 @@ def build_parser() -> Parser:
     resolve.add_argument("--note", default="", help="why you know")
     resolve.set_defaults(func=cmd_resolve)
 
+    rules_cmd = sub.add_parser("rules", help="check rule files, or explain how they decide an action")
+    rules_sub = rules_cmd.add_subparsers(dest="rules_command", required=True, parser_class=Parser, metavar="")
+    check = rules_sub.add_parser("check", help="validate rule files; exit 1 with file:line:col on error")
+    check.add_argument("path", nargs="?", type=Path, default=default_path(), help="file or directory")
+    check.set_defaults(func=cmd_rules_check)
+    explain = rules_sub.add_parser("explain", help="show the action, every matching rule and the decision")
+    explain.add_argument(
+        "--rules", type=Path, default=default_path(), metavar="PATH", help="file or directory"
+    )
+    explain.add_argument("--method", default="GET", help="HTTP method (default GET)")
+    explain.add_argument("--url", required=True, help="full URL, e.g. https://api.example.com/v1/items")
+    explain.add_argument("--header", action="append", default=[], metavar="K:V", help="a header (repeatable)")
+    explain.add_argument("--body", metavar="@FILE|TEXT", help="request body, or @FILE to read it")
+    explain.add_argument("--tool", help="an MCP tool call: the tool's name")
+    explain.add_argument("--args", metavar="JSON", help="an MCP tool call: its arguments")
+    explain.add_argument("--effect", choices=["read", "write", "destructive"], help="override the effect")
+    explain.add_argument("--agent", default=os.environ.get("AIRLOCK_AGENT", "agent"), help="agent name")
+    explain.add_argument("--json", action="store_true", help="print JSON")
+    explain.set_defaults(func=cmd_rules_explain)
+
     ca = sub.add_parser("ca", help="print the CA certificate path (creating the CA if needed)")
     _data_arg(ca)
     ca.set_defaults(func=cmd_ca)
@@ -262,6 +282,40 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    """Validate rule files; exit 1 naming file, line, column and field if they are not valid."""
+    try:
+        ruleset = Ruleset.load(args.path)
+    except RulesError as e:
+        print(f"invalid: {e}")
+        return 1
+    files = ", ".join(str(p) for p in ruleset.sources)
+    print(f"ok: {len(ruleset.rules)} rules in {files} (digest {ruleset.digest[:12]})")
+    return 0
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    """Print the normalized action, every rule that matched, and the decision with its reason."""
+    from .explain import ExplainError, body_argument, build_action, header_arguments, render
+
+    ruleset = Ruleset.load(args.rules)
+    try:
+        action = build_action(
+            method=args.method,
+            url=args.url,
+            headers=header_arguments(args.header),
+            body=body_argument(args.body),
+            agent=args.agent,
+            tool=args.tool,
+            args=args.args,
+            effect=args.effect,
+        )
+    except ExplainError as e:
+        raise UserError(str(e)) from e
+    print(render(ruleset.explain(action), ruleset, as_json=args.json))
+    return 0
+
+
 def cmd_ca(args: argparse.Namespace) -> int:
     """Print the CA certificate's path."""
     from .ca import ensure_ca
@@ -299,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (UserError, RulesError, DataDirError, StartupError, NoLog, StoreError) as e:
-        print(f"airlock {args.command}: error: {e}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "rules_command", None)]))
+        print(f"airlock {command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

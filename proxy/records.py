@@ -45,24 +45,8 @@ def intent(
     rules_digest: str,
 ) -> Record:
     """The first entry of an action: what was asked (redacted) and what the rules decided."""
-    url = action.url
-    if action.query:
-        url = url[: -len(action.query)] + redactor.query(action.query)
-    described: dict[str, Any] = {
-        "protocol": action.protocol,
-        "agent": action.agent,
-        "method": action.method,
-        "url": url,
-        "host": action.host,
-        "port": action.port,
-        "path": action.path,
-        "effect": action.effect.value,
-        "headers": redactor.headers(action.headers),
-        "body": body_excerpt(action.body, bodies),
-    }
-    for optional in ("upstream", "service", "operation", "tool"):
-        if (value := getattr(action, optional)) is not None:
-            described[optional] = value
+    described = describe(action, redactor=redactor, bodies=bodies)
+    url = described["url"]
     refused = decision.verdict is Verdict.DENY
     return Record(
         kind="intent",
@@ -91,6 +75,29 @@ def intent(
         }
         | {k: described[k] for k in ("upstream", "tool") if k in described},
     )
+
+
+def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[str, Any]:
+    """An action as JSON, credentials redacted and the body cut to the policy's limit."""
+    url = action.url
+    if action.query:
+        url = url[: -len(action.query)] + redactor.query(action.query)
+    described: dict[str, Any] = {
+        "protocol": action.protocol,
+        "agent": action.agent,
+        "method": action.method,
+        "url": url,
+        "host": action.host,
+        "port": action.port,
+        "path": action.path,
+        "effect": action.effect.value,
+        "headers": redactor.headers(action.headers),
+        "body": body_excerpt(action.body, bodies),
+    }
+    for optional in ("upstream", "service", "operation", "tool", "args"):
+        if (value := getattr(action, optional)) is not None:
+            described[optional] = value
+    return described
 
 
 def outcome(

@@ -33,7 +33,11 @@ def header_map(headers: http.Headers) -> dict[str, str]:
 
 def classify(flow: http.HTTPFlow, *, agent: str, upstream: str | None = None) -> Action:
     """The Action a plain HTTP request asks for."""
-    req = flow.request
+    return from_request(flow.request, agent=agent, upstream=upstream)
+
+
+def from_request(req: http.Request, *, agent: str, upstream: str | None = None) -> Action:
+    """The Action of one request, on the wire or made up (`airlock rules explain`)."""
     method = req.method.upper()
     headers = header_map(req.headers)
     path, _, query = req.path.partition("?")

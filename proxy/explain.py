@@ -1,0 +1,116 @@
+"""`airlock rules explain`: build an action from the command line and show how the rules decide it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import http
+
+from rules import Effect, Explanation, Ruleset
+
+from .protocols.http import from_request
+from .records import BodyPolicy, describe
+from .redact import Redactor
+
+
+class ExplainError(ValueError):
+    """A value given to `rules explain` is malformed; the message names it."""
+
+
+def body_argument(text: str | None) -> bytes:
+    """`--body`: `@FILE` reads the file, anything else is the body itself."""
+    if text is None:
+        return b""
+    if text.startswith("@"):
+        try:
+            return Path(text[1:]).read_bytes()
+        except OSError as e:
+            raise ExplainError(f"--body {text}: cannot read the file: {e.strerror or e}") from e
+    return text.encode()
+
+
+def header_arguments(pairs: list[str]) -> list[tuple[str, str]]:
+    """`--header K:V` (repeatable)."""
+    out = []
+    for pair in pairs:
+        name, sep, value = pair.partition(":")
+        if not sep or not name.strip():
+            raise ExplainError(f"--header {pair!r} is not NAME:VALUE")
+        out.append((name.strip(), value.strip()))
+    return out
+
+
+def build_action(
+    *,
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    agent: str,
+    tool: str | None = None,
+    args: str | None = None,
+    effect: str | None = None,
+) -> Any:
+    """The Action the proxy would see for this request (or MCP tool call)."""
+    try:
+        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        req = http.Request.make(method.upper(), url, body, http.Headers(fields))
+    except ValueError as e:
+        raise ExplainError(f"--url {url!r}: {e}") from e
+    action = from_request(req, agent=agent)
+    changes: dict[str, Any] = {}
+    if tool is not None:
+        changes.update(protocol="mcp", tool=tool)
+    if args is not None:
+        try:
+            changes["args"] = json.loads(args)
+        except ValueError as e:
+            raise ExplainError(f"--args is not JSON: {e}") from e
+    if effect is not None:
+        changes["effect"] = Effect(effect)
+    return dataclasses.replace(action, **changes) if changes else action
+
+
+def render(explanation: Explanation, ruleset: Ruleset, *, as_json: bool) -> str:
+    """The explanation as text for people, or as one JSON document."""
+    action = describe(explanation.action, redactor=Redactor(ruleset.secret_headers), bodies=BodyPolicy())
+    decision = explanation.decision
+    matched = [
+        {"id": r.id, "action": r.verdict.value, "source": str(r.source), "message": r.message}
+        for r in explanation.matched
+    ]
+    if as_json:
+        return json.dumps(
+            {
+                "action": action,
+                "egress": explanation.egress,
+                "matched": matched,
+                "decision": {
+                    "verdict": decision.verdict.value,
+                    "rule": decision.rule,
+                    "message": decision.message,
+                    "refused": decision.refused,
+                },
+                "reason": explanation.reason,
+                "rules": ruleset.digest,
+            },
+            indent=2,
+        )
+    lines = ["action:"]
+    lines += [f"  {line}" for line in json.dumps(action, indent=2).splitlines()]
+    lines.append(f"egress: {explanation.egress}")
+    lines.append("matching rules:" if matched else "matching rules: none")
+    for m in matched:
+        lines.append(
+            f"  {m['id']}  {m['action']}  ({m['source']})" + (f"  {m['message']}" if m["message"] else "")
+        )
+    outcome = "refused" if decision.refused else "let through"
+    by = f" by {decision.rule}" if decision.rule else ""
+    lines.append(f"decision: {decision.verdict.value}{by}: {outcome}")
+    lines.append(f"reason: {explanation.reason}")
+    if decision.message:
+        lines.append(f"message to the agent: {decision.message}")
+    return "\n".join(lines)
