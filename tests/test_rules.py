@@ -142,3 +142,221 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(RulesError, match=r"no \*\.yaml rule files"):
         Ruleset.load(tmp_path / "empty")
+
+
+# ---- every match field, combinators, defaults and egress ports --------------------------------
+
+FIELDS = """\
+version: 1
+egress:
+  allow: ["*"]
+rules:
+  - {id: proto, match: {protocol: mcp, tool: "drop_*"}, action: deny}
+  - {id: port, match: {port: [8443, 9443]}, action: deny}
+  - {id: query, match: {query: {confirm: "no*"}}, action: deny}
+  - {id: header, match: {headers: {X-Env: "prod*"}}, action: deny}
+  - {id: service, match: {service: s3, operation: "Delete*"}, action: deny}
+  - {id: body, match: {body: {properties: {force: {const: true}}, required: [force]}}, action: deny}
+  - {id: args, match: {args: {properties: {to: {pattern: "@evil\\\\.test$"}}, required: [to]}}, action: deny}
+  - {id: text, match: {text: "(?i)drop\\\\s+table"}, action: deny}
+  - {id: regex-path, match: {path: {regex: "^/v[0-9]+/secrets"}}, action: deny}
+  - {id: all-of, match: {all: [{method: PUT}, {path: "/all/*"}]}, action: deny}
+  - {id: any-of, match: {any: [{path: "/any-a"}, {path: "/any-b"}]}, action: deny}
+  - {id: not-get, match: {path: "/not/*", not: {method: GET}}, action: deny}
+  - {id: effect-hold, match: {effect: destructive, host: "db.*"}, action: hold}
+  - {id: agent-log, match: {agent: "audit-*"}, action: log}
+"""
+
+
+def act(
+    method: str = "GET",
+    path: str = "/",
+    *,
+    host: str = "api.test",
+    port: int = 443,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    **extra: object,
+) -> Action:
+    effect = {"GET": Effect.READ, "DELETE": Effect.DESTRUCTIVE}.get(method, Effect.WRITE)
+    return Action(
+        method, "https", host, port, path, effect, query=query, headers=headers or {}, body=body, **extra
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fields(tmp_path: Path) -> Ruleset:
+    f = tmp_path / "fields.yaml"
+    f.write_text(FIELDS)
+    return Ruleset.load(f)
+
+
+@pytest.mark.parametrize(
+    ("action", "rule"),
+    [
+        (act(protocol="mcp", tool="drop_table"), "proto"),
+        (act(protocol="http", tool="drop_table"), None),
+        (act(port=9443), "port"),
+        (act(query="confirm=nope&x=1"), "query"),
+        (act(query="confirm=yes"), None),
+        (act(headers={"x-env": "production"}), "header"),
+        (act(headers={"x-env": "staging"}), None),
+        (act(protocol="aws", service="s3", operation="DeleteBucket"), "service"),
+        (act(protocol="aws", service="s3", operation="PutObject"), None),
+        (act("POST", body=b'{"force": true}'), "body"),
+        (act("POST", body=b'{"force": false}'), None),
+        (act("POST", body=b"force=true"), None),  # not JSON: a body schema cannot match it
+        (act(protocol="mcp", tool="send", args={"to": "boss@evil.test"}), "args"),
+        (act(protocol="mcp", tool="send", args={"to": "me@example.com"}), None),
+        (act("POST", body=b"select 1; DROP  TABLE users"), "text"),
+        (act(path="/v2/secrets/db"), "regex-path"),
+        (act(path="/api/v2/secrets"), None),
+        (act("PUT", "/all/x"), "all-of"),
+        (act("POST", "/all/x"), None),
+        (act(path="/any-b"), "any-of"),
+        (act("POST", "/not/x"), "not-get"),
+        (act("GET", "/not/x"), None),
+        (act("DELETE", host="db.internal"), "effect-hold"),
+        (act(agent="audit-bot"), "agent-log"),
+    ],
+)
+def test_each_match_field(fields: Ruleset, action: Action, rule: str | None) -> None:
+    assert fields.evaluate(action).rule == rule
+
+
+def test_every_matching_rule_is_found_and_the_strictest_wins(fields: Ruleset) -> None:
+    # An audit agent's destructive call to db.* with a forced body matches log, hold and deny.
+    action = act("DELETE", host="db.internal", agent="audit-1", body=b'{"force": true}')
+    explained = fields.explain(action)
+    assert [r.id for r in explained.matched] == ["body", "effect-hold", "agent-log"]
+    assert explained.decision.rule == "body" and explained.decision.refused
+    assert "2 other matching rule(s)" in explained.reason
+
+
+def test_hold_beats_log_and_allow(tmp_path: Path) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "version: 1\negress: {allow: ['*']}\nrules:\n"
+        "  - {id: a, match: {path: /x}, action: allow}\n"
+        "  - {id: l, match: {path: /x}, action: log}\n"
+        "  - {id: h, match: {path: /x}, action: hold}\n"
+    )
+    decision = Ruleset.load(f).evaluate(act(path="/x"))
+    assert (decision.rule, decision.error) == ("h", "held")
+
+
+@pytest.mark.parametrize(
+    ("method", "verdict", "rule"),
+    [
+        ("GET", Verdict.ALLOW, None),
+        ("POST", Verdict.LOG, "defaults.write"),
+        ("DELETE", Verdict.DENY, "defaults.destructive"),
+    ],
+)
+def test_defaults_by_effect(tmp_path: Path, method: str, verdict: Verdict, rule: str | None) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "version: 1\negress: {allow: ['*']}\ndefaults: {read: allow, write: log, destructive: hold}\n"
+    )
+    decision = Ruleset.load(f).evaluate(act(method))
+    assert (decision.verdict, decision.rule) == (verdict, rule)
+
+
+def test_the_strictest_default_wins_across_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("version: 1\negress: {allow: ['*']}\ndefaults: {write: deny}\n")
+    (tmp_path / "b.yaml").write_text("version: 1\ndefaults: {write: allow}\n")
+    assert Ruleset.load(tmp_path).evaluate(act("POST")).rule == "defaults.write"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "allowed"),
+    [
+        ("api.test", 443, True),
+        ("api.test", 80, False),
+        ("x.internal.test", 8443, True),
+        ("x.internal.test", 443, False),
+        ("any.open.test", 1234, True),
+        ("::1", 8080, True),
+        ("::2", 8080, False),
+    ],
+)
+def test_egress_hosts_and_ports(tmp_path: Path, host: str, port: int, allowed: bool) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "version: 1\negress:\n  allow:\n    - 'api.test:443'\n"
+        "    - {host: '*.internal.test', ports: [8443]}\n    - '*.open.test'\n    - '::1'\n"
+    )
+    assert Ruleset.load(f).egress_allows(host, port) is allowed
+
+
+def test_enforce_in_any_file_beats_report(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("version: 1\negress: {action: report}\n")
+    (tmp_path / "b.yaml").write_text("version: 1\negress: {action: enforce}\n")
+    assert Ruleset.load(tmp_path).evaluate(act(host="nowhere.test")).rule == "egress"
+    (tmp_path / "b.yaml").write_text("version: 1\n")
+    assert Ruleset.load(tmp_path).evaluate(act(host="nowhere.test")).verdict is Verdict.LOG
+
+
+def test_the_index_finds_the_same_rules_as_a_full_scan(fields: Ruleset, tmp_path: Path) -> None:
+    f = tmp_path / "mixed.yaml"
+    rules = [f"  - {{id: h{i}, match: {{host: 'h{i}.test', method: POST}}, action: deny}}" for i in range(50)]
+    rules += [
+        "  - {id: glob, match: {host: 'h1*.test'}, action: log}",
+        "  - {id: all, match: {}, action: log}",
+    ]
+    f.write_text("version: 1\negress: {allow: ['*']}\nrules:\n" + "\n".join(rules) + "\n")
+    rs = Ruleset.load(f)
+    for action in [act("POST", host="h12.test"), act("GET", host="h12.test"), act(host="other.test")]:
+        scanned = [r.id for r in rs.rules if r.matches(action)]
+        assert [r.id for r in rs.explain(action).matched] == scanned
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "version: 1\nrules:\n  - id: a\n    match: {text: '(unclosed'}\n    action: deny\n",
+            "r.yaml:4:19: rules[0].match.text: '(unclosed' is not a valid regular expression",
+        ),
+        (
+            "version: 1\nrules:\n  - id: a\n    match: {path: {regex: '[z-a]'}}\n    action: deny\n",
+            "rules[0].match.path",
+        ),
+        (
+            "version: 1\nrules:\n  - id: a\n    match:\n      body: {type: nonsense}\n    action: deny\n",
+            "r.yaml:5:13: rules[0].match.body: not a valid JSON Schema",
+        ),
+        (
+            "version: 1\nrules:\n  - id: a\n    match: {any: [{mthod: GET}]}\n    action: deny\n",
+            "unknown key 'mthod'",
+        ),
+        ("version: 1\ndefaults: {delete: deny}\n", "r.yaml:2:12: defaults.delete: unknown key 'delete'"),
+        ("version: 1\negress: {allow: [{host: a, ports: [70000]}]}\n", "egress.allow[0]"),
+    ],
+)
+def test_bad_matches_are_rejected_with_their_place(tmp_path: Path, text: str, expected: str) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text(text)
+    with pytest.raises(RulesError) as err:
+        Ruleset.load(f)
+    assert expected in str(err.value)
+
+
+def test_every_commented_example_in_the_starter_file_is_valid(tmp_path: Path) -> None:
+    import re
+
+    lines = []
+    for line in default_path().read_text().splitlines():
+        m = re.match(r"^  # (- id: .*|  .*)$", line)
+        if m:
+            lines.append("  " + m.group(1))
+        elif not line.startswith("  #"):
+            lines.append(line)
+    f = tmp_path / "examples.yaml"
+    f.write_text("\n".join(lines) + "\n")
+    ids = [r.id for r in Ruleset.load(f).rules]
+    assert len(ids) >= 9 and "no-force-push-flag" in ids and "mail-only-to-us" in ids
+    rs = Ruleset.load(default_path())
+    assert rs.evaluate(act("DELETE", host="localhost")).error == "held"  # destructive is held by default
+    assert rs.evaluate(act("GET", host="localhost")).verdict is Verdict.ALLOW
