@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from fnmatch import fnmatchcase
+from fnmatch import translate
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -35,14 +36,16 @@ def is_literal(pattern: str) -> bool:
 def globs(patterns: Iterable[str], *, fold: bool) -> Callable[[str | None], bool]:
     """A test that a value matches any of the globs (case-insensitively with `fold`)."""
     pats = [p.lower() for p in patterns] if fold else list(patterns)
-    literal = {p for p in pats if is_literal(p)}
+    literal = frozenset(p for p in pats if is_literal(p))
     wild = [p for p in pats if not is_literal(p)]
+    # All wildcard patterns as one compiled regex: one call per value, however many globs.
+    combined = re.compile("|".join(f"(?:{translate(p)})" for p in wild)).match if wild else None
 
     def test(value: str | None) -> bool:
         if value is None:
             return False
         v = value.lower() if fold else value
-        return v in literal or any(fnmatchcase(v, p) for p in wild)
+        return v in literal or (combined is not None and combined(v) is not None)
 
     return test
 
@@ -59,16 +62,26 @@ def _schema(schema: dict[str, Any]) -> Callable[[Any], bool]:
     return valid
 
 
-def _json_body(action: Action) -> Any:
-    if not action.body:
-        return _MISSING
+_MISSING = object()
+
+
+# Several rules may look at one action's body or query: parse each once. The caches are small,
+# keyed by the exact bytes, and their results are only read.
+@lru_cache(maxsize=8)
+def _parsed_json(body: bytes) -> Any:
     try:
-        return json.loads(action.body)
+        return json.loads(body)
     except ValueError:
         return _MISSING
 
 
-_MISSING = object()
+@lru_cache(maxsize=64)
+def _parsed_query(query: str) -> dict[str, str]:
+    return dict(parse_qsl(query, keep_blank_values=True))
+
+
+def _json_body(action: Action) -> Any:
+    return _parsed_json(action.body) if action.body else _MISSING
 
 
 def _pairs(spec: dict[str, Any], *, fold_keys: bool) -> dict[str, Callable[[str | None], bool]]:
@@ -76,7 +89,7 @@ def _pairs(spec: dict[str, Any], *, fold_keys: bool) -> dict[str, Callable[[str 
 
 
 def _query_params(action: Action) -> dict[str, str]:
-    return dict(parse_qsl(action.query, keep_blank_values=True))
+    return _parsed_query(action.query)
 
 
 def compile_match(spec: dict[str, Any]) -> Predicate:

@@ -3,8 +3,9 @@
 Evaluation: egress first (is the host, and port, reachable at all?), then every rule whose
 `match` holds; the strictest verdict wins (deny > hold > log > allow), so adding an allow rule
 can never unlock what a deny rule blocks. No match falls to `defaults` for the action's effect.
-Rules whose top-level match names literal hosts, methods or protocols are indexed by them, so
-most rules are never looked at for a given action.
+Rules whose top-level match names only literal hosts or `*.domain` globs are indexed by host
+and domain, so most rules are never looked at for a given action; a rule's literal methods and
+protocols are checked before the rest of its match.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Rule:
     source: Path
     position: int
     test: Predicate
-    hosts: frozenset[str] | None = None  # literal hosts the rule can match, if it names only those
+    hosts: frozenset[str] | None = None  # index keys: literal hosts and "*.domain" globs
     methods: frozenset[str] | None = None
     protocols: frozenset[str] | None = None
 
@@ -65,6 +66,7 @@ class Explanation:
 class _Egress:
     test: Callable[[str | None], bool]
     ports: frozenset[int] | None
+    literal: str | None = None  # the host, when the entry is not a glob
 
 
 @dataclass
@@ -78,12 +80,14 @@ class _Parts:
 
 def _egress_entry(entry: str | dict[str, Any]) -> _Egress:
     if isinstance(entry, dict):
-        ports = frozenset(entry["ports"]) if "ports" in entry else None
-        return _Egress(globs([entry["host"]], fold=True), ports)
-    host, sep, port = entry.rpartition(":")
-    if sep and port.isdigit() and ":" not in host.strip("[]").replace("::", "") and host:
-        return _Egress(globs([host.strip("[]")], fold=True), frozenset({int(port)}))
-    return _Egress(globs([entry], fold=True), None)
+        host, ports = entry["host"], frozenset(entry["ports"]) if "ports" in entry else None
+    else:
+        head, sep, port = entry.rpartition(":")
+        if sep and port.isdigit() and head and ":" not in head.strip("[]").replace("::", ""):
+            host, ports = head.strip("[]"), frozenset({int(port)})
+        else:
+            host, ports = entry, None
+    return _Egress(globs([host], fold=True), ports, host.lower() if is_literal(host) else None)
 
 
 def _literal_set(spec: dict[str, Any], key: str, fold: Callable[[str], str]) -> frozenset[str] | None:
@@ -93,6 +97,30 @@ def _literal_set(spec: dict[str, Any], key: str, fold: Callable[[str], str]) -> 
     if not all(is_literal(v) for v in values):
         return None
     return frozenset(fold(v) for v in values)
+
+
+def _host_keys(spec: dict[str, Any]) -> frozenset[str] | None:
+    """Index keys for a rule's hosts: literal hosts, and `*.domain` globs as `*.domain`."""
+    if "host" not in spec:
+        return None
+    keys = []
+    for pattern in (p.lower() for p in strings(spec["host"])):
+        if is_literal(pattern) or (pattern.startswith("*.") and is_literal(pattern[2:])):
+            keys.append(pattern)
+        else:
+            return None
+    return frozenset(keys)
+
+
+def _lookup_keys(host: str) -> list[str]:
+    """The index keys an action's host can be filed under: itself and `*.` each parent domain."""
+    host = host.lower()
+    keys = [host]
+    rest = host
+    while "." in rest:
+        rest = rest.split(".", 1)[1]
+        keys.append(f"*.{rest}")
+    return keys
 
 
 def _check_schemas(doc: Document, steps: list[str | int], match: dict[str, Any]) -> None:
@@ -139,7 +167,7 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
                 source=doc.path,
                 position=len(parts.rules),
                 test=compile_match(match),
-                hosts=_literal_set(match, "host", str.lower),
+                hosts=_host_keys(match),
                 methods=_literal_set(match, "method", str.upper),
                 protocols=_literal_set(match, "protocol", str.lower),
             )
@@ -157,7 +185,9 @@ class Ruleset:
         self.egress_report = bool(parts.egress_modes) and all(m == "report" for m in parts.egress_modes)
         self.digest = digest
         self.sources = sources
-        self._egress = parts.egress
+        # Literal hosts allowed on any port answer from a set; the rest are tested one by one.
+        self._egress_any_port = frozenset(e.literal for e in parts.egress if e.literal and e.ports is None)
+        self._egress = [e for e in parts.egress if not (e.literal and e.ports is None)]
         self._by_host: dict[str, list[Rule]] = {}
         self._any_host: list[Rule] = []
         for rule in self.rules:
@@ -180,24 +210,40 @@ class Ruleset:
 
     def egress_allows(self, host: str, port: int | None = None) -> bool:
         """True when the host (and port, where the entry names ports) is on the allowlist."""
+        if host.lower() in self._egress_any_port:
+            return True
         return any(e.test(host) and (e.ports is None or port in e.ports) for e in self._egress)
 
     def candidates(self, action: Action) -> Iterable[Rule]:
-        """The rules that can match the action: those indexed under its host, and the rest."""
-        yield from self._by_host.get(action.host.lower(), ())
+        """The rules that can match the action: those filed under its host or a parent domain,
+        and the unindexed rest (a rule filed under several keys is yielded once)."""
+        seen: set[int] = set()
+        for key in _lookup_keys(action.host):
+            for rule in self._by_host.get(key, ()):
+                if rule.position not in seen:
+                    seen.add(rule.position)
+                    yield rule
         yield from self._any_host
 
     def evaluate(self, action: Action) -> Decision:
         """Decide an action (see the module docstring for the order)."""
-        return self.explain(action).decision
+        return self.explain(action, complete=False).decision
 
-    def explain(self, action: Action) -> Explanation:
-        """Decide an action and say why: egress, every matching rule, the winner or the default."""
-        matched = sorted((r for r in self.candidates(action) if r.matches(action)), key=lambda r: r.position)
+    def explain(self, action: Action, *, complete: bool = True) -> Explanation:
+        """Decide an action and say why: egress, every matching rule, the winner or the default.
+
+        With `complete=False` an action that egress refuses is not matched against the rules.
+        """
+        egress_ok = action.upstream is not None or self.egress_allows(action.host, action.port)
+        matched: list[Rule] = []
+        if egress_ok or complete or self.egress_report:
+            matched = sorted(
+                (r for r in self.candidates(action) if r.matches(action)), key=lambda r: r.position
+            )
         egress, reported = "allowed", None
         if action.upstream is not None:
             egress = "upstream"  # a named upstream was chosen by the operator on the command line
-        elif not self.egress_allows(action.host, action.port):
+        elif not egress_ok:
             target = f"{action.host}:{action.port}"
             message = (
                 f"{target} is not on the egress allowlist; "

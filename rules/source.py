@@ -13,6 +13,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+# libyaml's parser where PyYAML was built with it (several times faster), else the pure one.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class RulesError(Exception):
     """A rule file is missing, unreadable or invalid; the message names file, line and field."""
@@ -59,8 +62,13 @@ def read(path: Path) -> Document:
     except (OSError, UnicodeDecodeError) as e:
         raise RulesError(f"{path}: cannot read the rule file: {e}") from e
     try:
-        node = yaml.compose(text)
-        content = yaml.safe_load(text)
+        # One parse: the nodes (for line numbers in errors) and the data built from them.
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            content = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
