@@ -23,6 +23,7 @@ from .config import (
     RunConfig,
     default_data,
     parse_address,
+    parse_seconds,
     parse_size,
     parse_upstream,
 )
@@ -115,6 +116,13 @@ def build_parser() -> Parser:
         help="largest the log may grow before mutating requests get 503 (default 64GiB)",
     )
     run.add_argument(
+        "--rules-poll",
+        type=_typed(parse_seconds),
+        default=1.0,
+        metavar="SECONDS",
+        help="how often to check the rule files for changes (default 1; 0: only SIGHUP and the API reload)",
+    )
+    run.add_argument(
         "--upstream-ca",
         type=Path,
         metavar="FILE",
@@ -194,6 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         body_limit=args.body_limit,
         log_max_size=args.log_max_size,
         upstream_ca=args.upstream_ca,
+        rules_poll=args.rules_poll,
     )
     ports = [cfg.listen.port, cfg.control.port, *(u.port for u in cfg.upstreams)]
     if len(set(ports)) != len(ports):
@@ -287,7 +296,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     try:
         ruleset = Ruleset.load(args.path)
     except RulesError as e:
-        print(f"invalid: {e}")
+        print(f"invalid: {e}", file=sys.stderr)
         return 1
     files = ", ".join(str(p) for p in ruleset.sources)
     print(f"ok: {len(ruleset.rules)} rules in {files} (digest {ruleset.digest[:12]})")

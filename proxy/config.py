@@ -50,6 +50,7 @@ class RunConfig:
     body_limit: int = 64 * 1024
     log_max_size: int = 64 << 30
     upstream_ca: Path | None = None
+    rules_poll: float = 1.0  # seconds between checks of the rule files; 0 turns the watcher off
 
 
 def default_data() -> str:
@@ -100,3 +101,14 @@ def parse_size(text: str) -> int:
     if not m or m[2].lower() not in _UNITS:
         raise ConfigError(f"{text!r} is not a size (e.g. 65536, 64KiB, 10MiB)")
     return int(m[1]) * _UNITS[m[2].lower()]
+
+
+def parse_seconds(text: str) -> float:
+    """A non-negative number of seconds: 1, 0.5, 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise ConfigError(f"{text!r} is not a number of seconds between 0 and 3600")
+    return value

@@ -8,32 +8,34 @@ rules' digest, so the audit trail shows which rules decided each action.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from rules import RulesError, Ruleset
+from rules import RulesError, Ruleset, rule_files_in
 from store import Log
 
 from . import records
 
 logger = logging.getLogger(__name__)
 
-Signature = tuple[tuple[str, int, int, int], ...]
 
-
-def signature(path: Path) -> Signature:
-    """What changes when a rule file is edited, added, removed or swapped (as a ConfigMap is)."""
-    targets = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
-    out = []
+def signature(path: Path) -> str:
+    """A digest of every rule file's name and content: any edit, addition, removal or swap
+    (as a ConfigMap update does) changes it, whatever happens to mtimes."""
+    h = hashlib.sha256()
+    try:
+        targets = rule_files_in(path) if path.is_dir() else [path]
+    except OSError:
+        targets = []
     for target in targets:
+        h.update(str(target).encode() + b"\0")
         try:
-            st = os.stat(target)
+            h.update(target.read_bytes())
         except OSError:
-            continue
-        out.append((str(target), st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(out)
+            h.update(b"\0unreadable")
+    return h.hexdigest()
 
 
 class RulesReloader:
@@ -92,8 +94,16 @@ class RulesReloader:
         task.add_done_callback(self._tasks.discard)
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Poll the rules path and reload when it changes (runs until cancelled)."""
+        """Poll the rules path and reload when it has changed and then held still for one poll,
+        so that a file caught half-written is never loaded (runs until cancelled)."""
+        pending: str | None = None
         while True:
             await asyncio.sleep(interval)
-            if signature(self.path) != self._seen:
+            now = signature(self.path)
+            if now == self._seen:
+                pending = None
+            elif now == pending:
                 await self.try_reload("file changed")
+                pending = None
+            else:
+                pending = now

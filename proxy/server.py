@@ -122,7 +122,10 @@ async def serve(cfg: RunConfig) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, m.shutdown)
             loop.add_signal_handler(signal.SIGHUP, reloader.trigger, "SIGHUP")
-            watcher = asyncio.create_task(reloader.watch(), name="rules watcher")
+            watcher = asyncio.create_task(
+                reloader.watch(cfg.rules_poll) if cfg.rules_poll > 0 else asyncio.Event().wait(),
+                name="rules watcher",
+            )
             logger.info(
                 "airlock: proxy on %s, control API on %s, data in %s, rules %s",
                 cfg.listen,

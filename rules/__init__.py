@@ -9,7 +9,7 @@ from pathlib import Path
 from .action import Action, Effect
 from .decision import Decision, Verdict
 from .ruleset import EGRESS_RULE, Explanation, Rule, Ruleset
-from .source import RulesError
+from .source import RulesError, rule_files_in
 
 
 def default_path() -> Path:
@@ -28,4 +28,5 @@ __all__ = [
     "Ruleset",
     "Verdict",
     "default_path",
+    "rule_files_in",
 ]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from fnmatch import translate
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import jsonschema
 
@@ -76,8 +76,28 @@ def _parsed_json(body: bytes) -> Any:
 
 
 @lru_cache(maxsize=64)
-def _parsed_query(query: str) -> dict[str, str]:
-    return dict(parse_qsl(query, keep_blank_values=True))
+def _parsed_query(query: str) -> dict[str, list[str]]:
+    # Every value of a repeated parameter: servers differ in which one they read.
+    params: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        params.setdefault(name, []).append(value)
+    return params
+
+
+@lru_cache(maxsize=64)
+def normalized_path(path: str) -> str:
+    """The path as a server resolves it: percent-escapes decoded, dot segments removed and
+    repeated slashes collapsed, so an encoded or padded path cannot slip past a path rule."""
+    decoded = unquote(path)
+    segments: list[str] = []
+    for segment in decoded.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    trailing = "/" if decoded.endswith("/") and segments else ""
+    return "/" + "/".join(segments) + trailing
 
 
 def _json_body(action: Action) -> Any:
@@ -88,8 +108,8 @@ def _pairs(spec: dict[str, Any], *, fold_keys: bool) -> dict[str, Callable[[str 
     return {(k.lower() if fold_keys else k): globs(strings(v), fold=False) for k, v in spec.items()}
 
 
-def _query_params(action: Action) -> dict[str, str]:
-    return _parsed_query(action.query)
+def _any_value(test: Callable[[str | None], bool], values: list[str] | None) -> bool:
+    return values is not None and any(test(v) for v in values)
 
 
 def compile_match(spec: dict[str, Any]) -> Predicate:
@@ -132,22 +152,30 @@ def _method(v: Any) -> Predicate:
 
 def _path_field(v: Any) -> Predicate:
     t = _path(v)
-    return lambda a: t(a.path)
+    return lambda a: t(normalized_path(a.path))
 
 
 def _query(v: Any) -> Predicate:
     tests = _pairs(v, fold_keys=False)
 
     def test(a: Action) -> bool:
-        params = _query_params(a)
-        return all(t(params.get(k)) for k, t in tests.items())
+        params = _parsed_query(a.query)
+        return all(_any_value(t, params.get(k)) for k, t in tests.items())
 
     return test
 
 
+def _header_values(value: str | None) -> list[str] | None:
+    # A repeated header arrives joined with ", ": test the whole and each part.
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    return [value, *parts] if len(parts) > 1 else [value]
+
+
 def _headers(v: Any) -> Predicate:
     tests = _pairs(v, fold_keys=True)
-    return lambda a: all(t(a.headers.get(k)) for k, t in tests.items())
+    return lambda a: all(_any_value(t, _header_values(a.headers.get(k))) for k, t in tests.items())
 
 
 def _service(v: Any) -> Predicate:

@@ -46,13 +46,18 @@ def schema() -> dict[str, Any]:
 def files(path: Path) -> list[Path]:
     """The rule files a path names: the file itself, or every *.yaml in a directory by name."""
     if path.is_dir():
-        found = sorted(p for p in path.glob("*.yaml") if p.is_file())
+        found = rule_files_in(path)
         if not found:
-            raise RulesError(f"{path}: no *.yaml rule files in this directory")
+            raise RulesError(f"{path}: no *.yaml or *.yml rule files in this directory")
         return found
     if not path.exists():
         raise RulesError(f"{path}: no such rule file; pass an existing file or directory to --rules")
     return [path]
+
+
+def rule_files_in(path: Path) -> list[Path]:
+    """The rule files of a directory: every *.yaml and *.yml, in name order."""
+    return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
 def read(path: Path) -> Document:

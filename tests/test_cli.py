@@ -521,6 +521,10 @@ CASES: dict[str, Case] = {
     "unknown-flag": Case(("run", "--bogus", "--data", "{data}"), ("--bogus",)),
     "bad-listen": Case(("run", "--data", "{data}", "--listen", "foo"), ("--listen", "'foo'", "HOST:PORT")),
     "bad-upstream": Case(("run", "--data", "{data}", "--upstream", "nourl"), ("--upstream", "'nourl'")),
+    "bad-rules-poll": Case(("run", "--data", "{data}", "--rules-poll", "soon"), ("--rules-poll", "'soon'")),
+    "rules-check-missing": Case(
+        ("rules", "explain", "--url", "http://x/", "--rules", "/nonexistent.yaml"), ("no such rule file",)
+    ),
     "missing-rules": Case(
         ("run", "--data", "{data}", "--rules", "/nonexistent.yaml"), ("/nonexistent.yaml",)
     ),

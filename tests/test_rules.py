@@ -140,7 +140,7 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RulesError, match="no such rule file"):
         Ruleset.load(tmp_path / "nope.yaml")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RulesError, match=r"no \*\.yaml rule files"):
+    with pytest.raises(RulesError, match=r"no \*\.yaml or \*\.yml rule files"):
         Ruleset.load(tmp_path / "empty")
 
 
