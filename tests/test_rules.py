@@ -109,6 +109,24 @@ def test_the_shipped_default_rules_are_valid() -> None:
         ("version: 2\n", "r.yaml:1:10: version: 1 was expected"),
         ("version: 1\nrules: [\n", "r.yaml:3:1: not valid YAML"),
         ("- just a list\n", "r.yaml:1:1: a rule file must be a mapping"),
+        (
+            "version: 1\nrules:\n  - id: a\n    match: {text: '(unclosed'}\n    action: deny\n",
+            "r.yaml:4:19: rules[0].match.text: '(unclosed' is not a valid regular expression",
+        ),
+        (
+            "version: 1\nrules:\n  - id: a\n    match: {path: {regex: '[z-a]'}}\n    action: deny\n",
+            "rules[0].match.path",
+        ),
+        (
+            "version: 1\nrules:\n  - id: a\n    match:\n      body: {type: nonsense}\n    action: deny\n",
+            "r.yaml:5:13: rules[0].match.body: not a valid JSON Schema",
+        ),
+        (
+            "version: 1\nrules:\n  - id: a\n    match: {any: [{mthod: GET}]}\n    action: deny\n",
+            "unknown key 'mthod'",
+        ),
+        ("version: 1\ndefaults: {delete: deny}\n", "r.yaml:2:12: defaults.delete: unknown key 'delete'"),
+        ("version: 1\negress: {allow: [{host: a, ports: [70000]}]}\n", "egress.allow[0]"),
     ],
 )
 def test_bad_files_are_rejected_with_file_line_and_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -116,9 +134,8 @@ def test_bad_files_are_rejected_with_file_line_and_field(tmp_path: Path, text: s
     f.write_text(text)
     with pytest.raises(RulesError) as err:
         Ruleset.load(f)
-    assert str(err.value).startswith(str(tmp_path / expected.split(":")[0])) and expected.split(":", 1)[
-        1
-    ] in str(err.value)
+    message = str(err.value)
+    assert message.startswith(str(f)) and expected.removeprefix("r.yaml") in message
 
 
 def test_a_directory_loads_every_yaml_in_name_order_with_unique_ids(tmp_path: Path) -> None:
@@ -310,37 +327,6 @@ def test_the_index_finds_the_same_rules_as_a_full_scan(fields: Ruleset, tmp_path
     for action in [act("POST", host="h12.test"), act("GET", host="h12.test"), act(host="other.test")]:
         scanned = [r.id for r in rs.rules if r.matches(action)]
         assert [r.id for r in rs.explain(action).matched] == scanned
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (
-            "version: 1\nrules:\n  - id: a\n    match: {text: '(unclosed'}\n    action: deny\n",
-            "r.yaml:4:19: rules[0].match.text: '(unclosed' is not a valid regular expression",
-        ),
-        (
-            "version: 1\nrules:\n  - id: a\n    match: {path: {regex: '[z-a]'}}\n    action: deny\n",
-            "rules[0].match.path",
-        ),
-        (
-            "version: 1\nrules:\n  - id: a\n    match:\n      body: {type: nonsense}\n    action: deny\n",
-            "r.yaml:5:13: rules[0].match.body: not a valid JSON Schema",
-        ),
-        (
-            "version: 1\nrules:\n  - id: a\n    match: {any: [{mthod: GET}]}\n    action: deny\n",
-            "unknown key 'mthod'",
-        ),
-        ("version: 1\ndefaults: {delete: deny}\n", "r.yaml:2:12: defaults.delete: unknown key 'delete'"),
-        ("version: 1\negress: {allow: [{host: a, ports: [70000]}]}\n", "egress.allow[0]"),
-    ],
-)
-def test_bad_matches_are_rejected_with_their_place(tmp_path: Path, text: str, expected: str) -> None:
-    f = tmp_path / "r.yaml"
-    f.write_text(text)
-    with pytest.raises(RulesError) as err:
-        Ruleset.load(f)
-    assert expected in str(err.value)
 
 
 def test_every_commented_example_in_the_starter_file_is_valid(tmp_path: Path) -> None:
