@@ -16,11 +16,11 @@ def _json(status: int, body: dict[str, object], extra: dict[str, str] | None = N
     return http.Response.make(status, json.dumps(body).encode() + b"\n", headers)
 
 
-def refusal(decision: Decision, action_id: int | None) -> http.Response:
-    """403 for an action the rules refused, naming the rule."""
+def refusal(decision: Decision, action_id: int | None, status: int = 403) -> http.Response:
+    """A refusal (403 unless said otherwise) naming the rule, why, and what to do."""
     rule = decision.rule or "defaults"
     return _json(
-        403,
+        status,
         {
             "error": decision.error or "denied",
             "rule": rule,

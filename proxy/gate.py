@@ -7,38 +7,56 @@ the response has passed through in full.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from mitmproxy import http, tcp
 from mitmproxy.proxy.mode_specs import ProxyMode
 
 from rules import Action, Decision, Effect, Ruleset, Verdict
-from store import ActionRef, Log, Record, StoreError
+from store import ActionRef, Claim, KeyTaken, Log, Record, Settle, State, StoreError
 
-from . import answers, records
+from . import answers, dedup, records
+from .dedup import DedupPolicy
 from .protocols.http import AGENT_HEADER, classify, header_map
 from .redact import Redactor
 
 logger = logging.getLogger(__name__)
 
 TRACK = "airlock.tracking"
+KEY_RULE = "idempotency-key"
+KEY_POLL = 0.02  # how often a duplicate looks whether the first request has settled
 STREAM_ABOVE = 256 * 1024
 
 
 class Meter:
-    """Counts and hashes a response body as it streams through, chunk by chunk."""
+    """Counts and hashes a response body as it streams through, chunk by chunk, keeping up to
+    `keep` bytes of it (for replays); `kept` is None once the body outgrew that."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 0) -> None:
         self.size = 0
         self._hash = hashlib.sha256()
+        self._keep = keep
+        self._kept: bytearray | None = bytearray() if keep else None
 
     def __call__(self, chunk: bytes) -> bytes:
         self.size += len(chunk)
         self._hash.update(chunk)
+        if self._kept is not None:
+            if len(self._kept) + len(chunk) > self._keep:
+                self._kept = None
+            else:
+                self._kept += chunk
         return chunk
+
+    @property
+    def kept(self) -> bytes | None:
+        """The body seen so far, if it was kept and fit."""
+        return bytes(self._kept) if self._kept is not None else None
 
     @property
     def sha256(self) -> str:
@@ -51,6 +69,7 @@ class Tracking:
     """What the gate keeps on a forwarded flow until its outcome is written."""
 
     ref: ActionRef
+    keyed: bool = False  # holds an idempotency key: its outcome keeps or releases it
     started: float = field(default_factory=time.monotonic)
     meter: Meter = field(default_factory=Meter)
 
@@ -70,8 +89,10 @@ class Gate:
         agent: str,
         bodies: records.BodyPolicy,
         upstreams: dict[ProxyMode, str] | None = None,
+        dedup: DedupPolicy | None = None,
     ):
         self.log = log
+        self.dedup = dedup or DedupPolicy()
         self.agent = agent
         self.bodies = bodies
         self.upstreams = upstreams or {}
@@ -100,23 +121,42 @@ class Gate:
                 "airlock could not decide or log this request; it was not forwarded"
             )
 
-    async def _admit(self, flow: http.HTTPFlow, action: Action, decision: Decision) -> None:
-        ref = ActionRef()
-        intent = records.intent(
+    def _intent(self, action: Action, decision: Decision, ref: ActionRef, **kw: Any) -> Record:
+        return records.intent(
             action,
             decision,
             ref,
             redactor=self.redactor,
             bodies=self.bodies,
             rules_digest=self.ruleset.digest,
+            **kw,
         )
+
+    async def _refuse(
+        self, flow: http.HTTPFlow, action: Action, decision: Decision, status: int = 403
+    ) -> None:
+        ref = ActionRef()
+        try:
+            await self.log.append(self._intent(action, decision, ref))
+        except StoreError as e:
+            logger.error("a refusal was not logged: %s", e)
+        flow.response = answers.refusal(decision, ref.id, status)
+
+    async def _refuse_key(
+        self, flow: http.HTTPFlow, action: Action, error: str, message: str, status: int
+    ) -> None:
+        await self._refuse(flow, action, Decision(Verdict.DENY, KEY_RULE, message, error), status)
+
+    async def _admit(self, flow: http.HTTPFlow, action: Action, decision: Decision) -> None:
         if decision.refused:
-            try:
-                await self.log.append(intent)
-            except StoreError as e:
-                logger.error("a refusal was not logged: %s", e)
-            flow.response = answers.refusal(decision, ref.id)
+            await self._refuse(flow, action, decision)
             return
+        claim = dedup.claim_for(action, self.dedup)
+        if claim is not None:
+            await self._admit_keyed(flow, action, decision, claim)
+            return
+        ref = ActionRef()
+        intent = self._intent(action, decision, ref)
         if action.effect.mutating:
             try:
                 await self.log.append(intent)
@@ -126,6 +166,80 @@ class Gate:
         else:
             self._post(intent)
         flow.metadata[TRACK] = Tracking(ref)
+
+    async def _admit_keyed(
+        self, flow: http.HTTPFlow, action: Action, decision: Decision, claim: Claim
+    ) -> None:
+        """Claim the request's idempotency key with its intent, or answer as its holder allows."""
+        deadline = time.monotonic() + self.dedup.wait
+        while True:
+            ref = ActionRef()
+            try:
+                await self.log.append(self._intent(action, decision, ref, claim=claim))
+            except KeyTaken as taken:
+                if await self._duplicate(flow, action, claim, taken, deadline):
+                    return
+                continue  # the key was released: this request may go
+            except StoreError as e:
+                flow.response = answers.unavailable(f"{e}; the request was not forwarded")
+                return
+            meter = Meter(keep=self.dedup.reply_limit)
+            flow.metadata[TRACK] = Tracking(ref, keyed=True, meter=meter)
+            return
+
+    async def _duplicate(
+        self, flow: http.HTTPFlow, action: Action, claim: Claim, taken: KeyTaken, deadline: float
+    ) -> bool:
+        """Answer a request whose key another action holds; False if the key came free."""
+        holder = taken.holder_id
+        if taken.payload != claim.payload:
+            message = (
+                f"this Idempotency-Key was used by action {holder} for a different request; "
+                "use a new key for a new request"
+            )
+            await self._refuse_key(flow, action, "idempotency_key_reused", message, 422)
+            return True
+        if taken.final:
+            if taken.reply is not None:
+                await self._replay(flow, action, taken)
+                return True
+            message = (
+                f"action {holder} with this Idempotency-Key already took effect, and its response "
+                "cannot be replayed (it was resolved by an operator or too large to keep); do not retry"
+            )
+            await self._refuse_key(flow, action, "idempotency_key_completed", message, 409)
+            return True
+        if taken.state == State.IN_DOUBT:
+            message = (
+                f"action {holder} with this Idempotency-Key is in doubt: the proxy stopped while it was "
+                "in flight, so whether it took effect is unknown and this request was not executed; "
+                f"an operator settles it with `airlock resolve {holder} --executed|--not-executed`, "
+                "then retry with the same key"
+            )
+            await self._refuse_key(flow, action, "idempotency_in_doubt", message, 409)
+            return True
+        # In flight: wait for the first request to settle, then replay it or take the key.
+        while time.monotonic() < deadline:
+            await asyncio.sleep(KEY_POLL)
+            held = self.log.key(claim.key)
+            if held is None or held["action"] != holder or held.get("final"):
+                return False
+        message = (
+            f"action {holder} with this Idempotency-Key is still in flight after {self.dedup.wait:g} s; "
+            "retry later with the same key"
+        )
+        await self._refuse_key(flow, action, "idempotency_in_flight", message, 409)
+        return True
+
+    async def _replay(self, flow: http.HTTPFlow, action: Action, taken: KeyTaken) -> None:
+        assert taken.reply is not None
+        ref = ActionRef()
+        decision = Decision(Verdict.ALLOW, KEY_RULE, f"replayed from action {taken.holder_id}")
+        try:
+            await self.log.append(self._intent(action, decision, ref, replay_of=taken.holder_id))
+        except StoreError as e:
+            logger.error("a replay was not logged: %s", e)
+        flow.response = dedup.replay(taken.reply, taken.holder_id)
 
     def _post(self, record: Record) -> None:
         try:
@@ -153,15 +267,22 @@ class Gate:
         assert flow.response is not None
         meter = tracking.meter
         if not meter.size and flow.response.raw_content:
-            meter(flow.response.raw_content)
+            meter(flow.response.raw_content)  # not streamed: the whole body is here
+        status = flow.response.status_code
+        settle = None
+        if tracking.keyed:
+            final = dedup.is_final(status)
+            body = meter.kept if error is None else None
+            settle = Settle(final, dedup.reply_of(flow.response, body, self.redactor) if final else None)
         record = records.outcome(
             tracking.ref,
-            status=flow.response.status_code,
+            status=status,
             size=meter.size,
             sha256=meter.sha256,
             duration_ms=tracking.elapsed_ms(),
             headers=self.redactor.headers(header_map(flow.response.headers)),
             error=error,
+            settle=settle,
         )
         self._post(record)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules import Action, Decision, Ruleset, Verdict
-from store import ActionRef, Record, State
+from store import ActionRef, Claim, Record, Settle, State
 
 from .redact import Redactor
 
@@ -43,16 +43,26 @@ def intent(
     redactor: Redactor,
     bodies: BodyPolicy,
     rules_digest: str,
+    claim: Claim | None = None,
+    replay_of: int | None = None,
 ) -> Record:
-    """The first entry of an action: what was asked (redacted) and what the rules decided."""
+    """The first entry of an action: what was asked (redacted) and what the rules decided.
+
+    With `claim` the action takes an idempotency key; with `replay_of` it was answered from
+    that earlier action's stored reply instead of going upstream.
+    """
     described = describe(action, redactor=redactor, bodies=bodies)
     url = described["url"]
-    refused = decision.verdict is Verdict.DENY
+    state = State.DENIED if decision.verdict is Verdict.DENY else State.PENDING
+    extra: dict[str, Any] = {}
+    if replay_of is not None:
+        state, extra = State.REPLAYED, {"replay_of": replay_of}
     return Record(
         kind="intent",
         action=ref,
-        state=State.DENIED if refused else State.PENDING,
+        state=state,
         opens=True,
+        claim=claim,
         data={
             "action": described,
             "decision": {
@@ -61,7 +71,8 @@ def intent(
                 "message": decision.message,
             },
             "rules": rules_digest,
-        },
+        }
+        | extra,
         summary={
             "agent": action.agent,
             "protocol": action.protocol,
@@ -73,7 +84,8 @@ def intent(
             "rule": decision.rule,
             "status": None,
         }
-        | {k: described[k] for k in ("upstream", "tool") if k in described},
+        | {k: described[k] for k in ("upstream", "tool") if k in described}
+        | extra,
     )
 
 
@@ -109,6 +121,7 @@ def outcome(
     duration_ms: float,
     headers: dict[str, str],
     error: str | None = None,
+    settle: Settle | None = None,
 ) -> Record:
     """The response an action got, whatever its status code (and a stream error, if it broke)."""
     data: dict[str, Any] = {
@@ -120,17 +133,25 @@ def outcome(
     }
     if error is not None:
         data["error"] = error
-    return Record(kind="outcome", action=ref, state=State.COMMITTED, data=data, summary={"status": status})
+    return Record(
+        kind="outcome",
+        action=ref,
+        state=State.COMMITTED,
+        data=data,
+        summary={"status": status},
+        settle=settle,
+    )
 
 
 def failure(ref: ActionRef, *, error: str, duration_ms: float) -> Record:
-    """An action that got no response: the upstream failed or timed out."""
+    """An action that got no response: the upstream failed or timed out (its key is released)."""
     return Record(
         kind="outcome",
         action=ref,
         state=State.FAILED,
         data={"error": error, "duration_ms": round(duration_ms, 3)},
         summary={"error": error},
+        settle=Settle(keep=False),
     )
 
 
@@ -141,6 +162,8 @@ def resolution(action_id: int, *, executed: bool, note: str, by: str) -> Record:
         action=ActionRef(action_id),
         state=State.COMMITTED if executed else State.ABORTED,
         expect=State.IN_DOUBT,
+        # Executed: its key is spent. Not executed: its key is free for the next attempt.
+        settle=Settle(keep=executed),
         data={"executed": executed, "note": note, "by": by},
         summary={"resolution": "executed" if executed else "not_executed"},
     )

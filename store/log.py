@@ -30,11 +30,12 @@ import orjson
 
 from .chain import GENESIS, canonical, link, seal, unseal
 from .errors import NoLog, StateError, StoreError, StoreFull, UnknownAction
+from .keys import Claim, KeyTaken, Settle
 from .states import INITIAL, MOVES, State
 
 logger = logging.getLogger(__name__)
 
-_DBS = (b"entries", b"actions", b"states", b"meta")
+_DBS = (b"entries", b"actions", b"states", b"meta", b"keys")
 _HEAD = b"head"
 _NEXT_ACTION = b"next_action"
 _BATCH_MAX = 512
@@ -85,6 +86,8 @@ class Record:
     summary: Mapping[str, Any] = field(default_factory=dict)
     opens: bool = False  # the first entry of a new action: the writer assigns its id
     expect: State | None = None  # apply only if the action is in this state now (else StateError)
+    claim: Claim | None = None  # an opening record: claim this idempotency key (else KeyTaken)
+    settle: Settle | None = None  # keep or release the action's idempotency key
 
 
 @dataclass(frozen=True)
@@ -492,6 +495,8 @@ class Log:
         if record.opens:
             if ref is None or record.state not in INITIAL:
                 raise StateError(f"a new action must start in one of {sorted(INITIAL)}")
+            if record.claim is not None:
+                self._check_claim(txn, record.claim)
             raw_next = txn.get(_NEXT_ACTION, db=self._dbs[b"meta"])
             ref.id = int.from_bytes(_b(raw_next), "big") if raw_next else 1
             opened.append(ref)
@@ -539,6 +544,11 @@ class Log:
             if record.state is not None:
                 index["state"] = record.state.value
                 txn.put(_state_key(index["state"], action_id), b"", db=states_db)
+            if record.opens and record.claim is not None:
+                self._take_claim(txn, record.claim, action_id, ts)
+                index["key"] = record.claim.key
+            if record.settle is not None and index.get("key"):
+                self._settle_key(txn, index["key"], action_id, record.settle)
             txn.put(_key(action_id), orjson.dumps(index), db=actions_db)
         return Entry(
             seq=seq,
@@ -551,6 +561,48 @@ class Log:
             prev=prev,
             hash=digest,
         )
+
+    # ---- idempotency keys ----------------------------------------------------------------
+
+    def key(self, key: str) -> dict[str, Any] | None:
+        """The live record of an idempotency key (holder action, payload, reply), if any."""
+        with self._read() as txn:
+            raw = txn.get(key.encode(), db=self._dbs[b"keys"])
+        if raw is None:
+            return None
+        held: dict[str, Any] = orjson.loads(_b(raw))
+        return held if held["expires"] > time.time() else None
+
+    def _check_claim(self, txn: lmdb.Transaction, claim: Claim) -> None:
+        raw = txn.get(claim.key.encode(), db=self._dbs[b"keys"])
+        if raw is None:
+            return
+        held = orjson.loads(_b(raw))
+        if held["expires"] <= time.time():
+            return  # expired: the key is free again
+        holder = txn.get(_key(held["action"]), db=self._dbs[b"actions"])
+        state = orjson.loads(_b(holder))["state"] if holder is not None else "unknown"
+        raise KeyTaken(claim.key, held, state)
+
+    def _take_claim(self, txn: lmdb.Transaction, claim: Claim, action_id: int, ts: float) -> None:
+        held = {"action": action_id, "payload": claim.payload, "expires": ts + claim.ttl, "final": False}
+        txn.put(claim.key.encode(), orjson.dumps(held), db=self._dbs[b"keys"])
+
+    def _settle_key(self, txn: lmdb.Transaction, key: str, action_id: int, settle: Settle) -> None:
+        keys = self._dbs[b"keys"]
+        raw = txn.get(key.encode(), db=keys)
+        if raw is None:
+            return
+        held = orjson.loads(_b(raw))
+        if held["action"] != action_id:
+            return  # the key has moved on (expired and claimed again): not ours to settle
+        if not settle.keep:
+            txn.delete(key.encode(), db=keys)
+            return
+        held["final"] = True
+        if settle.reply is not None:
+            held["reply"] = settle.reply
+        txn.put(key.encode(), orjson.dumps(held), db=keys)
 
     # ---- recovery ------------------------------------------------------------------------
 
