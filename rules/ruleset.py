@@ -158,6 +158,11 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
         seen[spec["id"]] = doc.path
         match = spec["match"]
         _check_schemas(doc, ["rules", i, "match"], match)
+        methods = _literal_set(match, "method", str.upper)
+        protocols = _literal_set(match, "protocol", str.lower)
+        # Literal methods and protocols are checked by Rule.matches before the rest: not twice.
+        prechecked = {k for k, v in (("method", methods), ("protocol", protocols)) if v is not None}
+        rest = {k: v for k, v in match.items() if k not in prechecked}
         parts.rules.append(
             Rule(
                 id=spec["id"],
@@ -166,10 +171,10 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
                 description=spec.get("description", ""),
                 source=doc.path,
                 position=len(parts.rules),
-                test=compile_match(match),
+                test=compile_match(rest),
                 hosts=_host_keys(match),
-                methods=_literal_set(match, "method", str.upper),
-                protocols=_literal_set(match, "protocol", str.lower),
+                methods=methods,
+                protocols=protocols,
             )
         )
 

@@ -6,10 +6,9 @@ Knows nothing of HTTP or rules: it stores plain records about numbered actions.
 from .errors import NoLog, StateError, StoreError, StoreFull, UnknownAction
 from .keys import Claim, KeyTaken, Settle
 from .log import ActionRef, Entry, Log, Record, Verdict
-from .states import FINAL, State
+from .states import State
 
 __all__ = [
-    "FINAL",
     "ActionRef",
     "Claim",
     "Entry",

@@ -26,5 +26,3 @@ MOVES: dict[State, frozenset[State]] = {
     State.HELD: frozenset({State.PENDING, State.DENIED, State.ABORTED}),
     State.IN_DOUBT: frozenset({State.COMMITTED, State.ABORTED}),
 }
-
-FINAL = frozenset(State) - set(MOVES)
