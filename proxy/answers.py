@@ -16,7 +16,9 @@ def _json(status: int, body: dict[str, object], extra: dict[str, str] | None = N
     return http.Response.make(status, json.dumps(body).encode() + b"\n", headers)
 
 
-def refusal(decision: Decision, action_id: int | None, status: int = 403) -> http.Response:
+def refusal(
+    decision: Decision, action_id: int | None, status: int = 403, headers: dict[str, str] | None = None
+) -> http.Response:
     """A refusal (403 unless said otherwise) naming the rule, why, and what to do."""
     rule = decision.rule or "defaults"
     return _json(
@@ -27,7 +29,7 @@ def refusal(decision: Decision, action_id: int | None, status: int = 403) -> htt
             "message": decision.message,
             "action_id": action_id,
         },
-        {RULE_HEADER: rule},
+        {RULE_HEADER: rule} | (headers or {}),
     )
 
 

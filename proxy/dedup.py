@@ -1,8 +1,11 @@
-"""Exactly-once effects for requests that carry an `Idempotency-Key` (IETF draft semantics).
+"""Exactly-once effects: the dedup key an action claims, and the replies stored for replays.
 
-The key is scoped by agent and host, and stands for one payload: method, target and body. A
-completed key replays its stored reply; one in flight makes duplicates wait for it; the same
-key with another payload is a 422; a key whose action is in doubt after a crash is a 409.
+A key comes from the client's `Idempotency-Key` header (IETF draft semantics), else from the
+first matching rule's `dedup` (a template over the action, or `auto`: its fingerprint). It is
+scoped by host and, unless the rule shares it, by agent, and stands for one payload (the
+action's fingerprint). A completed key replays its stored reply; one in flight makes
+duplicates wait for it (or, with `on_conflict: reject`, answers 409); the same key with another
+payload is a 422; a key whose action is in doubt after a crash is a 409.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from rules import Action
+from rules import Action, Decision
+from rules.dedup import StatusSet, Storm, fingerprint
 from store import Claim
 
 from .redact import Redactor
@@ -36,33 +40,69 @@ HOP_BY_HOP = frozenset(
 )
 
 
+DEFAULT_STORM = Storm(None)  # 5 failures in 60 s
+
+
 @dataclass(frozen=True)
 class DedupPolicy:
-    """How long keys live, how long a duplicate waits for the first, how much reply is kept."""
+    """Process-wide defaults: how long keys live, how long a duplicate waits for the first,
+    how much reply is kept, and the retry-storm breaker; rules override them per action."""
 
     ttl: float = 24 * 3600
     wait: float = 30.0
     reply_limit: int = 1 << 20
+    storm: Storm = DEFAULT_STORM
 
 
-def payload_digest(action: Action) -> str:
-    """What a key stands for: the method, the target and the body, hashed."""
-    h = hashlib.sha256(f"{action.method} {action.host}:{action.port}{action.path}?{action.query}\n".encode())
-    h.update(action.body or b"")
-    return h.hexdigest()
+@dataclass(frozen=True)
+class Keyed:
+    """A request that claims a dedup key, and how its duplicates and answers are treated."""
+
+    claim: Claim
+    wait: float
+    label: str = "Idempotency-Key"  # what the key is called in answers to the agent
+    reject: bool = False
+    final_statuses: StatusSet | None = None
+    verify: dict[str, Any] | None = None  # the read that settles it if it is left in doubt
+
+    def final(self, status: int | None) -> bool:
+        """True when this answer (None: no answer at all) is the action's effect, to be replayed."""
+        return is_final(status) if self.final_statuses is None else status in self.final_statuses
 
 
-def claim_for(action: Action, policy: DedupPolicy) -> Claim | None:
-    """The key a mutating request claims, if it carries one."""
-    key = action.headers.get(KEY_HEADER, "").strip()
-    if not key or not action.effect.mutating:
+def claim_for(action: Action, decision: Decision, policy: DedupPolicy) -> Keyed | None:
+    """The key an action claims: its Idempotency-Key (mutating requests), else its rule's key."""
+    rule = decision.dedup
+    header = action.headers.get(KEY_HEADER, "").strip() if action.effect.mutating else ""
+    if header:
+        key = f"key:{header}"
+    elif rule is not None and (rendered := rule.key_of(action)) is not None:
+        # Rule keys may hold body fields: only their digest is kept.
+        key = f"{rule.rule}:{hashlib.sha256(rendered.encode()).hexdigest()}"
+    else:
         return None
-    return Claim(key=f"{action.agent}|{action.host}|{key}", payload=payload_digest(action), ttl=policy.ttl)
+    scope = "*" if rule is not None and rule.shared else action.agent
+    claim = Claim(
+        key=f"{scope}|{action.host}|{key}",
+        payload=fingerprint(action),
+        ttl=rule.ttl if rule is not None and rule.ttl is not None else policy.ttl,
+    )
+    if rule is None:
+        return Keyed(claim, policy.wait)
+    return Keyed(
+        claim,
+        wait=rule.wait if rule.wait is not None else policy.wait,
+        label="Idempotency-Key" if header else f"dedup key (rule {rule.rule})",
+        reject=rule.reject,
+        final_statuses=rule.final,
+        verify=rule.verify.request(action) if rule.verify is not None else None,
+    )
 
 
-def is_final(status: int) -> bool:
-    """2xx and 4xx answers are effects (or final refusals) and are replayed; 5xx let a retry through."""
-    return status < 500
+def is_final(status: int | None) -> bool:
+    """By default 2xx, 3xx and 4xx answers are effects (or final refusals) and are replayed;
+    5xx and no answer at all let a retry through."""
+    return status is not None and status < 500
 
 
 def reply_of(response: http.Response, body: bytes | None, redactor: Redactor) -> dict[str, Any] | None:

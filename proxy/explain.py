@@ -79,9 +79,15 @@ def render(explanation: Explanation, ruleset: Ruleset, *, as_json: bool) -> str:
     action = describe(explanation.action, redactor=Redactor(ruleset.secret_headers), bodies=BodyPolicy())
     decision = explanation.decision
     matched = [
-        {"id": r.id, "action": r.verdict.value, "source": str(r.source), "message": r.message}
+        {
+            "id": r.id,
+            "action": r.verdict.value if r.verdict is not None else "(none: dedup/storm only)",
+            "source": str(r.source),
+            "message": r.message,
+        }
         for r in explanation.matched
     ]
+    repeats = repeats_of(explanation)
     if as_json:
         return json.dumps(
             {
@@ -95,6 +101,7 @@ def render(explanation: Explanation, ruleset: Ruleset, *, as_json: bool) -> str:
                     "refused": decision.refused,
                 },
                 "reason": explanation.reason,
+                "repeats": repeats,
                 "rules": ruleset.digest,
             },
             indent=2,
@@ -113,4 +120,23 @@ def render(explanation: Explanation, ruleset: Ruleset, *, as_json: bool) -> str:
     lines.append(f"reason: {explanation.reason}")
     if decision.message:
         lines.append(f"message to the agent: {decision.message}")
+    for name, value in repeats.items():
+        lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
     return "\n".join(lines)
+
+
+def repeats_of(explanation: Explanation) -> dict[str, dict[str, Any]]:
+    """How repeats of the action would be handled: its dedup key and its storm breaker."""
+    out: dict[str, dict[str, Any]] = {}
+    dedup, storm = explanation.decision.dedup, explanation.decision.storm
+    if dedup is not None:
+        key = dedup.key_of(explanation.action)
+        out["dedup"] = {
+            "rule": dedup.rule,
+            "key": key if key is not None else "(none: a field of the template is missing)",
+            "scope": "all agents" if dedup.shared else "this agent",
+            "on_conflict": "reject" if dedup.reject else "wait",
+        }
+    if storm is not None:
+        out["storm"] = {"rule": storm.rule, "failures": storm.failures, "window": f"{storm.window:g}s"}
+    return out

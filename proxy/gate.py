@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,17 +19,20 @@ from mitmproxy import http, tcp
 from mitmproxy.proxy.mode_specs import ProxyMode
 
 from rules import Action, Decision, Effect, Ruleset, Verdict
-from store import ActionRef, Claim, KeyTaken, Log, Record, Settle, State, StoreError
+from rules.dedup import Storm, fingerprint
+from store import ActionRef, KeyTaken, Log, Record, Settle, State, StoreError
 
 from . import answers, dedup, records
-from .dedup import DedupPolicy
+from .dedup import DedupPolicy, Keyed
 from .protocols.http import AGENT_HEADER, classify, header_map
 from .redact import Redactor
+from .storm import Breaker
 
 logger = logging.getLogger(__name__)
 
 TRACK = "airlock.tracking"
 KEY_RULE = "idempotency-key"
+STORM_RULE = "retry-storm"
 KEY_POLL = 0.02  # how often a duplicate looks whether the first request has settled
 STREAM_ABOVE = 256 * 1024
 
@@ -69,9 +73,15 @@ class Tracking:
     """What the gate keeps on a forwarded flow until its outcome is written."""
 
     ref: ActionRef
-    keyed: bool = False  # holds an idempotency key: its outcome keeps or releases it
+    keyed: Keyed | None = None  # holds a dedup key: its outcome keeps or releases it
+    repeat: str | None = None  # who the action is to the retry-storm breaker
+    storm: Storm | None = None
     started: float = field(default_factory=time.monotonic)
     meter: Meter = field(default_factory=Meter)
+
+    def final(self, status: int | None) -> bool:
+        """True when the answer (None: none) is the action's effect rather than a failure."""
+        return self.keyed.final(status) if self.keyed is not None else dedup.is_final(status)
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the request was let through."""
@@ -98,6 +108,7 @@ class Gate:
         self.upstreams = upstreams or {}
         self.ruleset = ruleset
         self.redactor = Redactor(ruleset.secret_headers)
+        self.breaker = Breaker()
 
     def use_rules(self, ruleset: Ruleset) -> None:
         """Decide from now on with `ruleset`."""
@@ -122,6 +133,7 @@ class Gate:
             )
 
     def _intent(self, action: Action, decision: Decision, ref: ActionRef, **kw: Any) -> Record:
+        """The intent record of an action, as this gate describes actions."""
         return records.intent(
             action,
             decision,
@@ -151,12 +163,21 @@ class Gate:
         if decision.refused:
             await self._refuse(flow, action, decision)
             return
-        claim = dedup.claim_for(action, self.dedup)
-        if claim is not None:
-            await self._admit_keyed(flow, action, decision, claim)
+        keyed = dedup.claim_for(action, decision, self.dedup)
+        storm = decision.storm or self.dedup.storm
+        repeat = None
+        if keyed is not None:
+            repeat = keyed.claim.key
+        elif action.effect.mutating:
+            repeat = f"{action.agent}|{fingerprint(action)}"
+        if repeat is not None and (wait := self.breaker.retry_after(repeat, storm)) is not None:
+            await self._refuse_storm(flow, action, storm, wait)
             return
-        ref = ActionRef()
-        intent = self._intent(action, decision, ref)
+        tracking = Tracking(ActionRef(), keyed=keyed, repeat=repeat, storm=storm)
+        if keyed is not None:
+            await self._admit_keyed(flow, action, decision, tracking, keyed)
+            return
+        intent = self._intent(action, decision, tracking.ref)
         if action.effect.mutating:
             try:
                 await self.log.append(intent)
@@ -165,36 +186,52 @@ class Gate:
                 return
         else:
             self._post(intent)
-        flow.metadata[TRACK] = Tracking(ref)
+        flow.metadata[TRACK] = tracking
+
+    async def _refuse_storm(self, flow: http.HTTPFlow, action: Action, storm: Storm, wait: float) -> None:
+        retry = max(1, math.ceil(wait))
+        message = (
+            f"this action failed {storm.failures} times within {storm.window:g} s, so airlock stops "
+            f"further attempts for {retry} s: stop retrying it, and find out why it fails "
+            "(the upstream may be down, or the request may be wrong) before trying again"
+        )
+        decision = Decision(Verdict.DENY, storm.rule or STORM_RULE, message, "retry_storm")
+        ref = ActionRef()
+        try:
+            await self.log.append(self._intent(action, decision, ref))
+        except StoreError as e:
+            logger.error("a refusal was not logged: %s", e)
+        flow.response = answers.refusal(decision, ref.id, 429, {"Retry-After": str(retry)})
 
     async def _admit_keyed(
-        self, flow: http.HTTPFlow, action: Action, decision: Decision, claim: Claim
+        self, flow: http.HTTPFlow, action: Action, decision: Decision, tracking: Tracking, keyed: Keyed
     ) -> None:
-        """Claim the request's idempotency key with its intent, or answer as its holder allows."""
-        deadline = time.monotonic() + self.dedup.wait
+        """Claim the request's dedup key with its intent, or answer as its holder allows."""
+        deadline = time.monotonic() + keyed.wait
         while True:
-            ref = ActionRef()
+            tracking.ref = ActionRef()
+            intent = self._intent(action, decision, tracking.ref, claim=keyed.claim, verify=keyed.verify)
             try:
-                await self.log.append(self._intent(action, decision, ref, claim=claim))
+                await self.log.append(intent)
             except KeyTaken as taken:
-                if await self._duplicate(flow, action, claim, taken, deadline):
+                if await self._duplicate(flow, action, keyed, taken, deadline):
                     return
                 continue  # the key was released: this request may go
             except StoreError as e:
                 flow.response = answers.unavailable(f"{e}; the request was not forwarded")
                 return
-            meter = Meter(keep=self.dedup.reply_limit)
-            flow.metadata[TRACK] = Tracking(ref, keyed=True, meter=meter)
+            tracking.meter = Meter(keep=self.dedup.reply_limit)
+            flow.metadata[TRACK] = tracking
             return
 
     async def _duplicate(
-        self, flow: http.HTTPFlow, action: Action, claim: Claim, taken: KeyTaken, deadline: float
+        self, flow: http.HTTPFlow, action: Action, keyed: Keyed, taken: KeyTaken, deadline: float
     ) -> bool:
         """Answer a request whose key another action holds; False if the key came free."""
-        holder = taken.holder_id
-        if taken.payload != claim.payload:
+        holder, label = taken.holder_id, keyed.label
+        if taken.payload != keyed.claim.payload:
             message = (
-                f"this Idempotency-Key was used by action {holder} for a different request; "
+                f"this {label} was used by action {holder} for a different request; "
                 "use a new key for a new request"
             )
             await self._refuse_key(flow, action, "idempotency_key_reused", message, 422)
@@ -204,28 +241,35 @@ class Gate:
                 await self._replay(flow, action, taken)
                 return True
             message = (
-                f"action {holder} with this Idempotency-Key already took effect, and its response "
-                "cannot be replayed (it was resolved by an operator or too large to keep); do not retry"
+                f"action {holder} with this {label} already took effect, and its response "
+                "cannot be replayed (it was resolved after a crash, or too large to keep); do not retry"
             )
             await self._refuse_key(flow, action, "idempotency_key_completed", message, 409)
             return True
         if taken.state == State.IN_DOUBT:
             message = (
-                f"action {holder} with this Idempotency-Key is in doubt: the proxy stopped while it was "
+                f"action {holder} with this {label} is in doubt: the proxy stopped while it was "
                 "in flight, so whether it took effect is unknown and this request was not executed; "
                 f"an operator settles it with `airlock resolve {holder} --executed|--not-executed`, "
                 "then retry with the same key"
             )
             await self._refuse_key(flow, action, "idempotency_in_doubt", message, 409)
             return True
+        if keyed.reject:
+            message = (
+                f"action {holder} with this {label} is in flight, and the rule rejects duplicates "
+                "instead of waiting; wait for the first request's answer instead of sending it again"
+            )
+            await self._refuse_key(flow, action, "idempotency_in_flight", message, 409)
+            return True
         # In flight: wait for the first request to settle, then replay it or take the key.
         while time.monotonic() < deadline:
             await asyncio.sleep(KEY_POLL)
-            held = self.log.key(claim.key)
+            held = self.log.key(keyed.claim.key)
             if held is None or held["action"] != holder or held.get("final"):
                 return False
         message = (
-            f"action {holder} with this Idempotency-Key is still in flight after {self.dedup.wait:g} s; "
+            f"action {holder} with this {label} is still in flight after {keyed.wait:g} s; "
             "retry later with the same key"
         )
         await self._refuse_key(flow, action, "idempotency_in_flight", message, 409)
@@ -240,6 +284,16 @@ class Gate:
         except StoreError as e:
             logger.error("a replay was not logged: %s", e)
         flow.response = dedup.replay(taken.reply, taken.holder_id)
+
+    def _count(self, tracking: Tracking, status: int | None) -> bool:
+        """Tell the breaker how the attempt went; True when the answer was final."""
+        final = tracking.final(status)
+        if tracking.repeat is not None and tracking.storm is not None:
+            if final:
+                self.breaker.succeeded(tracking.repeat)
+            else:
+                self.breaker.failed(tracking.repeat, tracking.storm)
+        return final
 
     def _post(self, record: Record) -> None:
         try:
@@ -269,9 +323,9 @@ class Gate:
         if not meter.size and flow.response.raw_content:
             meter(flow.response.raw_content)  # not streamed: the whole body is here
         status = flow.response.status_code
+        final = self._count(tracking, status)
         settle = None
-        if tracking.keyed:
-            final = dedup.is_final(status)
+        if tracking.keyed is not None:
             body = meter.kept if error is None else None
             settle = Settle(final, dedup.reply_of(flow.response, body, self.redactor) if final else None)
         record = records.outcome(
@@ -298,7 +352,10 @@ class Gate:
             return
         if flow.server_conn.timestamp_tcp_setup is not None:
             message += " (after connecting to the upstream)"
-        record = records.failure(tracking.ref, error=message, duration_ms=tracking.elapsed_ms())
+        final = self._count(tracking, None)
+        record = records.failure(
+            tracking.ref, error=message, duration_ms=tracking.elapsed_ms(), keep_key=final
+        )
         self._post(record)
 
     async def tcp_start(self, flow: tcp.TCPFlow) -> None:

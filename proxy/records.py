@@ -45,11 +45,13 @@ def intent(
     rules_digest: str,
     claim: Claim | None = None,
     replay_of: int | None = None,
+    verify: dict[str, Any] | None = None,
 ) -> Record:
     """The first entry of an action: what was asked (redacted) and what the rules decided.
 
     With `claim` the action takes an idempotency key; with `replay_of` it was answered from
-    that earlier action's stored reply instead of going upstream.
+    that earlier action's stored reply instead of going upstream; `verify` is the read that
+    can settle the action if it is left in doubt.
     """
     described = describe(action, redactor=redactor, bodies=bodies)
     url = described["url"]
@@ -57,6 +59,7 @@ def intent(
     extra: dict[str, Any] = {}
     if replay_of is not None:
         state, extra = State.REPLAYED, {"replay_of": replay_of}
+    details = {"verify": verify | {"url": _redact_url(verify["url"], redactor)}} if verify else {}
     return Record(
         kind="intent",
         action=ref,
@@ -72,7 +75,8 @@ def intent(
             },
             "rules": rules_digest,
         }
-        | extra,
+        | extra
+        | details,
         summary={
             "agent": action.agent,
             "protocol": action.protocol,
@@ -89,11 +93,14 @@ def intent(
     )
 
 
+def _redact_url(url: str, redactor: Redactor) -> str:
+    head, sep, query = url.partition("?")
+    return f"{head}?{redactor.query(query)}" if sep else url
+
+
 def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[str, Any]:
     """An action as JSON, credentials redacted and the body cut to the policy's limit."""
-    url = action.url
-    if action.query:
-        url = url[: -len(action.query)] + redactor.query(action.query)
+    url = _redact_url(action.url, redactor)
     described: dict[str, Any] = {
         "protocol": action.protocol,
         "agent": action.agent,
@@ -143,20 +150,24 @@ def outcome(
     )
 
 
-def failure(ref: ActionRef, *, error: str, duration_ms: float) -> Record:
-    """An action that got no response: the upstream failed or timed out (its key is released)."""
+def failure(ref: ActionRef, *, error: str, duration_ms: float, keep_key: bool = False) -> Record:
+    """An action that got no response: the upstream failed or timed out. Its key is released
+    for the next attempt, unless `keep_key` (a rule counts a lost answer as final)."""
     return Record(
         kind="outcome",
         action=ref,
         state=State.FAILED,
         data={"error": error, "duration_ms": round(duration_ms, 3)},
         summary={"error": error},
-        settle=Settle(keep=False),
+        settle=Settle(keep=keep_key),
     )
 
 
-def resolution(action_id: int, *, executed: bool, note: str, by: str) -> Record:
-    """An operator's word on an in-doubt action: it ran upstream, or it did not."""
+def resolution(
+    action_id: int, *, executed: bool, note: str, by: str, found: dict[str, Any] | None = None
+) -> Record:
+    """The word on an in-doubt action, an operator's or a verify read's (`found`: what the read
+    saw): it ran upstream, or it did not."""
     return Record(
         kind="resolution",
         action=ActionRef(action_id),
@@ -164,8 +175,19 @@ def resolution(action_id: int, *, executed: bool, note: str, by: str) -> Record:
         expect=State.IN_DOUBT,
         # Executed: its key is spent. Not executed: its key is free for the next attempt.
         settle=Settle(keep=executed),
-        data={"executed": executed, "note": note, "by": by},
+        data={"executed": executed, "note": note, "by": by} | ({"found": found} if found else {}),
         summary={"resolution": "executed" if executed else "not_executed"},
+    )
+
+
+def unsettled(action_id: int, *, found: dict[str, Any]) -> Record:
+    """A verify read that could not tell whether an in-doubt action ran: it stays in doubt."""
+    return Record(
+        kind="verify",
+        action=ActionRef(action_id),
+        expect=State.IN_DOUBT,
+        data={"found": found, "note": "inconclusive: the action stays in doubt"},
+        summary={"verify": "inconclusive"},
     )
 
 

@@ -31,6 +31,7 @@ from .errors import StartupError
 from .gate import Gate
 from .records import BodyPolicy
 from .reload import RulesReloader
+from .verify import settle_in_doubt
 
 logger = logging.getLogger("airlock")
 
@@ -122,10 +123,13 @@ async def serve(cfg: RunConfig) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, m.shutdown)
             loop.add_signal_handler(signal.SIGHUP, reloader.trigger, "SIGHUP")
-            watcher = asyncio.create_task(
-                reloader.watch(cfg.rules_poll) if cfg.rules_poll > 0 else asyncio.Event().wait(),
-                name="rules watcher",
-            )
+            tasks = [
+                asyncio.create_task(
+                    reloader.watch(cfg.rules_poll) if cfg.rules_poll > 0 else asyncio.Event().wait(),
+                    name="rules watcher",
+                ),
+                asyncio.create_task(_settle(log, cfg), name="verify in-doubt actions"),
+            ]
             logger.info(
                 "airlock: proxy on %s, control API on %s, data in %s, rules %s",
                 cfg.listen,
@@ -138,11 +142,19 @@ async def serve(cfg: RunConfig) -> None:
             try:
                 await m.run()
             finally:
-                watcher.cancel()
+                for task in tasks:
+                    task.cancel()
         finally:
             await runner.cleanup()
     finally:
         log.close()
+
+
+async def _settle(log: Log, cfg: RunConfig) -> None:
+    try:
+        await settle_in_doubt(log, cafile=cfg.upstream_ca)
+    except Exception:
+        logger.exception("airlock: verifying in-doubt actions failed; they stay in doubt")
 
 
 async def _start_listeners(m: master.Master, cfg: RunConfig) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .dedup import Dedup, Storm
 
 
 class Verdict(StrEnum):
@@ -17,12 +21,15 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The verdict on an action, the rule that decided it (None for the defaults) and why."""
+    """The verdict on an action, the rule that decided it (None for the defaults) and why;
+    with the first matching rule's `dedup` and `storm` settings, if any rule has them."""
 
     verdict: Verdict
     rule: str | None = None
     message: str = ""
     error: str = ""
+    dedup: Dedup | None = None
+    storm: Storm | None = None
 
     @property
     def refused(self) -> bool:

@@ -100,6 +100,12 @@ def normalized_path(path: str) -> str:
     return "/" + "/".join(segments) + trailing
 
 
+def json_of(body: bytes) -> Any:
+    """The body parsed as JSON (cached), or None when it is not JSON."""
+    parsed = _parsed_json(body)
+    return None if parsed is _MISSING else parsed
+
+
 def _json_body(action: Action) -> Any:
     return _parsed_json(action.body) if action.body else _MISSING
 

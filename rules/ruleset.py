@@ -10,6 +10,7 @@ protocols are checked before the rest of its match.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import jsonschema
 
 from .action import Action, Effect
 from .decision import Decision, Verdict
+from .dedup import Dedup, Storm, parse_dedup, parse_storm
 from .match import Predicate, compile_match, globs, is_literal, strings
 from .source import Document, files, read
 
@@ -29,10 +31,14 @@ EGRESS_RULE = "egress"
 
 @dataclass(frozen=True)
 class Rule:
-    """One rule: an id, what it matches, and what happens to the actions it matches."""
+    """One rule: an id, what it matches, and what happens to the actions it matches.
+
+    A rule without a verdict only says how repeats of its actions are handled (`dedup`,
+    `storm`) and leaves the verdict to the other rules and the defaults.
+    """
 
     id: str
-    verdict: Verdict
+    verdict: Verdict | None
     message: str
     description: str
     source: Path
@@ -41,6 +47,8 @@ class Rule:
     hosts: frozenset[str] | None = None  # index keys: literal hosts and "*.domain" globs
     methods: frozenset[str] | None = None
     protocols: frozenset[str] | None = None
+    dedup: Dedup | None = None
+    storm: Storm | None = None
 
     def matches(self, action: Action) -> bool:
         """True when every field of the rule's `match` holds for the action."""
@@ -163,10 +171,14 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
         # Literal methods and protocols are checked by Rule.matches before the rest: not twice.
         prechecked = {k for k, v in (("method", methods), ("protocol", protocols)) if v is not None}
         rest = {k: v for k, v in match.items() if k not in prechecked}
+        try:
+            dedup = parse_dedup(spec["id"], spec["dedup"]) if "dedup" in spec else None
+        except ValueError as e:
+            raise doc.error(["rules", i, "dedup", "key"], str(e)) from e
         parts.rules.append(
             Rule(
                 id=spec["id"],
-                verdict=Verdict(spec["action"]),
+                verdict=Verdict(spec["action"]) if "action" in spec else None,
                 message=spec.get("message", ""),
                 description=spec.get("description", ""),
                 source=doc.path,
@@ -175,6 +187,8 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
                 hosts=_host_keys(match),
                 methods=methods,
                 protocols=protocols,
+                dedup=dedup,
+                storm=parse_storm(spec["id"], spec["storm"]) if "storm" in spec else None,
             )
         )
 
@@ -258,10 +272,12 @@ class Ruleset:
                 refused = Decision(Verdict.DENY, EGRESS_RULE, message, "egress_denied")
                 return Explanation(action, "refused", matched, refused, f"egress refuses {target}")
             egress, reported = "reported", Decision(Verdict.LOG, EGRESS_RULE, f"report only: {message}")
-        if matched:
-            winner = max(matched, key=lambda r: (PRECEDENCE[r.verdict], -r.position))
+        deciding = [r for r in matched if r.verdict is not None]
+        if deciding:
+            winner = max(deciding, key=lambda r: (PRECEDENCE[r.verdict or Verdict.ALLOW], -r.position))
+            assert winner.verdict is not None
             decision = self._decision(winner.verdict, winner.id, winner.message)
-            others = len(matched) - 1
+            others = len(deciding) - 1
             reason = f"rule {winner.id} ({winner.verdict.value}) decides" + (
                 f"; {others} other matching rule(s) are not stricter" if others else ""
             )
@@ -273,6 +289,10 @@ class Ruleset:
         if reported is not None and not decision.refused:
             decision = reported
             reason += "; egress is in report mode and would refuse the host"
+        dedup = next((r.dedup for r in matched if r.dedup is not None), None)
+        storm = next((r.storm for r in matched if r.storm is not None), None)
+        if dedup is not None or storm is not None:
+            decision = dataclasses.replace(decision, dedup=dedup, storm=storm)
         return Explanation(action, egress, matched, decision, reason)
 
     @staticmethod

@@ -128,4 +128,26 @@ def _describe(path: Path, root: yaml.Node | None, error: jsonschema.ValidationEr
         message = f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
     elif error.validator == "format" and error.validator_value == "regex":
         message = f"{error.instance!r} is not a valid regular expression"
+    elif error.validator == "pattern" and "title" in error.schema:
+        message = f"{error.instance!r} is not {error.schema['title']}"
+    elif error.validator in ("anyOf", "oneOf"):
+        message = _alternatives(error)
     return f"{_where(path, node)}: {field}: {message}"
+
+
+def _alternatives(error: jsonschema.ValidationError) -> str:
+    """`needs one of: a, b` for alternatives of required keys, else what the value may be."""
+    branches: list[dict[str, Any]] = error.validator_value
+    if all(set(b) == {"required"} for b in branches):
+        return "needs one of: " + ", ".join(k for b in branches for k in b["required"])
+    kinds = []
+    for b in branches:
+        if "const" in b:
+            kinds.append(repr(b["const"]))
+        elif "enum" in b:
+            kinds.extend(repr(v) for v in b["enum"])
+        elif "type" in b:
+            kinds.append({"object": "a mapping", "array": "a list"}.get(b["type"], f"a {b['type']}"))
+    if not kinds:
+        return str(error.message)
+    return f"{error.instance!r} is not valid here: use " + " or ".join(kinds)

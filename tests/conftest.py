@@ -91,7 +91,7 @@ def _handler(up: Upstream) -> type[BaseHTTPRequestHandler]:
                 up.on_request(seen)
             status = 200
             if self.path.startswith("/status/"):
-                status = int(self.path.split("/")[2])
+                status = int(self.path.partition("?")[0].split("/")[2])
             if self.path.startswith("/hold"):
                 # Keeps the request open until the test releases it (or a minute passes).
                 up.release.wait(60)

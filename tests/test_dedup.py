@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
+import time
 from collections.abc import Callable
 
+import pytest
 import requests
 
 from proxy.protocols.http import AGENT_HEADER
 
-from .conftest import Airlock, Upstream, wait_for
+from .conftest import Airlock, Upstream, free_port, wait_for
 
 
 def post(a: Airlock, url: str, key: str, body: bytes = b'{"order": 1}', **headers: str) -> requests.Response:
@@ -131,3 +134,203 @@ def test_an_executed_resolution_spends_the_key(
 def _swallow(call: Callable[[], object]) -> None:
     with contextlib.suppress(requests.RequestException):  # the proxy dies under it
         call()
+
+
+DEDUP_RULES = """\
+version: 1
+egress:
+  allow: [127.0.0.1]
+rules:
+  - id: orders-by-token
+    match: {method: POST, path: "/orders"}
+    dedup: {key: "{path} {body.ClientToken}", scope: all}
+  - id: auto-puts
+    match: {method: PUT}
+    dedup: auto
+  - id: reject-dupes
+    match: {path: "/hold/reject"}
+    dedup: {key: "{path}", on_conflict: reject}
+  - id: short-wait
+    match: {path: "/hold/wait"}
+    dedup: {key: "{path}", wait: 300ms}
+  - id: only-2xx-is-final
+    match: {path: ["/status/409", "/status/201"]}
+    dedup: {key: "{path}", final: [2xx], ttl: 1s}
+  - id: quick-storm
+    match: {path: "/storm/*"}
+    storm: {failures: 2, window: 2s}
+"""
+
+
+def test_a_rule_keys_requests_by_a_body_field_shared_by_all_agents(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
+    a = make_airlock(DEDUP_RULES)
+    url = f"{upstream.url}/orders"
+
+    def send(body: bytes, agent: str = "a") -> requests.Response:
+        return requests.post(url, data=body, headers={AGENT_HEADER: agent}, proxies=a.proxies, timeout=30)
+
+    first = send(b'{"ClientToken": "c-1", "qty": 1}')
+    # Another agent, the same token, the same payload with its keys in another order: a replay.
+    again = send(b'{"qty": 1, "ClientToken": "c-1"}', agent="b")
+    assert first.status_code == again.status_code == 200 and first.content == again.content
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(upstream.effects("POST")) == 1
+    # The same token with another payload is a reused key.
+    reused = send(b'{"ClientToken": "c-1", "qty": 5}')
+    assert reused.status_code == 422 and "dedup key (rule orders-by-token)" in reused.json()["message"]
+    # A new token, or none at all (the template cannot be filled), is a new request each time.
+    for body in (b'{"ClientToken": "c-2"}', b'{"qty": 1}', b'{"qty": 1}'):
+        assert send(body).headers.get("Idempotent-Replayed") is None
+    assert len(upstream.effects("POST")) == 4
+    replayed = next(x for x in a.log() if x["state"] == "replayed")
+    assert replayed["agent"] == "b" and replayed["replay_of"] == a.log()[0]["id"]
+
+
+def test_auto_keys_replay_the_same_put_and_not_another(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
+    a = make_airlock(DEDUP_RULES)
+    put = lambda body: requests.put(f"{upstream.url}/items/1", data=body, proxies=a.proxies, timeout=30)  # noqa: E731
+    assert put(b'{"name": "x", "n": 1}').headers.get("Idempotent-Replayed") is None
+    assert put(b'{"n": 1, "name": "x"}').headers["Idempotent-Replayed"] == "true"
+    assert put(b'{"n": 2, "name": "x"}').headers.get("Idempotent-Replayed") is None
+    assert len(upstream.effects("PUT")) == 2
+
+
+def test_duplicates_in_flight_are_rejected_or_wait_as_the_rule_says(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
+    a = make_airlock(DEDUP_RULES)
+    firsts = [
+        threading.Thread(target=_swallow, args=(lambda p=p: post(a, f"{upstream.url}{p}", ""),))
+        for p in ("/hold/reject", "/hold/wait")
+    ]
+    for t in firsts:
+        t.start()
+    wait_for(lambda: len(upstream.effects()) == 2, "the upstream holds both first requests")
+    rejected = requests.post(
+        f"{upstream.url}/hold/reject", data=b'{"order": 1}', proxies=a.proxies, timeout=30
+    )
+    assert rejected.status_code == 409 and rejected.json()["error"] == "idempotency_in_flight"
+    assert "rejects duplicates" in rejected.json()["message"]
+    waited = requests.post(f"{upstream.url}/hold/wait", data=b'{"order": 1}', proxies=a.proxies, timeout=30)
+    assert waited.status_code == 409 and "still in flight after 0.3 s" in waited.json()["message"]
+    upstream.release.set()
+    for t in firsts:
+        t.join(30)
+    assert len(upstream.effects()) == 2
+
+
+def test_a_rule_can_make_4xx_retryable_and_keys_expire_after_their_ttl(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
+    a = make_airlock(DEDUP_RULES)
+    send = lambda path: requests.post(f"{upstream.url}{path}", data=b"{}", proxies=a.proxies, timeout=30)  # noqa: E731
+    assert send("/status/409").status_code == 409
+    assert send("/status/409").headers.get("Idempotent-Replayed") is None  # not final: sent again
+    assert len(upstream.effects()) == 2
+    assert send("/status/201").status_code == 201
+    assert send("/status/201").headers["Idempotent-Replayed"] == "true"
+    assert len(upstream.effects()) == 3
+    time.sleep(1.2)  # the rule's ttl is 1 s
+    assert send("/status/201").headers.get("Idempotent-Replayed") is None
+    assert len(upstream.effects()) == 4
+
+
+def test_a_retry_storm_is_stopped_with_429_and_logged(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
+    a = make_airlock(DEDUP_RULES)
+    failing = f"{upstream.url}/status/503?job=7"
+    send = lambda url: requests.post(url, data=b'{"job": 7}', proxies=a.proxies, timeout=30)  # noqa: E731
+    # By default five failures of one action within a minute trip the breaker.
+    assert [send(failing).status_code for _ in range(5)] == [503] * 5
+    stopped = send(failing)
+    assert stopped.status_code == 429 and int(stopped.headers["Retry-After"]) > 50
+    body = stopped.json()
+    assert body["error"] == "retry_storm" and body["rule"] == "retry-storm"
+    assert "failed 5 times within 60 s" in body["message"] and "stop retrying" in body["message"]
+    assert len(upstream.effects()) == 5
+    # Another action is not affected.
+    assert send(f"{upstream.url}/status/503?job=8").status_code == 503
+    refused = a.log()[-2]
+    assert (refused["state"], refused["rule"], refused["id"]) == ("denied", "retry-storm", body["action_id"])
+
+    # A rule sets its own limits (here: 2 failures in 2 s); connection errors are failures too.
+    # Once the window has passed, the action may go again.
+    dead = f"http://127.0.0.1:{free_port()}/storm/2"
+    assert [requests.post(dead, proxies=a.proxies, timeout=30).status_code for _ in range(2)] == [502, 502]
+    tripped = requests.post(dead, proxies=a.proxies, timeout=30)
+    assert tripped.status_code == 429 and tripped.json()["rule"] == "quick-storm"
+    time.sleep(2.1)
+    assert requests.post(dead, proxies=a.proxies, timeout=30).status_code == 502
+
+
+VERIFY_RULES = """\
+version: 1
+egress:
+  allow: [127.0.0.1]
+rules:
+  - id: ran
+    match: {path: "/hold/ran"}
+    dedup:
+      key: "{path}"
+      verify:
+        url: "{scheme}://{host}:{port}/check{path}"
+        headers: {Authorization: "Bearer ${VERIFY_TOKEN}"}
+        delay: 0
+  - id: did-not-run
+    match: {path: "/hold/not"}
+    dedup: {key: "{path}", verify: {url: "{scheme}://{host}:{port}/status/404", delay: 0}}
+  - id: cannot-tell
+    match: {path: "/hold/unknown"}
+    dedup: {key: "{path}", verify: {url: "{scheme}://{host}:{port}/status/500", delay: 0}}
+"""
+
+
+def test_a_verify_read_settles_in_doubt_actions_on_restart(
+    make_airlock: Callable[..., Airlock], upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VERIFY_TOKEN", "s3cret-verify-token")
+    a = make_airlock(VERIFY_RULES)
+    paths = ["/hold/ran", "/hold/not", "/hold/unknown"]
+    send = lambda path: requests.post(f"{upstream.url}{path}", data=b"{}", proxies=a.proxies, timeout=30)  # noqa: E731
+    threads = [threading.Thread(target=_swallow, args=(lambda p=p: send(p),)) for p in paths]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(upstream.effects()) == 3, "the upstream holds all three")
+    a.stop(signal.SIGKILL)
+    for t in threads:
+        t.join(30)
+    upstream.release.set()
+    a.start()
+
+    def state(path: str) -> str:
+        return next(str(x["state"]) for x in a.log() if x["url"].endswith(path))
+
+    wait_for(lambda: state("/hold/ran") == "committed" and state("/hold/not") == "aborted", "verify reads")
+    unknown = str(next(x["id"] for x in a.log() if x["url"].endswith("/hold/unknown")))
+    wait_for(lambda: "inconclusive" in a.cli("show", unknown, "--json").stdout, "the third read is logged")
+    [check] = [s for s in upstream.effects("GET") if s.path == "/check/hold/ran"]
+    assert check.headers["authorization"] == "Bearer s3cret-verify-token"
+
+    actions = {path: next(x for x in a.log() if x["url"].endswith(path)) for path in paths}
+    entries = {p: json.loads(a.cli("show", str(x["id"]), "--json").stdout) for p, x in actions.items()}
+    ran = entries["/hold/ran"]["entries"][-1]
+    assert (ran["kind"], ran["data"]["by"], ran["data"]["found"]["status"]) == ("resolution", "verify", 200)
+    assert entries["/hold/not"]["entries"][-1]["data"]["found"]["status"] == 404
+    found = entries["/hold/unknown"]["entries"][-1]
+    assert (found["kind"], found["data"]["found"]["status"]) == ("verify", 500)
+    assert state("/hold/unknown") == "in_doubt"
+    # The token reached the upstream but not the log.
+    assert "s3cret-verify-token" not in a.cli("log", "--json").stdout + json.dumps(entries)
+
+    # The executed action's key is spent, the other's is free, the unsettled one still refuses.
+    completed = send("/hold/ran")
+    assert completed.status_code == 409 and completed.json()["error"] == "idempotency_key_completed"
+    assert send("/hold/not").status_code == 200
+    doubt = send("/hold/unknown")
+    assert doubt.status_code == 409 and doubt.json()["error"] == "idempotency_in_doubt"
+    assert sorted(s.path for s in upstream.effects("POST")) == sorted([*paths, "/hold/not"])

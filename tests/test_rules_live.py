@@ -595,3 +595,22 @@ def test_a_percent_encoded_path_cannot_escape_a_path_rule(
         conn.close()
     assert status == 403, f"let through; the upstream saw {[unquote(s.path) for s in upstream.effects()]}"
     assert upstream.effects() == []
+
+
+def test_rules_explain_shows_the_dedup_key_and_the_storm_breaker(tmp_path: Path) -> None:
+    rules = tmp_path / "dedup.yaml"
+    rules.write_text(
+        "version: 1\negress: {allow: [api.test]}\nrules:\n"
+        "  - id: by-token\n    match: {method: POST}\n"
+        '    dedup: {key: "{host} {body.token}", scope: all, on_conflict: reject}\n'
+        "    storm: {failures: 3, window: 1m}\n"
+    )
+    args = ("--rules", str(rules), "--method", "POST", "--url", "https://api.test/x")
+    out = explain(*args, "--body", '{"token": "t-1"}')
+    assert out.returncode == 0, out.stderr
+    assert "by-token  (none: dedup/storm only)" in out.stdout
+    assert "dedup: rule by-token, key api.test t-1, scope all agents, on_conflict reject" in out.stdout
+    assert "storm: rule by-token, failures 3, window 60s" in out.stdout
+    doc = json.loads(explain(*args, "--body", "{}", "--json").stdout)
+    assert doc["repeats"]["dedup"]["key"].startswith("(none: a field of the template is missing)")
+    assert doc["decision"]["verdict"] == "allow"

@@ -1,0 +1,96 @@
+"""Settling in-doubt actions by asking the upstream, when their rule named a verify read.
+
+On start, every in-doubt action whose intent carries a verify read (see `dedup.verify` in the
+rules) gets that read, after its delay: a status the rule counts as executed resolves the
+action as executed (its key is spent), one it counts as not executed resolves it as not
+executed (its key is free for a retry), and anything else, or no answer, is logged as
+inconclusive and leaves the action for an operator. Every read is logged with what it found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from rules.dedup import StatusSet
+from store import Log, Record, State, StoreError
+
+from . import records
+
+logger = logging.getLogger(__name__)
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+TIMEOUT = 30.0
+BY = "verify"
+
+
+def in_doubt_reads(log: Log) -> list[tuple[int, dict[str, Any]]]:
+    """In-doubt actions that have a verify read, with the read."""
+    found = []
+    for index in log.actions(State.IN_DOUBT):
+        first = log.entry(index["entries"][0])
+        read = first.data.get("verify") if first is not None else None
+        if read:
+            found.append((index["id"], read))
+    return found
+
+
+def _headers(read: dict[str, Any]) -> dict[str, str]:
+    def value(m: re.Match[str]) -> str:
+        if m[1] not in os.environ:
+            raise LookupError(f"environment variable {m[1]} is not set")
+        return os.environ[m[1]]
+
+    return {name: _ENV.sub(value, template) for name, template in read.get("headers", {}).items()}
+
+
+async def check(session: aiohttp.ClientSession, action_id: int, read: dict[str, Any]) -> Record:
+    """Issue one verify read and say what it means for the action."""
+    method, url = read["method"], read["url"]
+    found: dict[str, Any] = {"method": method, "url": url}
+    try:
+        async with session.request(method, url, headers=_headers(read), allow_redirects=False) as r:
+            found["status"] = r.status
+    except LookupError as e:
+        found["error"] = str(e)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        found["error"] = f"{type(e).__name__}: {e}".rstrip(": ")
+    status = found.get("status")
+    if status is not None and status in StatusSet(read["executed"]):
+        note = f"{method} {url} answered {status}: the action took effect"
+        return records.resolution(action_id, executed=True, note=note, by=BY, found=found)
+    if status is not None and status in StatusSet(read["not_executed"]):
+        note = f"{method} {url} answered {status}: the action did not take effect"
+        return records.resolution(action_id, executed=False, note=note, by=BY, found=found)
+    return records.unsettled(action_id, found=found)
+
+
+async def settle_in_doubt(log: Log, *, cafile: Path | None = None) -> int:
+    """Issue the verify reads of every in-doubt action that has one; return how many settled."""
+    reads = in_doubt_reads(log)
+    if not reads:
+        return 0
+    # Let requests the stopped proxy had sent reach the upstream before asking about them.
+    await asyncio.sleep(max(float(read.get("delay", 0)) for _, read in reads))
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    settled = 0
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=context)) as session:
+        for action_id, read in reads:
+            record = await check(session, action_id, read)
+            try:
+                await log.append(record)
+            except StoreError as e:
+                logger.info("verify of action %d not recorded: %s", action_id, e)
+                continue
+            if record.kind == "resolution":
+                settled += 1
+            logger.warning("airlock: in-doubt action %d: %s", action_id, record.data.get("note"))
+    return settled

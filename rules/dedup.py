@@ -1,0 +1,250 @@
+"""What a rule says about repeated actions: how to key them, how long a key lives, what a
+duplicate in flight does, which answers are final, the read that settles doubt after a crash,
+and when repeated failures of one action are a retry storm.
+
+A key template names fields of the Action in braces: `{method} {host}{path} {body.ClientToken}`,
+`{tool} {args.to}`. A template whose fields are missing from an action gives no key: that
+action is not deduplicated. `auto` keys an action by its fingerprint, a digest of its
+canonical form (method, normalized URL with sorted query, JSON body with sorted keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from .action import Action
+from .match import json_of, normalized_path
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_STATUS_CLASS = re.compile(r"([1-5])xx")
+ERROR = "error"  # in a status set: the action got no response at all (connection error, timeout)
+
+# Fields a template may name; dotted names reach into the body, args, query and headers.
+_PLAIN = ("method", "scheme", "host", "port", "path", "query", "url", "agent", "tool", "service", "operation")
+_NESTED = ("body", "args", "query", "headers")
+
+
+def seconds(value: float | str) -> float:
+    """A duration from a rule file: a number of seconds, or `500ms`, `30s`, `5m`, `24h`, `7d`."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.fullmatch(value.strip())
+    if m is None:
+        raise ValueError(f"{value!r} is not a duration (e.g. 30, 30s, 5m, 24h)")
+    return float(m[1]) * _UNITS[m[2]]
+
+
+class StatusSet:
+    """HTTP statuses given as codes (`404`) and classes (`2xx`), plus `error` for no response."""
+
+    def __init__(self, items: Iterable[int | str]):
+        self.items = [str(i) for i in items]
+        self._codes = {int(i) for i in self.items if i.isdigit()}
+        self._classes = {int(m[1]) for i in self.items if (m := _STATUS_CLASS.fullmatch(i))}
+        self._error = ERROR in self.items
+
+    def __contains__(self, status: int | None) -> bool:
+        if status is None:
+            return self._error
+        return status in self._codes or status // 100 in self._classes
+
+    def __repr__(self) -> str:
+        return f"StatusSet({self.items!r})"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else _canonical(value)
+
+
+def _dig(value: Any, steps: list[str]) -> Any:
+    for step in steps:
+        if isinstance(value, dict) and step in value:
+            value = value[step]
+        elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+            value = value[int(step)]
+        else:
+            return None
+    return value
+
+
+def field_value(action: Action, name: str) -> str | None:
+    """The value of a template field for an action, as text; None when the action has none."""
+    head, _, rest = name.partition(".")
+    if not rest:
+        if head == "body":
+            return _canonical_body(action.body).decode(errors="replace") if action.body else None
+        if head == "args":
+            return _canonical(action.args) if action.args is not None else None
+        value = action.url if head == "url" else getattr(action, head)
+        return None if value is None or value == "" else str(value)
+    if head == "body":
+        found = _dig(json_of(action.body), rest.split(".")) if action.body else None
+    elif head == "args":
+        found = _dig(action.args, rest.split("."))
+    elif head == "headers":
+        found = action.headers.get(rest.lower())
+    else:  # query
+        values = [v for k, v in parse_qsl(action.query, keep_blank_values=True) if k == rest]
+        found = values[0] if values else None
+    return None if found is None else _text(found)
+
+
+class KeyTemplate:
+    """A key template, parsed and checked when the rules load."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.parts: list[tuple[str, str | None]] = []
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as e:
+            raise ValueError(f"{text!r} is not a key template: {e}") from e
+        for literal, name, spec, conversion in parsed:
+            if spec or conversion:
+                raise ValueError(f"{{{name}}}: format specs and conversions are not supported")
+            if name is not None:
+                head, dot, rest = name.partition(".")
+                bare_ok = not dot and (head in _PLAIN or head in ("body", "args"))
+                if not bare_ok and not (head in _NESTED and rest):
+                    fields = ", ".join([*_PLAIN, *(f"{n}.NAME" for n in _NESTED)])
+                    raise ValueError(f"{{{name}}} is not a field of an action (fields: {fields})")
+            self.parts.append((literal, name))
+        if not any(name for _, name in self.parts):
+            raise ValueError(f"{text!r} names no field of the action, so every action would share one key")
+
+    def render(self, action: Action) -> str | None:
+        """The key for an action, or None when a field it names is missing."""
+        out = []
+        for literal, name in self.parts:
+            out.append(literal)
+            if name is not None:
+                value = field_value(action, name)
+                if value is None:
+                    return None
+                out.append(value)
+        return "".join(out)
+
+
+def _canonical_body(body: bytes | None) -> bytes:
+    if not body:
+        return b""
+    parsed = json_of(body)
+    return body if parsed is None else _canonical(parsed).encode()
+
+
+def fingerprint(action: Action) -> str:
+    """A digest of what the action does, the same for retries of it: method and normalized URL
+    with sorted query and JSON body with sorted keys (for a tool call: server, tool, args)."""
+    h = hashlib.sha256()
+    if action.tool is not None:
+        h.update(f"{action.protocol} {action.host}:{action.port} {action.tool}\n".encode())
+        h.update(_canonical(action.args).encode())
+    else:
+        query = urlencode(sorted(parse_qsl(action.query, keep_blank_values=True)))
+        target = f"{action.host}:{action.port}{normalized_path(action.path)}?{query}"
+        h.update(f"{action.method.upper()} {action.scheme}://{target}\n".encode())
+        h.update(_canonical_body(action.body))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class VerifyRead:
+    """The read that tells whether an in-doubt action took effect: which statuses say it ran,
+    which say it did not; anything else leaves it in doubt. `url` is a template ({url}: the
+    action's own URL); header values may name environment variables as ${NAME}."""
+
+    method: str
+    url: KeyTemplate
+    headers: dict[str, str]
+    executed: StatusSet
+    not_executed: StatusSet
+    delay: float
+
+    def request(self, action: Action) -> dict[str, Any] | None:
+        """The read for one action, as stored with its intent (None if the URL cannot be made)."""
+        url = self.url.render(action)
+        if url is None:
+            return None
+        return {
+            "method": self.method,
+            "url": url,
+            "headers": self.headers,
+            "executed": self.executed.items,
+            "not_executed": self.not_executed.items,
+            "delay": self.delay,
+        }
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """A rule's `dedup`: the key (None: the fingerprint), whose it is, and how duplicates fare."""
+
+    rule: str
+    key: KeyTemplate | None = None
+    shared: bool = False  # scope: all agents share the key (else each agent has its own)
+    ttl: float | None = None
+    wait: float | None = None
+    reject: bool = False  # on_conflict: reject answers 409 at once instead of waiting
+    final: StatusSet | None = None
+    verify: VerifyRead | None = None
+
+    def key_of(self, action: Action) -> str | None:
+        """The action's key under this rule, or None when the template's fields are missing."""
+        return fingerprint(action) if self.key is None else self.key.render(action)
+
+
+@dataclass(frozen=True)
+class Storm:
+    """The retry-storm breaker: `failures` failed attempts of one action within `window` seconds
+    stop further attempts until the oldest ages out; 0 failures turns it off."""
+
+    rule: str | None
+    failures: int = 5
+    window: float = 60.0
+
+
+def parse_dedup(rule: str, spec: str | dict[str, Any]) -> Dedup:
+    """A rule's `dedup` value (schema-checked); ValueError names the bad field."""
+    if spec == "auto":
+        return Dedup(rule)
+    assert isinstance(spec, dict)
+    key = spec.get("key", "auto")
+    verify = spec.get("verify")
+    return Dedup(
+        rule=rule,
+        key=None if key == "auto" else KeyTemplate(key),
+        shared=spec.get("scope", "agent") == "all",
+        ttl=seconds(spec["ttl"]) if "ttl" in spec else None,
+        wait=seconds(spec["wait"]) if "wait" in spec else None,
+        reject=spec.get("on_conflict", "wait") == "reject",
+        final=StatusSet(spec["final"]) if "final" in spec else None,
+        verify=None if verify is None else _verify(verify),
+    )
+
+
+def _verify(spec: dict[str, Any]) -> VerifyRead:
+    return VerifyRead(
+        method=spec.get("method", "GET").upper(),
+        url=KeyTemplate(spec.get("url", "{url}")),
+        headers=dict(spec.get("headers", {})),
+        executed=StatusSet(spec.get("executed", ["2xx"])),
+        not_executed=StatusSet(spec.get("not_executed", ["404", "410"])),
+        delay=seconds(spec.get("delay", 2)),
+    )
+
+
+def parse_storm(rule: str, spec: dict[str, Any]) -> Storm:
+    """A rule's `storm` value (schema-checked)."""
+    return Storm(rule, int(spec.get("failures", 5)), seconds(spec.get("window", 60)))
