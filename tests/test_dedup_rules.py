@@ -74,7 +74,9 @@ def test_fingerprints_ignore_key_order_query_order_and_path_spelling() -> None:
     same = act("POST", "/./orders", body=b'{ "b": [1,2], "a": 1 }', query="y=2&x=1")
     assert fingerprint(a) == fingerprint(same)
     assert fingerprint(a) != fingerprint(order(body=b'{"a": 2, "b": [1, 2]}', query="x=1&y=2"))
-    assert fingerprint(a) != fingerprint(act("PUT", "/orders", body=b'{"a": 1, "b": [1, 2]}', query="x=1&y=2"))
+    assert fingerprint(a) != fingerprint(
+        act("PUT", "/orders", body=b'{"a": 1, "b": [1, 2]}', query="x=1&y=2")
+    )
     call = order(tool="t", args={"x": 1, "y": 2})
     assert fingerprint(call) == fingerprint(order(tool="t", args={"y": 2, "x": 1}, body=b"other id"))
 
