@@ -20,7 +20,7 @@ def refusal(
     decision: Decision, action_id: int | None, status: int = 403, headers: dict[str, str] | None = None
 ) -> http.Response:
     """A refusal (403 unless said otherwise) naming the rule, why, and what to do."""
-    rule = decision.rule or "defaults"
+    rule = decision.rule
     return _json(
         status,
         {
@@ -29,16 +29,7 @@ def refusal(
             "message": decision.message,
             "action_id": action_id,
         },
-        {RULE_HEADER: rule} | (headers or {}),
-    )
-
-
-def unavailable(message: str) -> http.Response:
-    """503 when the log cannot record an action: nothing mutating goes out unlogged."""
-    return _json(
-        503,
-        {"error": "log_unavailable", "rule": None, "message": message, "action_id": None},
-        {"Retry-After": "30"},
+        ({RULE_HEADER: rule} if rule else {}) | (headers or {}),
     )
 
 

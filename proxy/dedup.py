@@ -117,8 +117,11 @@ def reply_of(response: http.Response, body: bytes | None, redactor: Redactor) ->
     return {"status": response.status_code, "headers": headers, "body": base64.b64encode(body).decode()}
 
 
-def replay(reply: dict[str, Any], original: int) -> http.Response:
-    """The stored reply, marked as a replay of the original action."""
+def replay(reply: dict[str, Any], original: int) -> http.Response | None:
+    """The stored HTTP reply, marked as a replay of the original action (None if the stored
+    reply is not an HTTP one)."""
+    if "status" not in reply:
+        return None
     fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply["headers"]]
     response = http.Response.make(reply["status"], base64.b64decode(reply["body"]), http.Headers(fields))
     response.headers[REPLAYED_HEADER] = "true"

@@ -49,6 +49,7 @@ class Rule:
     protocols: frozenset[str] | None = None
     dedup: Dedup | None = None
     storm: Storm | None = None
+    hides: bool = False  # a deny rule that refuses every call to a tool: hide the tool
 
     def matches(self, action: Action) -> bool:
         """True when every field of the rule's `match` holds for the action."""
@@ -131,6 +132,24 @@ def _lookup_keys(host: str) -> list[str]:
     return keys
 
 
+# Fields that are the same for every call to one tool of one server: a deny rule that looks
+# only at these refuses every call to the tools it matches.
+_PER_TOOL = frozenset({"agent", "protocol", "host", "port", "method", "path", "service", "tool", "effect"})
+
+
+def _per_tool(match: dict[str, Any]) -> bool:
+    for key, value in match.items():
+        if key in ("all", "any"):
+            if not all(_per_tool(m) for m in value):
+                return False
+        elif key == "not":
+            if not _per_tool(value):
+                return False
+        elif key not in _PER_TOOL:
+            return False
+    return True
+
+
 def _check_schemas(doc: Document, steps: list[str | int], match: dict[str, Any]) -> None:
     for key in ("body", "args"):
         if key in match:
@@ -189,6 +208,7 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
                 protocols=protocols,
                 dedup=dedup,
                 storm=parse_storm(spec["id"], spec["storm"]) if "storm" in spec else None,
+                hides=spec.get("action") == "deny" and spec.get("hide", True) and _per_tool(match),
             )
         )
 
@@ -243,6 +263,11 @@ class Ruleset:
                     seen.add(rule.position)
                     yield rule
         yield from self._any_host
+
+    def hidden_by(self, action: Action) -> Rule | None:
+        """The deny rule that refuses every call to the action's tool whatever its arguments,
+        if one does and may hide the tool from `tools/list`."""
+        return next((r for r in self.candidates(action) if r.hides and r.matches(action)), None)
 
     def evaluate(self, action: Action) -> Decision:
         """Decide an action (see the module docstring for the order)."""

@@ -1,0 +1,307 @@
+"""Admission: what happens to a decided action before it may go upstream, whatever carried it.
+
+A refused action is logged and answered. An action in a retry storm is stopped. A keyed action
+claims its dedup key with its intent, or is answered as the key's holder allows (replay, wait,
+409, 422). Any other action gets its intent written, durably first when it mutates. The
+transport (the HTTP gate, the MCP adapters) turns an `Answer` into its own terms and reports
+the outcome back with `finish` or `fail`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rules import Action, Decision, Ruleset, Verdict
+from rules.dedup import Storm, fingerprint
+from store import ActionRef, KeyTaken, Log, Record, Settle, State, StoreError
+
+from . import dedup, records
+from .dedup import DedupPolicy, Keyed
+from .redact import Redactor
+from .storm import Breaker
+
+logger = logging.getLogger(__name__)
+
+KEY_RULE = "idempotency-key"
+STORM_RULE = "retry-storm"
+KEY_POLL = 0.02  # how often a duplicate looks whether the first request has settled
+
+
+class Meter:
+    """Counts and hashes a response body as it passes, chunk by chunk, keeping up to `keep`
+    bytes of it (for replays); `kept` is None once the body outgrew that."""
+
+    def __init__(self, keep: int = 0) -> None:
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._keep = keep
+        self._kept: bytearray | None = bytearray() if keep else None
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        self._hash.update(chunk)
+        if self._kept is not None:
+            if len(self._kept) + len(chunk) > self._keep:
+                self._kept = None
+            else:
+                self._kept += chunk
+        return chunk
+
+    @property
+    def kept(self) -> bytes | None:
+        """The body seen so far, if it was kept and fit."""
+        return bytes(self._kept) if self._kept is not None else None
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of everything seen so far."""
+        return self._hash.hexdigest()
+
+
+@dataclass
+class Tracking:
+    """An admitted action until its outcome is written."""
+
+    ref: ActionRef
+    keyed: Keyed | None = None  # holds a dedup key: its outcome keeps or releases it
+    repeat: str | None = None  # who the action is to the retry-storm breaker
+    storm: Storm | None = None
+    started: float = field(default_factory=time.monotonic)
+    meter: Meter = field(default_factory=Meter)
+
+    def final(self, status: int | None) -> bool:
+        """True when the answer (None: none) is the action's effect rather than a failure."""
+        return self.keyed.final(status) if self.keyed is not None else dedup.is_final(status)
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the action was let through."""
+        return (time.monotonic() - self.started) * 1000
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the agent gets instead of the upstream's answer: a refusal (the decision says why),
+    or a stored reply replayed from an earlier action."""
+
+    decision: Decision
+    action_id: int | None
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    reply: dict[str, Any] | None = None
+    replay_of: int | None = None
+
+
+def unavailable(message: str) -> Answer:
+    """503 when the log cannot record an action: nothing mutating goes out unlogged."""
+    decision = Decision(Verdict.DENY, None, message, "log_unavailable")
+    return Answer(decision, None, 503, {"Retry-After": "30"})
+
+
+class Admission:
+    """Logs and admits decided actions; one per proxy process, shared by every transport."""
+
+    def __init__(self, log: Log, ruleset: Ruleset, *, bodies: records.BodyPolicy, policy: DedupPolicy):
+        self.log = log
+        self.bodies = bodies
+        self.policy = policy
+        self.breaker = Breaker()
+        self.use_rules(ruleset)
+
+    def use_rules(self, ruleset: Ruleset) -> None:
+        """Describe actions with `ruleset`'s digest and secret headers from now on."""
+        self.ruleset, self.redactor = ruleset, Redactor(ruleset.secret_headers)
+
+    def intent(self, action: Action, decision: Decision, ref: ActionRef, **kw: Any) -> Record:
+        """The intent record of an action."""
+        return records.intent(
+            action,
+            decision,
+            ref,
+            redactor=self.redactor,
+            bodies=self.bodies,
+            rules_digest=self.ruleset.digest,
+            **kw,
+        )
+
+    async def admit(self, action: Action, decision: Decision, *, keep: int = 0) -> Tracking | Answer:
+        """Log the action and let it go (a Tracking), or answer it instead (an Answer).
+
+        `keep` is how much of the response the transport can keep for replays.
+        """
+        if decision.refused:
+            return await self.refuse(action, decision)
+        keyed = dedup.claim_for(action, decision, self.policy)
+        storm = decision.storm or self.policy.storm
+        repeat = None
+        if keyed is not None:
+            repeat = keyed.claim.key
+        elif action.effect.mutating:
+            repeat = f"{action.agent}|{fingerprint(action)}"
+        if repeat is not None and (wait := self.breaker.retry_after(repeat, storm)) is not None:
+            return await self._storm(action, storm, wait)
+        tracking = Tracking(ActionRef(), keyed=keyed, repeat=repeat, storm=storm)
+        if keyed is not None:
+            tracking.meter = Meter(keep=keep)
+            return await self._admit_keyed(action, decision, tracking, keyed)
+        intent = self.intent(action, decision, tracking.ref)
+        if action.effect.mutating:
+            try:
+                await self.log.append(intent)
+            except StoreError as e:
+                return unavailable(f"{e}; the request was not forwarded")
+        else:
+            self.post(intent)
+        return tracking
+
+    async def refuse(
+        self, action: Action, decision: Decision, status: int = 403, headers: dict[str, str] | None = None
+    ) -> Answer:
+        """Log a refused action and say so."""
+        ref = ActionRef()
+        try:
+            await self.log.append(self.intent(action, decision, ref))
+        except StoreError as e:
+            logger.error("a refusal was not logged: %s", e)
+        return Answer(decision, ref.id, status, headers or {})
+
+    async def _refuse_key(self, action: Action, error: str, message: str, status: int) -> Answer:
+        return await self.refuse(action, Decision(Verdict.DENY, KEY_RULE, message, error), status)
+
+    async def _storm(self, action: Action, storm: Storm, wait: float) -> Answer:
+        retry = max(1, math.ceil(wait))
+        message = (
+            f"this action failed {storm.failures} times within {storm.window:g} s, so airlock stops "
+            f"further attempts for {retry} s: stop retrying it, and find out why it fails "
+            "(the upstream may be down, or the request may be wrong) before trying again"
+        )
+        decision = Decision(Verdict.DENY, storm.rule or STORM_RULE, message, "retry_storm")
+        return await self.refuse(action, decision, 429, {"Retry-After": str(retry)})
+
+    async def _admit_keyed(
+        self, action: Action, decision: Decision, tracking: Tracking, keyed: Keyed
+    ) -> Tracking | Answer:
+        """Claim the action's dedup key with its intent, or answer as its holder allows."""
+        deadline = time.monotonic() + keyed.wait
+        while True:
+            tracking.ref = ActionRef()
+            intent = self.intent(action, decision, tracking.ref, claim=keyed.claim, verify=keyed.verify)
+            try:
+                await self.log.append(intent)
+            except KeyTaken as taken:
+                answer = await self._duplicate(action, keyed, taken, deadline)
+                if answer is not None:
+                    return answer
+                continue  # the key was released: this action may go
+            except StoreError as e:
+                return unavailable(f"{e}; the request was not forwarded")
+            return tracking
+
+    async def _duplicate(
+        self, action: Action, keyed: Keyed, taken: KeyTaken, deadline: float
+    ) -> Answer | None:
+        """Answer an action whose key another action holds; None if the key came free."""
+        holder, label = taken.holder_id, keyed.label
+        if taken.payload != keyed.claim.payload:
+            message = (
+                f"this {label} was used by action {holder} for a different request; "
+                "use a new key for a new request"
+            )
+            return await self._refuse_key(action, "idempotency_key_reused", message, 422)
+        if taken.final:
+            if taken.reply is not None:
+                return await self._replay(action, taken)
+            message = (
+                f"action {holder} with this {label} already took effect, and its response "
+                "cannot be replayed (it was resolved after a crash, or too large to keep); do not retry"
+            )
+            return await self._refuse_key(action, "idempotency_key_completed", message, 409)
+        if taken.state == State.IN_DOUBT:
+            message = (
+                f"action {holder} with this {label} is in doubt: the proxy stopped while it was "
+                "in flight, so whether it took effect is unknown and this request was not executed; "
+                f"an operator settles it with `airlock resolve {holder} --executed|--not-executed`, "
+                "then retry with the same key"
+            )
+            return await self._refuse_key(action, "idempotency_in_doubt", message, 409)
+        if keyed.reject:
+            message = (
+                f"action {holder} with this {label} is in flight, and the rule rejects duplicates "
+                "instead of waiting; wait for the first request's answer instead of sending it again"
+            )
+            return await self._refuse_key(action, "idempotency_in_flight", message, 409)
+        # In flight: wait for the first action to settle, then replay it or take the key.
+        while time.monotonic() < deadline:
+            await asyncio.sleep(KEY_POLL)
+            held = self.log.key(keyed.claim.key)
+            if held is None or held["action"] != holder or held.get("final"):
+                return None
+        message = (
+            f"action {holder} with this {label} is still in flight after {keyed.wait:g} s; "
+            "retry later with the same key"
+        )
+        return await self._refuse_key(action, "idempotency_in_flight", message, 409)
+
+    async def _replay(self, action: Action, taken: KeyTaken) -> Answer:
+        assert taken.reply is not None
+        ref = ActionRef()
+        decision = Decision(Verdict.ALLOW, KEY_RULE, f"replayed from action {taken.holder_id}")
+        try:
+            await self.log.append(self.intent(action, decision, ref, replay_of=taken.holder_id))
+        except StoreError as e:
+            logger.error("a replay was not logged: %s", e)
+        return Answer(decision, ref.id, 200, reply=taken.reply, replay_of=taken.holder_id)
+
+    def post(self, record: Record) -> None:
+        """Write a record without waiting for it (reads, outcomes)."""
+        try:
+            self.log.post(record)
+        except StoreError as e:
+            logger.error("a %s entry was not written: %s", record.kind, e)
+
+    def _count(self, tracking: Tracking, status: int | None) -> bool:
+        """Tell the breaker how the attempt went; True when the answer was final."""
+        final = tracking.final(status)
+        if tracking.repeat is not None and tracking.storm is not None:
+            if final:
+                self.breaker.succeeded(tracking.repeat)
+            else:
+                self.breaker.failed(tracking.repeat, tracking.storm)
+        return final
+
+    def finish(
+        self,
+        tracking: Tracking,
+        status: int,
+        *,
+        headers: dict[str, str],
+        reply: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Write the outcome of an action that got an answer (`reply`: what to replay)."""
+        final = self._count(tracking, status)
+        settle = None
+        if tracking.keyed is not None:
+            settle = Settle(final, reply if final else None)
+        record = records.outcome(
+            tracking.ref,
+            status=status,
+            size=tracking.meter.size,
+            sha256=tracking.meter.sha256,
+            duration_ms=tracking.elapsed_ms(),
+            headers=self.redactor.headers(headers),
+            error=error,
+            settle=settle,
+        )
+        self.post(record)
+
+    def fail(self, tracking: Tracking, error: str) -> None:
+        """Write the outcome of an action that got no answer."""
+        final = self._count(tracking, None)
+        record = records.failure(tracking.ref, error=error, duration_ms=tracking.elapsed_ms(), keep_key=final)
+        self.post(record)

@@ -1,0 +1,136 @@
+"""MCP over HTTP: streamable HTTP (JSON or server-sent event answers) and the legacy HTTP+SSE
+transport, as the gate sees them in mitmproxy flows.
+
+A POSTed JSON-RPC body goes through `ToolCalls.send`. Answers come back in the POST's own
+response (streamable HTTP: JSON, or an event stream that is passed on event by event), or on
+a separate event stream (legacy SSE: the stream's `endpoint` event names the URL its session
+POSTs to, and that URL is the channel its responses settle).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+from mitmproxy import http
+
+from rules import Action
+
+from .admission import Meter
+from .protocols import mcp
+from .toolcalls import ToolCalls
+
+
+@dataclass
+class Exchange:
+    """A POST of JSON-RPC messages that were forwarded: where their answers settle."""
+
+    channel: str
+    server: str
+    action: Action
+    scoped: bool  # the channel is this exchange alone (streamable HTTP), not a legacy session
+
+
+def server_of(action: Action) -> str:
+    """The MCP server an action goes to, for the tool catalog."""
+    return f"{action.host}:{action.port}"
+
+
+def json_answer(answers: list[dict[str, Any]], batch: bool, status: int = 200) -> http.Response:
+    """Answers given in place of the server, as the JSON body of a 200 (202 when there are none)."""
+    if not answers:
+        return http.Response.make(202, b"")
+    body = answers if batch else answers[0]
+    return http.Response.make(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+
+def settle_json(calls: ToolCalls, exchange: Exchange, response: http.Response) -> None:
+    """Settle the calls a JSON response answers, rewriting `tools/list` results if needed."""
+    if "application/json" not in response.headers.get("content-type", "") or not response.content:
+        return
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return
+    raw = response.content if isinstance(body, dict) else None
+    items = body if isinstance(body, list) else [body]
+    out = [
+        calls.receive(m, raw, channel=exchange.channel, server=exchange.server, base=exchange.action)
+        for m in items
+    ]
+    if any(a is not b for a, b in zip(out, items, strict=True)):
+        response.content = json.dumps(out if isinstance(body, list) else out[0]).encode()
+
+
+class EventStream:
+    """A text/event-stream passed on as it arrives, its JSON-RPC messages read on the way.
+
+    Events are passed on unchanged, chunk by chunk, except while a response that will be
+    rewritten is due on the channel: then whole events are passed on, so that it can be.
+    """
+
+    def __init__(
+        self,
+        calls: ToolCalls,
+        *,
+        url: str,
+        action: Action,
+        channel: str | None,
+        legacy: set[str],
+        meter: Meter | None = None,
+    ):
+        self.calls = calls
+        self.url = url
+        self.action = action
+        self.server = server_of(action)
+        self.channel = channel
+        self.legacy = legacy
+        self.meter = meter
+        self.splitter = mcp.SseSplitter()
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self.meter is not None:
+            self.meter(chunk)
+        rewrite = self.channel is not None and self.calls.rewrites_due(self.channel)
+        out = []
+        for raw, sep, emitted in self.splitter.feed(chunk):
+            new = self._event(raw)
+            if rewrite:
+                out.append((raw + sep)[emitted:] if emitted else (new or raw) + sep)
+        if not chunk:  # the end of the stream
+            out.append(self.splitter.rest())
+            self.end("the event stream ended before the response to this call")
+            return b"".join(out)
+        if not rewrite:
+            self.splitter.emitted = self.splitter.pending
+            return chunk
+        return b"".join(out)
+
+    def _event(self, raw: bytes) -> bytes | None:
+        event = mcp.SseEvent.parse(raw)
+        if event.event == "endpoint":
+            # Legacy SSE: this session POSTs to the URL the event names; its answers come here.
+            self.channel = urljoin(self.url, event.data.strip())
+            self.legacy.add(self.channel)
+            return None
+        if self.channel is None:
+            return None
+        message = event.json()
+        if isinstance(message, list):
+            out = [self._receive(m, None) for m in message]
+            changed = any(a is not b for a, b in zip(out, message, strict=True))
+            return event.with_data(out) if changed else None
+        new = self._receive(message, event.data.encode())
+        return event.with_data(new) if new is not message else None
+
+    def _receive(self, message: Any, raw: bytes | None) -> Any:
+        assert self.channel is not None
+        return self.calls.receive(message, raw, channel=self.channel, server=self.server, base=self.action)
+
+    def end(self, error: str) -> None:
+        """The stream is over: calls still waiting on its channel got no answer."""
+        if self.channel is not None:
+            self.calls.close(self.channel, error)
+            self.legacy.discard(self.channel)

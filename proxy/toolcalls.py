@@ -1,0 +1,181 @@
+"""MCP through the gate, whatever carries it (streamable HTTP, legacy SSE, stdio).
+
+What the client sends is decided and logged before it is passed on: each request is an action
+(a `tools/call` with its tool, arguments and effect), refused or replayed requests are answered
+here in JSON-RPC and never reach the server. What the server sends back settles the pending
+calls (the outcome entry is written when a call's response has passed), teaches the tool
+catalog the tools' effects, and has tools that the rules deny outright removed from
+`tools/list` results. A channel is one place responses come back on: an HTTP exchange, a
+legacy SSE session, a stdio pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from rules import Action, Decision, Verdict
+
+from .admission import Admission, Answer, Tracking
+from .protocols import mcp
+
+logger = logging.getLogger(__name__)
+
+REFUSED = -32001  # JSON-RPC error code for refused requests other than tool calls
+
+
+@dataclass
+class Pending:
+    """A forwarded request waiting for its response."""
+
+    method: str
+    tracking: Tracking
+
+
+def _text(answer: Answer) -> str:
+    d = answer.decision
+    where = f"rule {d.rule}" if d.rule else "airlock"
+    logged = f"; airlock action {answer.action_id}" if answer.action_id is not None else ""
+    return f"Airlock did not run this call ({where}{logged}): {d.message}"
+
+
+class ToolCalls:
+    """Decides and logs MCP messages and settles their responses, for every transport."""
+
+    def __init__(self, admission: Admission, catalog: mcp.ToolCatalog | None = None):
+        self.admission = admission
+        self.catalog = catalog or mcp.ToolCatalog()
+        self.pending: dict[tuple[str, str], Pending] = {}
+        self.stand_ins: dict[tuple[str, str], dict[str, Any]] = {}
+
+    # ---- client to server ----------------------------------------------------------------
+
+    async def send(
+        self, messages: list[dict[str, Any]], base: Action, *, channel: str, server: str
+    ) -> list[dict[str, Any]] | None:
+        """Decide and log the client's messages. None: forward them all. A list: the answers
+        the client gets instead, and nothing is forwarded."""
+        ruleset = self.admission.ruleset
+        actions = [mcp.action_of(m, base, self.catalog, server) for m in messages]
+        decisions = [ruleset.evaluate(a) for a in actions]
+        if len(messages) > 1 and any(d.refused or d.dedup is not None for d in decisions):
+            return await self._refuse_batch(messages, actions, decisions)
+        answers: list[dict[str, Any]] = []
+        admitted: list[tuple[dict[str, Any], Tracking]] = []
+        keep = self.admission.policy.reply_limit
+        for message, action, decision in zip(messages, actions, decisions, strict=True):
+            outcome = await self.admission.admit(action, decision, keep=keep)
+            if isinstance(outcome, Answer):
+                if mcp.is_request(message):
+                    answers.append(self.answer(message, outcome))
+                continue
+            admitted.append((message, outcome))
+        if answers or (admitted == [] and messages):
+            # One message, answered here (or a refused notification, which gets no answer).
+            for _, tracking in admitted:
+                self.admission.fail(tracking, "not forwarded")
+            return answers
+        for message, tracking in admitted:
+            if mcp.is_request(message):
+                self.pending[(channel, _id(message["id"]))] = Pending(str(message["method"]), tracking)
+            else:
+                # Notifications and responses get no answer: they are done once passed on.
+                self.admission.finish(tracking, 202, headers={})
+        return None
+
+    async def _refuse_batch(
+        self, messages: list[dict[str, Any]], actions: list[Action], decisions: list[Decision]
+    ) -> list[dict[str, Any]]:
+        """A batch is forwarded whole or not at all: one refused (or deduplicated) request
+        refuses every message in it."""
+        culprit = next(d for d in decisions if d.refused or d.dedup is not None)
+        answers = []
+        for message, action, decision in zip(messages, actions, decisions, strict=True):
+            if not decision.refused:
+                why = (
+                    f"it was sent in a batch with a request that {culprit.rule} refuses"
+                    if culprit.refused
+                    else "calls with dedup keys cannot be batched"
+                )
+                decision = Decision(
+                    Verdict.DENY, culprit.rule, f"{why}; send the calls one by one", "batch_refused"
+                )
+            answer = await self.admission.refuse(action, decision)
+            if mcp.is_request(message):
+                answers.append(self.answer(message, answer))
+        return answers
+
+    def answer(self, message: dict[str, Any], answer: Answer) -> dict[str, Any]:
+        """An Answer as the JSON-RPC response to `message`."""
+        if answer.reply is not None:
+            stored = answer.reply.get("jsonrpc")
+            if isinstance(stored, dict):
+                return mcp.with_id(stored, message["id"])
+            text = f"action {answer.replay_of} already ran this call, and its result cannot be replayed"
+            return mcp.tool_error(message["id"], f"{text}; do not call it again")
+        if message.get("method") == mcp.CALL:
+            return mcp.tool_error(message["id"], _text(answer))
+        return mcp.rpc_error(message["id"], REFUSED, _text(answer))
+
+    def stand_in(self, channel: str, answers: list[dict[str, Any]]) -> bytes:
+        """For a transport whose answers arrive on another stream (legacy SSE), the body to
+        forward instead: a `ping` for each answered request, whose response on the stream is
+        replaced with the answer. The server never sees the refused request."""
+        pings = []
+        for answer in answers:
+            self.stand_ins[(channel, _id(answer["id"]))] = answer
+            pings.append({"jsonrpc": "2.0", "id": answer["id"], "method": "ping"})
+        return json.dumps(pings if len(pings) > 1 else pings[0]).encode()
+
+    # ---- server to client ----------------------------------------------------------------
+
+    def rewrites_due(self, channel: str) -> bool:
+        """True while a response that will be rewritten is due on the channel (a `tools/list`
+        result, or a stand-in's)."""
+        return any(c == channel for c, _ in self.stand_ins) or any(
+            c == channel and p.method == mcp.LIST for (c, _), p in self.pending.items()
+        )
+
+    def receive(self, message: Any, raw: bytes | None, *, channel: str, server: str, base: Action) -> Any:
+        """Take in one message from the server: settle the call it answers, and return the
+        message to pass on (a `tools/list` result without hidden tools)."""
+        if not isinstance(message, dict) or not mcp.is_response(message):
+            return message
+        stand_in = self.stand_ins.pop((channel, _id(message["id"])), None)
+        if stand_in is not None:
+            return stand_in
+        pending = self.pending.pop((channel, _id(message["id"])), None)
+        if pending is None:
+            return message
+        out = message
+        if pending.method == mcp.LIST and "result" in message:
+            self.catalog.learn(server, message["result"])
+            result, hidden = mcp.hide_tools(message["result"], lambda t: self._hidden(t, base, server))
+            if hidden:
+                logger.info("airlock: tools/list on %s: hid %s (denied by the rules)", server, hidden)
+                out = message | {"result": result}
+        tracking = pending.tracking
+        tracking.meter(raw if raw is not None else json.dumps(message, separators=(",", ":")).encode())
+        stored = {k: v for k, v in message.items() if k != "id"}
+        self.admission.finish(tracking, mcp.status_of(message), headers={}, reply={"jsonrpc": stored})
+        return out
+
+    def _hidden(self, tool: str, base: Action, server: str) -> bool:
+        probe = mcp.action_of(
+            {"method": mcp.CALL, "params": {"name": tool, "arguments": {}}}, base, self.catalog, server
+        )
+        return self.admission.ruleset.hidden_by(probe) is not None
+
+    def close(self, channel: str, error: str) -> None:
+        """The channel ended: calls still waiting on it got no response."""
+        for key in [k for k in self.pending if k[0] == channel]:
+            self.admission.fail(self.pending.pop(key).tracking, error)
+        for key in [k for k in self.stand_ins if k[0] == channel]:
+            del self.stand_ins[key]
+
+
+def _id(value: Any) -> str:
+    """A JSON-RPC id as a key: 1 and "1" are different ids."""
+    return json.dumps(value)
