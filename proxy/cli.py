@@ -72,6 +72,24 @@ def _address_arg(p: argparse.ArgumentParser, flag: str, default: Address, what: 
     )
 
 
+def _rules_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rules",
+        type=Path,
+        default=default_path(),
+        metavar="PATH",
+        help="rule file or directory of *.yaml (default: the shipped rules/default.yaml)",
+    )
+
+
+def _agent_arg(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--agent", default=os.environ.get("AIRLOCK_AGENT", "agent"), help=help)
+
+
+def _rules_poll_arg(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--rules-poll", type=_typed(parse_seconds), default=1.0, metavar="SECONDS", help=help)
+
+
 def build_parser() -> Parser:
     """The command line: one subcommand per task."""
     parser = Parser(prog="airlock", description="A gate between AI agents and what they act on.")
@@ -81,13 +99,7 @@ def build_parser() -> Parser:
     _data_arg(run)
     _address_arg(run, "--listen", RunConfig.listen, "forward proxy address")
     _address_arg(run, "--control", RunConfig.control, "control API address")
-    run.add_argument(
-        "--rules",
-        type=Path,
-        default=default_path(),
-        metavar="PATH",
-        help="rule file or directory of *.yaml (default: the shipped rules/default.yaml)",
-    )
+    _rules_arg(run)
     run.add_argument(
         "--upstream",
         type=_typed(parse_upstream),
@@ -96,11 +108,7 @@ def build_parser() -> Parser:
         metavar="NAME=URL@PORT",
         help="serve URL in reverse mode on local PORT (repeatable)",
     )
-    run.add_argument(
-        "--agent",
-        default=os.environ.get("AIRLOCK_AGENT", "agent"),
-        help="agent name recorded on actions (a request may say X-Airlock-Agent)",
-    )
+    _agent_arg(run, "agent name recorded on actions (a request may say X-Airlock-Agent)")
     run.add_argument(
         "--body-limit",
         type=_typed(parse_size),
@@ -115,12 +123,8 @@ def build_parser() -> Parser:
         metavar="SIZE",
         help="largest the log may grow before mutating requests get 503 (default 64GiB)",
     )
-    run.add_argument(
-        "--rules-poll",
-        type=_typed(parse_seconds),
-        default=1.0,
-        metavar="SECONDS",
-        help="how often to check the rule files for changes (default 1; 0: only SIGHUP and the API reload)",
+    _rules_poll_arg(
+        run, "how often to check the rule files for changes (default 1; 0: only SIGHUP and the API reload)"
     )
     run.add_argument(
         "--upstream-ca",
@@ -179,6 +183,16 @@ def build_parser() -> Parser:
     ca = sub.add_parser("ca", help="print the CA certificate path (creating the CA if needed)")
     _data_arg(ca)
     ca.set_defaults(func=cmd_ca)
+
+    mcp = sub.add_parser(
+        "mcp", help="run an MCP server on stdio with airlock between it and the host (the host spawns this)"
+    )
+    _data_arg(mcp)
+    _rules_arg(mcp)
+    _agent_arg(mcp, "agent name recorded on the server's actions")
+    _rules_poll_arg(mcp, "how often to check the rule files for changes (default 1; 0: never)")
+    mcp.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the MCP server to run")
+    mcp.set_defaults(func=cmd_mcp)
 
     ex = sub.add_parser("exec", help="run a command with its traffic routed through the proxy")
     _data_arg(ex)
@@ -335,11 +349,29 @@ def cmd_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(args: argparse.Namespace, usage: str) -> list[str]:
+    cmd: list[str] = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise UserError(f"{args.command} needs a command: {usage}")
+    return cmd
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Run an MCP server on stdio behind the gate; exit with its exit code."""
+    cmd = _command(args, "airlock mcp -- CMD ARGS...")
+    # stdout is the protocol: everything airlock says goes to stderr.
+    logging.basicConfig(level=logging.WARNING, format="airlock: %(message)s", stream=sys.stderr)
+    from .stdio import StdioConfig, serve_stdio
+
+    cfg = StdioConfig(
+        command=cmd, data=Path(args.data), rules=args.rules, agent=args.agent, rules_poll=args.rules_poll
+    )
+    return asyncio.run(serve_stdio(cfg))
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     """Replace this process with the command, its environment pointed at the proxy."""
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        raise UserError("exec needs a command: airlock exec -- CMD ARGS...")
+    cmd = _command(args, "airlock exec -- CMD ARGS...")
     from .ca import ensure_ca
 
     data = DataDir(args.data)

@@ -35,6 +35,10 @@ def as_line(index: dict[str, Any]) -> str:
         extra.append(f"rule={index['rule']}")
     if index.get("tool"):
         extra.append(f"tool={index['tool']}")
+        if index.get("args") is not None:
+            extra.append(f"args={json.dumps(index['args'], ensure_ascii=False, separators=(',', ':'))}")
+    elif index.get("operation"):
+        extra.append(f"op={index['operation']}")
     if index.get("upstream"):
         extra.append(f"upstream={index['upstream']}")
     if index.get("error"):

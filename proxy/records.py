@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ from rules import Action, Decision, Ruleset, Verdict
 from store import ActionRef, Claim, Record, Settle, State
 
 from .redact import Redactor
+
+ARGS_SHOWN = 256  # bytes of a tool call's arguments kept in the action's summary (`airlock log`)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ def intent(
             "rule": decision.rule,
             "status": None,
         }
-        | {k: described[k] for k in ("upstream", "tool") if k in described}
+        | {k: described[k] for k in ("upstream", "tool", "operation") if k in described}
+        | ({"args": capped_args(described["args"], ARGS_SHOWN)} if "args" in described else {})
         | extra,
     )
 
@@ -113,10 +117,20 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         "headers": redactor.headers(action.headers),
         "body": body_excerpt(action.body, bodies),
     }
-    for optional in ("upstream", "service", "operation", "tool", "args"):
+    for optional in ("upstream", "service", "operation", "tool"):
         if (value := getattr(action, optional)) is not None:
             described[optional] = value
+    if action.args is not None:
+        described["args"] = capped_args(redactor.args(action.args), bodies.limit)
     return described
+
+
+def capped_args(args: Any, limit: int) -> Any:
+    """Arguments as logged: whole when their JSON fits in `limit` bytes, else its first bytes."""
+    encoded = json.dumps(args, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(encoded) <= limit:
+        return args
+    return {"truncated": True, "size": len(encoded), "text": encoded[:limit].decode(errors="ignore")}
 
 
 def outcome(

@@ -37,6 +37,16 @@ SECRET_PARAMS = frozenset(
 )
 
 
+# Words that make an argument's name a credential's (tool arguments are free-form).
+SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "credential", "authorization")
+
+
+def secret_name(name: str) -> bool:
+    """True for a parameter or argument name that carries a credential."""
+    lowered = name.lower()
+    return lowered in SECRET_PARAMS or any(w in lowered for w in SECRET_WORDS)
+
+
 class Redactor:
     """Redacts the built-in secret headers and query parameters, plus headers the rules name."""
 
@@ -46,6 +56,14 @@ class Redactor:
     def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         """A copy of the headers with secret values replaced."""
         return {k: REDACTED if k.lower() in self.headers_secret else v for k, v in headers.items()}
+
+    def args(self, value: object) -> object:
+        """Tool arguments with the values of credential-named fields replaced, at any depth."""
+        if isinstance(value, dict):
+            return {k: REDACTED if secret_name(str(k)) else self.args(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.args(v) for v in value]
+        return value
 
     def query(self, query: str) -> str:
         """A query string with secret parameter values replaced."""

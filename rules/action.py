@@ -48,7 +48,10 @@ class Action:
 
     @property
     def url(self) -> str:
-        """The full URL, with the port only where it is not the scheme's default."""
+        """The full URL, with the port only where it is not the scheme's default (for an MCP
+        server on stdio: `stdio:COMMAND`)."""
+        if self.scheme == "stdio":
+            return f"stdio:{self.path.lstrip('/')}"
         default = {"http": 80, "https": 443}.get(self.scheme)
         netloc = self.host if self.port == default else f"{self.host}:{self.port}"
         if ":" in self.host and not self.host.startswith("["):
