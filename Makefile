@@ -46,5 +46,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/overhead.py
 
+soak: $(STAMP)
+	$(PY) bench/soak.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) airlock-data .pytest_cache .mypy_cache .ruff_cache
