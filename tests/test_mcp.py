@@ -1,0 +1,600 @@
+"""MCP over HTTP end to end: a real MCP SDK server, a real SDK client, the real proxy between them.
+
+Tool calls are actions (tool, arguments, effect from the server's annotations); denied calls are
+tool errors that never reach the server; denied tools are hidden from `tools/list`; dedup rules
+answer repeated calls from the log; streamed results pass through as they arrive. Covered over
+streamable HTTP (JSON and SSE answers), the legacy HTTP+SSE transport, and reverse mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+import requests
+from mcp import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult
+
+from .conftest import Airlock, Upstream, environ_without_proxy, free_port, wait_for
+
+MODES = ["json", "sse-stream", "legacy-sse"]
+
+# The MCP server: three note tools whose effects (writes, deletes) are appended to a file, and
+# a read-only tool with a big result. argv: port, mode, effects file.
+SERVER = """\
+import base64, hashlib, sys
+from mcp.server.mcpserver import MCPServer
+from mcp.types import ToolAnnotations
+
+port, mode, effects = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+app = MCPServer("notes")
+
+
+def record(line: str) -> None:
+    with open(effects, "a") as f:
+        f.write(line + "\\n")
+
+
+@app.tool(annotations=ToolAnnotations(readOnlyHint=True))
+def read_note(name: str) -> str:
+    return f"the note {name} says hello"
+
+
+@app.tool()
+def write_note(name: str, text: str) -> str:
+    record(f"write {name}")
+    return f"wrote {len(text)} characters to {name}"
+
+
+@app.tool(annotations=ToolAnnotations(destructiveHint=True))
+def delete_note(name: str) -> str:
+    record(f"delete {name}")
+    return f"deleted {name}"
+
+
+@app.tool(annotations=ToolAnnotations(readOnlyHint=True))
+def big_note(size: int) -> str:
+    return base64.b64encode(hashlib.shake_256(b"airlock").digest(size)).decode()[:size]
+
+
+if mode == "legacy-sse":
+    app.run("sse", host="127.0.0.1", port=port)
+else:
+    app.run("streamable-http", host="127.0.0.1", port=port, json_response=(mode == "json"))
+"""
+
+TOOLS = {"read_note", "write_note", "delete_note", "big_note"}
+
+
+def big_text(size: int) -> str:
+    """What `big_note` returns."""
+    return base64.b64encode(hashlib.shake_256(b"airlock").digest(size)).decode()[:size]
+
+
+def read_result(name: str) -> str:
+    return f"the note {name} says hello"
+
+
+def write_result(name: str, text: str) -> str:
+    return f"wrote {len(text)} characters to {name}"
+
+
+def rules(*extra: str) -> str:
+    """A rules file allowing loopback, with `extra` rules (YAML list items)."""
+    body = "".join(f"  {line}\n" for rule in extra for line in rule.strip().splitlines())
+    return f"version: 1\negress:\n  allow: [127.0.0.1]\nrules:\n{body or '  []\n'}"
+
+
+NO_DELETES = """\
+- id: notes-are-kept
+  match: {tool: delete_note}
+  action: deny
+  message: Notes are never deleted; archive the note instead.
+"""
+
+
+# ---- the MCP server -------------------------------------------------------------------------
+
+
+@dataclass
+class NotesServer:
+    """The MCP server process in one transport mode, and the effects it has had."""
+
+    mode: str
+    port: int
+    effects_file: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def base(self) -> str:
+        """The server's origin."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def path(self) -> str:
+        """The endpoint a client connects to."""
+        return "/sse" if self.mode == "legacy-sse" else "/mcp"
+
+    @property
+    def url(self) -> str:
+        """The endpoint's URL."""
+        return self.base + self.path
+
+    def effects(self, name: str) -> list[str]:
+        """Effects on the note `name` so far, as `write NAME` / `delete NAME` lines."""
+        if not self.effects_file.exists():
+            return []
+        lines = self.effects_file.read_text().splitlines()
+        return [line for line in lines if line.split(" ", 1)[1] == name]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def notes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], NotesServer]]:
+    """A factory for the MCP server in a transport mode: one process per mode for the module,
+    each test working on notes of its own names."""
+    root = tmp_path_factory.mktemp("mcp-server")
+    script = root / "server.py"
+    script.write_text(SERVER)
+    servers: dict[str, NotesServer] = {}
+
+    def get(mode: str) -> NotesServer:
+        if mode in servers:
+            return servers[mode]
+        port = free_port()
+        out = (root / f"{mode}.out").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(port), mode, str(root / f"{mode}.effects")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environ_without_proxy(),
+        )
+        server = servers[mode] = NotesServer(mode, port, root / f"{mode}.effects", proc)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the {mode} server exited: {(root / f'{mode}.out').read_text()}")
+            return _listening(port)
+
+        wait_for(up, f"the {mode} MCP server listens")
+        return server
+
+    try:
+        yield get
+    finally:
+        for server in servers.values():
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+def note() -> str:
+    """A note name no other test uses (the server is shared)."""
+    return f"n-{uuid.uuid4().hex[:10]}"
+
+
+# ---- the client -----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def connect(mode: str, url: str, proxy: str | None) -> AsyncIterator[ClientSession]:
+    """An initialized SDK client session to `url`, through `proxy` when given."""
+    if mode == "legacy-sse":
+
+        def factory(
+            headers: dict[str, str] | None = None,
+            timeout: httpx2.Timeout | None = None,
+            auth: httpx2.Auth | None = None,
+        ) -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(proxy=proxy, headers=headers, timeout=timeout, auth=auth)
+
+        async with (
+            sse_client(url, timeout=30, httpx_client_factory=factory) as streams,
+            ClientSession(streams[0], streams[1]) as session,
+        ):
+            await session.initialize()
+            yield session
+        return
+    async with (
+        httpx2.AsyncClient(proxy=proxy, timeout=httpx2.Timeout(30, read=60)) as http,
+        # Results of several MB arrive as one event; the SDK's default cap is 1 MB.
+        streamable_http_client(url, http_client=http, max_sse_event_size=64 * 1024 * 1024) as streams,
+        ClientSession(streams[0], streams[1]) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+def run[T](coro: Coroutine[Any, Any, T]) -> T:
+    """Run a client coroutine; a lost answer fails the test instead of hanging it."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 60)
+
+    return asyncio.run(bounded())
+
+
+async def call(session: ClientSession, tool: str, **args: Any) -> CallToolResult:
+    return await session.call_tool(tool, args, read_timeout_seconds=20)
+
+
+def texts(result: CallToolResult) -> list[str]:
+    return [c.text for c in result.content if c.type == "text"]
+
+
+def assert_result(result: CallToolResult, text: str) -> None:
+    """The server's own result for a tool that returns `text`, unchanged."""
+    assert not result.is_error, texts(result)
+    assert texts(result) == [text]
+    assert result.structured_content in (None, {"result": text})
+
+
+def assert_denied(result: CallToolResult, rule: str, message: str) -> int:
+    """A refusal naming the rule and its message; returns the airlock action id it names."""
+    assert result.is_error
+    [text] = texts(result)
+    assert f"rule {rule}" in text and message in text, text
+    return int(text.split("airlock action ")[1].split(")")[0])
+
+
+# ---- the log --------------------------------------------------------------------------------
+
+
+def tool_calls(a: Airlock) -> list[dict[str, Any]]:
+    """The tools/call actions in the log, oldest first."""
+    return [x for x in a.log() if x.get("operation") == "tools/call"]
+
+
+def settled_calls(a: Airlock, n: int) -> list[dict[str, Any]]:
+    """The log's tool calls once there are `n` and none is still pending."""
+    found: list[dict[str, Any]] = []
+
+    def done() -> bool:
+        found[:] = tool_calls(a)
+        return len(found) == n and all(x["state"] != "pending" for x in found)
+
+    wait_for(done, f"{n} tool calls are settled in the log")
+    return found
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_calls_are_decided_logged_and_denied_calls_never_reach_the_server(
+    mode: str, notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    server = notes_server(mode)
+    a = make_airlock(rules=rules(NO_DELETES))
+    name = note()
+
+    async def go() -> tuple[set[str], CallToolResult, CallToolResult, CallToolResult]:
+        async with connect(mode, server.url, a.proxy) as s:
+            listed = {t.name for t in (await s.list_tools()).tools}
+            read = await call(s, "read_note", name=name)
+            write = await call(s, "write_note", name=name, text="hello")
+            delete = await call(s, "delete_note", name=name)
+            return listed, read, write, delete
+
+    listed, read, write, delete = run(go())
+    assert listed == TOOLS - {"delete_note"}  # the deny rule hides it
+    assert_result(read, read_result(name))
+    assert_result(write, write_result(name, "hello"))
+    denied_id = assert_denied(delete, "notes-are-kept", "Notes are never deleted; archive the note instead.")
+    assert server.effects(name) == [f"write {name}"]
+
+    by_tool = {x["tool"]: x for x in settled_calls(a, 3)}
+    assert set(by_tool) == {"read_note", "write_note", "delete_note"}
+    assert all(x["protocol"] == "mcp" and x["method"] == "POST" for x in by_tool.values())
+    assert (by_tool["read_note"]["effect"], by_tool["read_note"]["state"]) == ("read", "committed")
+    assert (by_tool["write_note"]["effect"], by_tool["write_note"]["state"]) == ("write", "committed")
+    assert by_tool["read_note"]["status"] == by_tool["write_note"]["status"] == 200
+    assert by_tool["write_note"]["args"] == {"name": name, "text": "hello"}
+    deleted = by_tool["delete_note"]
+    assert (deleted["effect"], deleted["state"], deleted["rule"]) == (
+        "destructive",
+        "denied",
+        "notes-are-kept",
+    )
+    assert deleted["id"] == denied_id and deleted["args"] == {"name": name}
+    # The session's other requests are reads with their JSON-RPC method as the operation.
+    reads = [x for x in a.log() if x.get("tool") is None]
+    assert {"initialize", "tools/list"} <= {x.get("operation") for x in reads}
+    assert {x["effect"] for x in reads} == {"read"}
+
+
+@pytest.mark.parametrize("hide", [True, False], ids=["hidden", "hide-false"])
+def test_tools_a_rule_denies_outright_are_hidden_from_tools_list(
+    hide: bool, notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    server = notes_server("sse-stream")
+    deletes = NO_DELETES if hide else NO_DELETES + "  hide: false\n"
+    x_writes = """\
+- id: no-x-writes
+  match: {tool: write_note, args: {properties: {name: {const: "x"}}}}
+  action: deny
+  message: The note x is read-only.
+"""
+    a = make_airlock(rules=rules(deletes, x_writes))
+    name = note()
+
+    async def go() -> tuple[set[str], CallToolResult, CallToolResult, CallToolResult]:
+        async with connect("sse-stream", server.url, a.proxy) as s:
+            listed = {t.name for t in (await s.list_tools()).tools}
+            x = await call(s, "write_note", name="x", text="no")
+            other = await call(s, "write_note", name=name, text="yes")
+            delete = await call(s, "delete_note", name=name)
+            return listed, x, other, delete
+
+    listed, x, other, delete = run(go())
+    # A rule that denies only some arguments does not hide the tool.
+    assert listed == (TOOLS - {"delete_note"} if hide else TOOLS)
+    assert_denied(x, "no-x-writes", "The note x is read-only.")
+    assert_result(other, write_result(name, "yes"))
+    # Listed or not, the tool is refused.
+    assert_denied(delete, "notes-are-kept", "Notes are never deleted")
+    assert server.effects(name) == [f"write {name}"] and server.effects("x") == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_repeated_call_is_answered_from_the_log(
+    mode: str, notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    server = notes_server(mode)
+    once = """\
+- id: notes-once
+  match: {tool: write_note}
+  dedup: {key: "{tool} {args.name}"}
+"""
+    a = make_airlock(rules=rules(once))
+    name, other = note(), note()
+
+    async def go() -> list[CallToolResult]:
+        async with connect(mode, server.url, a.proxy) as s:
+            await s.list_tools()
+            # The SDK gives each call a new JSON-RPC id and matches the answer by it: the replay
+            # is addressed to the retry, or the call would time out.
+            return [
+                await call(s, "write_note", name=name, text="same"),
+                await call(s, "write_note", name=name, text="same"),
+                await call(s, "write_note", name=other, text="same"),
+            ]
+
+    first, again, different = run(go())
+    assert_result(first, write_result(name, "same"))
+    assert again.model_dump() == first.model_dump()
+    assert_result(different, write_result(other, "same"))
+    assert server.effects(name) == [f"write {name}"]
+    assert server.effects(other) == [f"write {other}"]
+
+    expected = 3
+    if mode != "legacy-sse":
+        # A bare retry with an id of its own gets the stored result addressed to that id.
+        retry = {
+            "jsonrpc": "2.0",
+            "id": "retry-1",
+            "method": "tools/call",
+            "params": {"name": "write_note", "arguments": {"name": name, "text": "same"}},
+        }
+        r = requests.post(
+            server.url,
+            json=retry,
+            headers={"Accept": "application/json, text/event-stream"},
+            proxies=a.proxies,
+            timeout=30,
+        )
+        assert r.status_code == 200
+        body = r.json()
+        assert body["id"] == "retry-1" and body["result"]["content"][0]["text"] == write_result(name, "same")
+        assert server.effects(name) == [f"write {name}"]
+        expected = 4
+
+    calls = [x for x in settled_calls(a, expected) if x["args"]["name"] == name]
+    committed = [x for x in calls if x["state"] == "committed"]
+    replayed = [x for x in calls if x["state"] == "replayed"]
+    assert len(committed) == 1 and committed[0]["status"] == 200
+    assert len(replayed) == expected - 2
+    assert all(x["replay_of"] == committed[0]["id"] and x["tool"] == "write_note" for x in replayed)
+
+
+def test_reverse_mode_gates_a_streamable_http_server(
+    notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    server = notes_server("sse-stream")
+    listen = free_port()
+    a = make_airlock(rules=rules(NO_DELETES), upstreams={"tools": (server.base, listen)})
+    name = note()
+
+    async def go() -> tuple[CallToolResult, CallToolResult]:
+        # No proxy: the client takes the listener for the server.
+        async with connect("sse-stream", f"http://127.0.0.1:{listen}/mcp", None) as s:
+            await s.list_tools()
+            return await call(s, "write_note", name=name, text="via reverse"), await call(
+                s, "delete_note", name=name
+            )
+
+    write, delete = run(go())
+    assert_result(write, write_result(name, "via reverse"))
+    assert_denied(delete, "notes-are-kept", "Notes are never deleted; archive the note instead.")
+    assert server.effects(name) == [f"write {name}"]
+    by_tool = {x["tool"]: x for x in settled_calls(a, 2)}
+    assert by_tool["write_note"]["state"] == "committed" and by_tool["write_note"]["status"] == 200
+    assert by_tool["write_note"]["effect"] == "write"
+    assert by_tool["delete_note"]["state"] == "denied" and by_tool["delete_note"]["effect"] == "destructive"
+    assert {x.get("upstream") for x in by_tool.values()} == {"tools"}
+
+
+def test_a_big_result_streams_through_intact(
+    notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    server = notes_server("sse-stream")
+    a = make_airlock(rules=rules())
+    size = 5_000_000
+
+    async def go() -> CallToolResult:
+        async with connect("sse-stream", server.url, a.proxy) as s:
+            await s.list_tools()
+            return await call(s, "big_note", size=size)
+
+    result = run(go())
+    assert not result.is_error
+    [text] = texts(result)
+    expected = big_text(size)
+    assert len(text) == size
+    assert hashlib.sha256(text.encode()).hexdigest() == hashlib.sha256(expected.encode()).hexdigest()
+    [logged] = settled_calls(a, 1)
+    assert (logged["tool"], logged["effect"], logged["state"], logged["status"]) == (
+        "big_note",
+        "read",
+        "committed",
+        200,
+    )
+
+
+@dataclass
+class HeldStream:
+    """A hand-written MCP upstream that answers a tools/call with an event stream, sending the
+    first half of the event and holding the rest until `release` is set."""
+
+    port: int
+    text: str
+    release: threading.Event
+    calls: list[dict[str, Any]]
+
+    def event(self, message_id: Any) -> bytes:
+        response = {
+            "jsonrpc": "2.0",
+            "id": message_id,
+            "result": {"content": [{"type": "text", "text": self.text}], "isError": False},
+        }
+        return b"event: message\ndata: " + json.dumps(response).encode() + b"\n\n"
+
+
+@pytest.fixture
+def held_stream() -> Iterator[HeldStream]:
+    up = HeldStream(free_port(), big_text(4_000_000), threading.Event(), [])
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            up.calls.append(message)
+            event = up.event(message["id"])
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            half = len(event) // 2
+            self.wfile.write(event[:half])
+            self.wfile.flush()
+            if up.release.wait(30):
+                self.wfile.write(event[half:])
+                self.wfile.flush()
+
+    server = ThreadingHTTPServer(("127.0.0.1", up.port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield up
+    finally:
+        up.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_event_stream_is_passed_on_as_it_arrives(
+    held_stream: HeldStream, make_airlock: Callable[..., Airlock]
+) -> None:
+    a = make_airlock(rules=rules())
+    request = {
+        "jsonrpc": "2.0",
+        "id": 41,
+        "method": "tools/call",
+        "params": {"name": "long_report", "arguments": {"pages": 900}},
+    }
+    expected = held_stream.event(41)
+    received = bytearray()
+    # A proxy that held the event back would time this read out: the server sends no more.
+    with (
+        httpx.Client(proxy=a.proxy, timeout=httpx.Timeout(30, read=10)) as client,
+        client.stream(
+            "POST",
+            f"http://127.0.0.1:{held_stream.port}/mcp",
+            json=request,
+            headers={"Accept": "application/json, text/event-stream"},
+        ) as r,
+    ):
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        chunks = r.iter_raw()
+        received += next(chunks)
+        assert not held_stream.release.is_set()
+        assert 0 < len(received) <= len(expected) // 2
+        assert expected.startswith(bytes(received))
+        held_stream.release.set()
+        for chunk in chunks:
+            received += chunk
+
+    assert bytes(received) == expected
+    assert received.startswith(b"event: message\ndata: ") and received.endswith(b"\n\n")
+    data = json.loads(bytes(received).removeprefix(b"event: message\ndata: "))
+    assert data["id"] == 41 and data["result"]["content"][0]["text"] == held_stream.text
+    assert held_stream.calls == [request]
+    [logged] = settled_calls(a, 1)
+    assert (logged["tool"], logged["args"], logged["state"], logged["status"]) == (
+        "long_report",
+        {"pages": 900},
+        "committed",
+        200,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"jsonrpc": "2.0", "method": 5, "id": 1},
+        {"jsonrpc": "2.0", "method": "tools/call", "id": 2, "params": {"arguments": {}}},
+        [{"jsonrpc": "2.0", "method": "ping", "id": 3}, {"method": "ping", "id": 4, "jsonrpc": "1.0"}],
+    ],
+    ids=["method-not-a-string", "call-without-a-name", "batch-with-a-bad-member"],
+)
+def test_malformed_jsonrpc_is_refused_with_a_jsonrpc_error(
+    body: Any, upstream: Upstream, make_airlock: Callable[..., Airlock]
+) -> None:
+    a = make_airlock(rules=rules())
+    r = requests.post(f"{upstream.url}/mcp", json=body, proxies=a.proxies, timeout=30)
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith("application/json")
+    error = r.json()
+    assert error["jsonrpc"] == "2.0" and error["id"] is None
+    assert error["error"]["code"] == -32600 and "nothing was forwarded" in error["error"]["message"]
+    assert upstream.effects() == []
+    wait_for(lambda: len(a.log()) == 1, "the refusal is logged")
+    [logged] = a.log()
+    assert (logged["method"], logged["state"]) == ("POST", "denied")
