@@ -94,6 +94,8 @@ class EventStream:
         if self.meter is not None:
             self.meter(chunk)
         rewrite = self.channel is not None and self.calls.rewrites_due(self.channel)
+        # Held back while a rewrite was due, and not passed on yet: it goes first.
+        unsent = b"" if rewrite else self.splitter.unsent()
         out = []
         for raw, sep, emitted in self.splitter.feed(chunk):
             new = self._event(raw)
@@ -105,7 +107,7 @@ class EventStream:
             return b"".join(out)
         if not rewrite:
             self.splitter.emitted = self.splitter.pending
-            return chunk
+            return unsent + chunk
         return b"".join(out)
 
     def _event(self, raw: bytes) -> bytes | None:

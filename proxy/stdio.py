@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from .toolcalls import ToolCalls
 logger = logging.getLogger("airlock")
 
 CHANNEL = "stdio"
+INTERNAL = "airlock could not decide or log this message; it was not passed on"
 LINE_LIMIT = 64 << 20  # the longest JSON-RPC line passed either way
 
 
@@ -98,9 +100,27 @@ class Bridge:
                 self.answer(mcp.rpc_error(None, mcp.INVALID_REQUEST, f"{e} (airlock)"))
                 continue
             if messages is None:
-                self.answer(mcp.rpc_error(None, mcp.PARSE_ERROR, "not a JSON-RPC message (airlock)"))
+                try:
+                    json.loads(line)
+                except ValueError:
+                    self.answer(mcp.rpc_error(None, mcp.PARSE_ERROR, "not JSON (airlock)"))
+                else:
+                    self.answer(
+                        mcp.rpc_error(None, mcp.INVALID_REQUEST, "not a JSON-RPC 2.0 message (airlock)")
+                    )
                 continue
-            answers = await self.calls.send(messages, self.base, channel=CHANNEL, server=self.server)
+            try:
+                answers = await self.calls.send(messages, self.base, channel=CHANNEL, server=self.server)
+            except Exception:
+                # Fail closed: the message is not passed on, and the host hears why.
+                logger.exception("airlock: could not decide or log a message; it was not passed on")
+                ids = [m["id"] for m in messages if mcp.is_request(m)]
+                self.answer(
+                    [mcp.rpc_error(i, mcp.INTERNAL_ERROR, INTERNAL) for i in ids]
+                    if len(ids) > 1
+                    else mcp.rpc_error(ids[0] if ids else None, mcp.INTERNAL_ERROR, INTERNAL)
+                )
+                continue
             if answers is None:
                 self.child.stdin.write(line if line.endswith(b"\n") else line + b"\n")
                 await self.child.stdin.drain()
@@ -129,10 +149,22 @@ class Bridge:
         self.calls.close(CHANNEL, "the server closed its output before answering")
 
 
-async def _stdin_reader() -> asyncio.StreamReader:
+def _stdin_reader() -> asyncio.StreamReader:
+    """The host's stdin as a stream, read by a thread: stdin may be a pipe, a file or
+    /dev/null, and the event loop can only watch pipes."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def pump() -> None:
+        try:
+            while chunk := os.read(sys.stdin.fileno(), 1 << 16):
+                loop.call_soon_threadsafe(reader.feed_data, chunk)
+        except (OSError, ValueError):
+            pass
+        with contextlib.suppress(RuntimeError):  # the loop may be gone at exit
+            loop.call_soon_threadsafe(reader.feed_eof)
+
+    threading.Thread(target=pump, name="airlock mcp stdin", daemon=True).start()
     return reader
 
 
@@ -163,7 +195,7 @@ async def serve_stdio(cfg: StdioConfig) -> int:
             loop.add_signal_handler(sig, _forward, child, sig)
         bridge = Bridge(ToolCalls(admission), base_action(cfg), child)
         tasks = [
-            asyncio.create_task(bridge.host_to_child(await _stdin_reader())),
+            asyncio.create_task(bridge.host_to_child(_stdin_reader())),
             asyncio.create_task(bridge.child_to_host()),
         ]
         if cfg.rules_poll > 0:

@@ -23,6 +23,7 @@ CALL = "tools/call"
 LIST = "tools/list"
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
+INTERNAL_ERROR = -32603
 # JSON-RPC errors a retry of the same call would get again: final, like a 4xx.
 CLIENT_ERRORS = frozenset({PARSE_ERROR, INVALID_REQUEST, -32601, -32602})
 
@@ -52,7 +53,10 @@ def messages(body: bytes | None) -> list[dict[str, Any]] | None:
     for m in batch:
         if "method" in m and not isinstance(m["method"], str):
             raise NotJsonRpc("method must be a string")
-        if m.get("method") == CALL and not isinstance(m.get("params", {}).get("name"), str):
+        params = m.get("params")
+        if params is not None and not isinstance(params, dict | list):
+            raise NotJsonRpc("params must be an object or an array")
+        if m.get("method") == CALL and not (isinstance(params, dict) and isinstance(params.get("name"), str)):
             raise NotJsonRpc("tools/call needs params.name, the tool's name")
     return batch
 
@@ -223,6 +227,10 @@ class SseSplitter:
     def pending(self) -> int:
         """Bytes of the unfinished event held."""
         return len(self._buffer)
+
+    def unsent(self) -> bytes:
+        """The held bytes not passed on yet (the start of an unfinished event)."""
+        return bytes(self._buffer[self.emitted :])
 
     def rest(self) -> bytes:
         """What is left when the stream ends: an unfinished event, minus what was passed on."""

@@ -1,0 +1,608 @@
+"""`airlock mcp -- CMD ARGS...` end to end: a real MCP SDK host on one side, a real MCP SDK server
+on stdio as airlock's child on the other.
+
+Allowed calls pass unchanged; denied calls are tool errors that never reach the server; denied
+tools are hidden from `tools/list`; dedup rules answer repeated calls from the log; arguments
+are logged redacted and capped while the server gets them whole; the child's stderr and exit
+code pass through; malformed input is answered by airlock and never reaches the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.types import CallToolResult, ListToolsResult, TextContent
+
+from .conftest import AIRLOCK, wait_for
+
+MARKER = "notes-server-3f9c: started, stderr is passed through"
+UPSTREAM = Path(sys.executable).name  # how airlock names a server run as `python SCRIPT`
+
+# The MCP server. argv: the effects file (one line per write or delete that ran), then optionally
+# a file that records every line the process receives on stdin before the server reads it.
+SERVER = f"""\
+import os, sys, threading
+from mcp.server.mcpserver import MCPServer
+from mcp.types import ToolAnnotations
+
+effects = sys.argv[1]
+received = sys.argv[2] if len(sys.argv) > 2 else None
+print({MARKER!r}, file=sys.stderr, flush=True)
+
+if received:
+    # Put a pipe in front of fd 0: every line is recorded, then handed to the server unchanged.
+    wire = os.dup(0)
+    r, w = os.pipe()
+    os.dup2(r, 0)
+    os.close(r)
+
+    def tee():
+        with open(wire, "rb") as src, open(w, "wb", buffering=0) as dst, open(received, "ab") as log:
+            for line in src:
+                log.write(line)
+                log.flush()
+                dst.write(line)
+
+    threading.Thread(target=tee, daemon=True).start()
+
+app = MCPServer("notes")
+
+
+def record(line):
+    with open(effects, "a") as f:
+        f.write(line + "\\n")
+
+
+@app.tool(annotations=ToolAnnotations(readOnlyHint=True))
+def read_note(name: str) -> str:
+    return f"the note {{name}} says hello"
+
+
+@app.tool()
+def write_note(name: str, text: str, api_token: str = "", password: str = "") -> str:
+    record(f"write {{name}}")
+    return f"wrote {{name}}: text {{len(text)}}, api_token {{len(api_token)}}, password {{len(password)}}"
+
+
+@app.tool(annotations=ToolAnnotations(destructiveHint=True))
+def delete_note(name: str) -> str:
+    record(f"delete {{name}}")
+    return f"deleted {{name}}"
+
+
+app.run("stdio")
+"""
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "airlock-tests", "version": "0"},
+    },
+}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+@dataclass
+class Setup:
+    """One test's files: the server script, its effects, airlock's data, rules and stderr."""
+
+    root: Path
+
+    @property
+    def server(self) -> Path:
+        return self.root / "server.py"
+
+    @property
+    def effects(self) -> Path:
+        return self.root / "effects"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def rules(self) -> Path:
+        return self.root / "rules.yaml"
+
+    @property
+    def stderr(self) -> Path:
+        return self.root / "airlock.stderr"
+
+    def effect_lines(self) -> list[str]:
+        """The writes and deletes that ran on the server."""
+        return self.effects.read_text().splitlines() if self.effects.exists() else []
+
+    def airlock_command(self, *server_args: str) -> list[str]:
+        """`airlock mcp` in front of the notes server."""
+        return [
+            AIRLOCK,
+            "mcp",
+            "--data",
+            str(self.data),
+            "--rules",
+            str(self.rules),
+            "--",
+            sys.executable,
+            str(self.server),
+            str(self.effects),
+            *server_args,
+        ]
+
+    def params(self) -> StdioServerParameters:
+        """The host's view: it spawns airlock, not the server."""
+        cmd = self.airlock_command()
+        return StdioServerParameters(command=cmd[0], args=cmd[1:])
+
+    def cli(self, *args: str) -> str:
+        proc = subprocess.run(
+            [AIRLOCK, *args, "--data", str(self.data)], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def log(self) -> list[dict[str, Any]]:
+        """`airlock log --json`: every action, oldest first."""
+        return [json.loads(line) for line in self.cli("log", "--json").splitlines()]
+
+    def show(self, action_id: int) -> dict[str, Any]:
+        """`airlock show ID --json`: the action and every entry about it."""
+        return dict(json.loads(self.cli("show", str(action_id), "--json")))
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    s = Setup(tmp_path)
+    s.server.write_text(SERVER)
+    return s
+
+
+def rules(s: Setup, body: str) -> None:
+    s.rules.write_text("version: 1\n" + body)
+
+
+def session[T](
+    params: StdioServerParameters, errlog: Path, body: Callable[[ClientSession], Awaitable[T]]
+) -> T:
+    """Run `body` in an initialized SDK client session over stdio; the SDK stops the process."""
+
+    async def go() -> T:
+        with errlog.open("a") as err, anyio.fail_after(45):
+            async with stdio_client(params, errlog=err) as (read, write), ClientSession(read, write) as s:
+                await s.initialize()
+                return await body(s)
+
+    return anyio.run(go)
+
+
+def direct(s: Setup, body: Callable[[ClientSession], Awaitable[Any]]) -> Any:
+    """The same server without airlock (effects in their own file), for reference answers."""
+    params = StdioServerParameters(
+        command=sys.executable, args=[str(s.server), str(s.root / "direct-effects")]
+    )
+    return session(params, s.root / "direct.stderr", body)
+
+
+def through_airlock(s: Setup, body: Callable[[ClientSession], Awaitable[Any]]) -> Any:
+    return session(s.params(), s.stderr, body)
+
+
+def text_of(result: CallToolResult) -> str:
+    assert len(result.content) == 1 and isinstance(result.content[0], TextContent), result
+    return result.content[0].text
+
+
+def dumped(result: CallToolResult | ListToolsResult) -> dict[str, Any]:
+    return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def tool_calls(s: Setup) -> list[dict[str, Any]]:
+    return [x for x in s.log() if x.get("operation") == "tools/call"]
+
+
+# ---- rules, results and the log ---------------------------------------------------------------
+
+ALLOWED = [("read_note", {"name": "a"}), ("write_note", {"name": "a", "text": "hello"})]
+
+
+async def calls(s: ClientSession) -> dict[str, Any]:
+    listed = await s.list_tools()
+    results = [await s.call_tool(name, args) for name, args in ALLOWED]
+    return {"list": listed, "results": results}
+
+
+def test_allowed_calls_pass_unchanged_denied_calls_never_run_and_denied_tools_are_hidden(
+    setup: Setup,
+) -> None:
+    rules(
+        setup,
+        """\
+rules:
+  - id: notes-are-kept
+    match: {tool: delete_note}
+    action: deny
+    message: Notes are kept forever; archive the note instead.
+  - id: locked-note
+    match: {tool: write_note, args: {properties: {name: {const: locked}}, required: [name]}}
+    action: deny
+    message: The locked note is read-only.
+""",
+    )
+    reference = direct(setup, calls)
+
+    async def gated(s: ClientSession) -> dict[str, Any]:
+        out = await calls(s)
+        out["delete"] = await s.call_tool("delete_note", {"name": "a"})
+        out["locked"] = await s.call_tool("write_note", {"name": "locked", "text": "x"})
+        return out
+
+    got = through_airlock(setup, gated)
+
+    # tools/list: the tool a deny rule refuses outright is gone; the one it refuses only for some
+    # arguments stays; every other tool is listed exactly as the server lists it.
+    assert [t.name for t in reference["list"].tools] == ["read_note", "write_note", "delete_note"]
+    expected = dumped(reference["list"])
+    expected["tools"] = [t for t in expected["tools"] if t["name"] != "delete_note"]
+    assert dumped(got["list"]) == expected
+    # Allowed calls: the server's results, unchanged.
+    assert [dumped(r) for r in got["results"]] == [dumped(r) for r in reference["results"]]
+    assert not any(r.is_error for r in got["results"])
+    assert text_of(got["results"][1]) == "wrote a: text 5, api_token 0, password 0"
+    # Denied calls: tool errors naming the rule and its message; the server never ran them.
+    assert got["delete"].is_error is True
+    assert "notes-are-kept" in text_of(got["delete"])
+    assert "Notes are kept forever; archive the note instead." in text_of(got["delete"])
+    assert got["locked"].is_error is True
+    assert "locked-note" in text_of(got["locked"])
+    assert "The locked note is read-only." in text_of(got["locked"])
+    assert setup.effect_lines() == ["write a"]
+
+    log = setup.log()
+    operations = [x.get("operation") for x in log]
+    assert operations[:3] == ["initialize", "notifications/initialized", "tools/list"], operations
+    for x in log:
+        assert x["upstream"] == UPSTREAM and x["url"] == f"stdio:{UPSTREAM}" and x["protocol"] == "mcp", x
+    seen = [
+        (x["tool"], x["args"], x["effect"], x["state"], x["status"], x["rule"])
+        for x in log
+        if x.get("operation") == "tools/call"
+    ]
+    assert seen == [
+        ("read_note", {"name": "a"}, "read", "committed", 200, None),
+        ("write_note", {"name": "a", "text": "hello"}, "write", "committed", 200, None),
+        ("delete_note", {"name": "a"}, "destructive", "denied", None, "notes-are-kept"),
+        ("write_note", {"name": "locked", "text": "x"}, "write", "denied", None, "locked-note"),
+    ]
+    # The refusal names the action that logged it.
+    denied_id = next(x["id"] for x in log if x.get("tool") == "delete_note")
+    assert f"airlock action {denied_id}" in text_of(got["delete"])
+
+
+def test_hide_false_keeps_a_denied_tool_listed_and_still_refuses_it(setup: Setup) -> None:
+    rules(
+        setup,
+        """\
+rules:
+  - id: notes-are-kept
+    match: {tool: delete_note}
+    action: deny
+    hide: false
+    message: Notes are kept forever.
+""",
+    )
+    reference = direct(setup, lambda s: s.list_tools())
+
+    async def gated(s: ClientSession) -> tuple[ListToolsResult, CallToolResult]:
+        return await s.list_tools(), await s.call_tool("delete_note", {"name": "b"})
+
+    listed, deleted = through_airlock(setup, gated)
+    assert dumped(listed) == dumped(reference)
+    assert [t.name for t in listed.tools] == ["read_note", "write_note", "delete_note"]
+    assert deleted.is_error is True and "Notes are kept forever." in text_of(deleted)
+    assert setup.effect_lines() == []
+    [call] = tool_calls(setup)
+    assert (call["tool"], call["effect"], call["state"], call["rule"]) == (
+        "delete_note",
+        "destructive",
+        "denied",
+        "notes-are-kept",
+    )
+
+
+# ---- dedup ------------------------------------------------------------------------------------
+
+
+def test_a_dedup_rule_runs_a_repeated_call_once_and_replays_its_result(setup: Setup) -> None:
+    rules(
+        setup,
+        """\
+rules:
+  - id: one-write-per-note
+    match: {tool: write_note}
+    dedup: {key: "{tool} {args.name}"}
+""",
+    )
+
+    async def gated(s: ClientSession) -> list[CallToolResult]:
+        same = {"name": "n1", "text": "first"}
+        return [
+            await s.call_tool("write_note", same),
+            await s.call_tool("write_note", same),
+            await s.call_tool("write_note", {"name": "n2", "text": "first"}),
+        ]
+
+    first, again, other = through_airlock(setup, gated)
+    assert not first.is_error and text_of(first) == "wrote n1: text 5, api_token 0, password 0"
+    assert dumped(again) == dumped(first)
+    assert not other.is_error and text_of(other) == "wrote n2: text 5, api_token 0, password 0"
+    # One effect per key: the repeat never reached the server.
+    assert setup.effect_lines() == ["write n1", "write n2"]
+    seen = [(x["args"]["name"], x["state"]) for x in tool_calls(setup)]
+    assert seen == [("n1", "committed"), ("n1", "replayed"), ("n2", "committed")]
+    committed, replayed, _ = tool_calls(setup)
+    assert replayed["replay_of"] == committed["id"]
+
+
+# ---- what the log keeps of arguments ----------------------------------------------------------
+
+
+def test_arguments_are_logged_redacted_and_capped_but_reach_the_server_whole(setup: Setup) -> None:
+    rules(setup, "rules: []\n")
+    token, password, big = "tok-" + "k" * 20, "hunter2-xyzzy", "y" * 400_000
+
+    async def gated(s: ClientSession) -> list[CallToolResult]:
+        return [
+            await s.call_tool(
+                "write_note", {"name": "creds", "text": "short", "api_token": token, "password": password}
+            ),
+            await s.call_tool("write_note", {"name": "big", "text": big}),
+        ]
+
+    creds, large = through_airlock(setup, gated)
+    # The server got every value whole (it reports the lengths it received).
+    assert text_of(creds) == f"wrote creds: text 5, api_token {len(token)}, password {len(password)}"
+    assert text_of(large) == f"wrote big: text {len(big)}, api_token 0, password 0"
+    assert setup.effect_lines() == ["write creds", "write big"]
+
+    log_text = setup.cli("log", "--json")
+    assert token not in log_text and password not in log_text
+    by_name = {x["args"].get("name"): x for x in tool_calls(setup) if "name" in x["args"]}
+    redacted = {"name": "creds", "text": "short", "api_token": "[redacted]", "password": "[redacted]"}
+    assert by_name["creds"]["args"] == redacted
+    shown = setup.show(by_name["creds"]["id"])
+    assert token not in json.dumps(shown) and password not in json.dumps(shown)
+    assert shown["entries"][0]["data"]["action"]["args"] == redacted
+
+    # The big argument: the listing shows a short excerpt, the intent a capped one.
+    big_id = next(x["id"] for x in tool_calls(setup) if x["args"].get("truncated"))
+    stored = setup.show(big_id)["entries"][0]["data"]["action"]["args"]
+    assert stored["truncated"] is True
+    assert stored["size"] > len(big)
+    assert stored["text"].startswith('{"name":"big","text":"yyy')
+    assert len(stored["text"]) <= 64 * 1024 < len(big)
+
+
+# ---- airlock mcp run by hand: stderr, exit codes, startup errors -------------------------------
+
+
+class Host:
+    """`airlock mcp` driven by hand: newline-delimited JSON-RPC on its stdin and stdout, its
+    stderr in a file."""
+
+    def __init__(self, cmd: list[str], stderr: Path):
+        self.stderr_path = stderr
+        self._err = stderr.open("wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err)
+        self._lines: queue.Queue[bytes | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+
+    def _pump(self, out: IO[bytes]) -> None:
+        for line in out:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def send_raw(self, line: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_raw(json.dumps(message).encode())
+
+    def recv(self, timeout: float = 20) -> dict[str, Any]:
+        """The next message airlock writes."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no message from airlock within {timeout} s") from None
+        if line is None:
+            raise AssertionError(f"airlock closed its output; stderr: {self.stderr()}")
+        return dict(json.loads(line))
+
+    def response(self, message_id: Any, timeout: float = 20) -> dict[str, Any]:
+        """The response to request `message_id` (server notifications in between are skipped)."""
+        while True:
+            m = self.recv(timeout)
+            if "method" not in m and m.get("id") == message_id:
+                return m
+
+    def initialize(self) -> None:
+        self.send(INITIALIZE)
+        assert self.response(1)["result"]["serverInfo"]["name"] == "notes"
+        self.send(INITIALIZED)
+
+    def stderr(self) -> str:
+        self._err.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def close(self, timeout: float = 20) -> int:
+        """End the host's input, as a host does; airlock's exit code."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """Make sure the process is gone (SIGTERM reaches the child through airlock)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                with contextlib.suppress(BrokenPipeError):
+                    pipe.close()
+        self._err.close()
+
+
+@pytest.fixture
+def hosts() -> Iterator[Callable[..., Host]]:
+    started: list[Host] = []
+
+    def start(cmd: list[str], stderr: Path) -> Host:
+        h = Host(cmd, stderr)
+        started.append(h)
+        return h
+
+    yield start
+    for h in started:
+        h.stop()
+
+
+def test_the_childs_stderr_passes_through_while_it_runs(setup: Setup, hosts: Callable[..., Host]) -> None:
+    rules(setup, "rules: []\n")
+    host = hosts(setup.airlock_command(), setup.stderr)
+    # The server's first words reach airlock's stderr while it runs, not only at the end.
+    wait_for(lambda: MARKER in host.stderr(), "the server's stderr line shows on airlock's")
+    host.initialize()
+    host.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    listed = host.response(2)["result"]["tools"]
+    assert [t["name"] for t in listed] == ["read_note", "write_note", "delete_note"]
+    assert host.close() == 0
+    err = host.stderr()
+    assert err.count(MARKER) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("import sys; sys.exit(7)", 7), ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 137)],
+    ids=["exit-7", "killed-by-sigkill"],
+)
+def test_airlock_exits_with_the_childs_exit_code(
+    setup: Setup, hosts: Callable[..., Host], code: str, status: int
+) -> None:
+    rules(setup, "rules: []\n")
+    cmd = [AIRLOCK, "mcp", "--data", str(setup.data), "--rules", str(setup.rules), "--"]
+    host = hosts([*cmd, sys.executable, "-c", code], setup.stderr)
+    # The host still holds airlock's stdin open: the child's exit alone ends airlock.
+    assert host.proc.wait(30) == status
+    assert "Traceback" not in host.stderr()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["--"], ["--", "/nonexistent/airlock-test-server"], ["--", "airlock-test-no-such-command"]],
+    ids=["no-command", "only-dashes", "missing-path", "missing-on-path"],
+)
+def test_airlock_mcp_without_a_runnable_command_fails_with_one_line(setup: Setup, command: list[str]) -> None:
+    rules(setup, "rules: []\n")
+    proc = subprocess.run(
+        [AIRLOCK, "mcp", "--data", str(setup.data), "--rules", str(setup.rules), *command],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode != 0
+    assert proc.stdout == b""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("airlock mcp: error: ")
+    if len(command) > 1:
+        assert command[1] in err and "not found" in err
+
+
+@pytest.mark.parametrize("stdin", ["devnull", "file"])
+def test_airlock_mcp_with_stdin_that_is_not_a_pipe(setup: Setup, stdin: str) -> None:
+    rules(setup, "rules: []\n")
+    requests = setup.root / "requests.jsonl"
+    requests.write_text(json.dumps(INITIALIZE) + "\n")
+    cmd = [AIRLOCK, "mcp", "--data", str(setup.data), "--rules", str(setup.rules), "--"]
+    with requests.open("rb") as f:
+        proc = subprocess.run(
+            [*cmd, sys.executable, "-c", "import sys; sys.exit(7)"],
+            stdin=subprocess.DEVNULL if stdin == "devnull" else f,
+            capture_output=True,
+            timeout=30,
+        )
+    assert "Traceback" not in proc.stderr.decode(), proc.stderr.decode()
+    assert proc.returncode == 7
+
+
+# ---- malformed input --------------------------------------------------------------------------
+
+
+def test_malformed_lines_are_answered_by_airlock_and_never_reach_the_child(
+    setup: Setup, hosts: Callable[..., Host]
+) -> None:
+    rules(setup, "rules: []\n")
+    received = setup.root / "received"
+    host = hosts(setup.airlock_command(str(received)), setup.stderr)
+    host.initialize()
+
+    host.send_raw(b"this is not JSON {")
+    parse = host.recv()
+    assert parse["jsonrpc"] == "2.0" and parse["id"] is None and parse["error"]["code"] == -32700, parse
+    host.send_raw(b'{"jsonrpc": "2.0", "method": 5, "id": 1}')
+    invalid = host.recv()
+    assert invalid["jsonrpc"] == "2.0" and invalid["error"]["code"] == -32600, invalid
+
+    # The session goes on as if nothing happened.
+    host.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    assert len(host.response(2)["result"]["tools"]) == 3
+    call = {"name": "write_note", "arguments": {"name": "after", "text": "ok"}}
+    host.send({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": call})
+    result = host.response(3)["result"]
+    assert result["isError"] is False
+    assert result["content"][0]["text"] == "wrote after: text 2, api_token 0, password 0"
+    assert host.close() == 0
+
+    # What the child received: exactly the well-formed messages, in order.
+    lines = received.read_bytes().splitlines()
+    assert [json.loads(line).get("method") for line in lines] == [
+        "initialize",
+        "notifications/initialized",
+        "tools/list",
+        "tools/call",
+    ]
+    assert setup.effect_lines() == ["write after"]
+
+
+def test_a_tools_call_with_params_that_are_not_an_object_gets_an_error(
+    setup: Setup, hosts: Callable[..., Host]
+) -> None:
+    rules(setup, "rules: []\n")
+    host = hosts(setup.airlock_command(), setup.stderr)
+    host.initialize()
+    host.send_raw(b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": null}')
+    error = host.recv(timeout=5)
+    assert error["error"]["code"] in (-32600, -32602), error
+    host.send({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
+    assert len(host.response(8, timeout=5)["result"]["tools"]) == 3
