@@ -70,10 +70,20 @@ class Tracking:
 
     ref: ActionRef
     keyed: Keyed | None = None  # holds a dedup key: its outcome keeps or releases it
-    repeat: str | None = None  # who the action is to the retry-storm breaker
     storm: Storm | None = None
+    repeat_of: Action | None = None  # an unkeyed mutation: the breaker knows it by fingerprint
     started: float = field(default_factory=time.monotonic)
     meter: Meter = field(default_factory=Meter)
+    _repeat: str | None = None
+
+    def repeat(self) -> str | None:
+        """Who the action is to the retry-storm breaker: its dedup key, or for an unkeyed
+        mutation its agent and fingerprint (computed only when the breaker asks)."""
+        if self.keyed is not None:
+            return self.keyed.claim.key
+        if self._repeat is None and self.repeat_of is not None:
+            self._repeat = f"{self.repeat_of.agent}|{fingerprint(self.repeat_of)}"
+        return self._repeat
 
     def final(self, status: int | None) -> bool:
         """True when the answer (None: none) is the action's effect rather than a failure."""
@@ -138,14 +148,12 @@ class Admission:
             return await self.refuse(action, decision)
         keyed = dedup.claim_for(action, decision, self.policy)
         storm = decision.storm or self.policy.storm
-        repeat = None
-        if keyed is not None:
-            repeat = keyed.claim.key
-        elif action.effect.mutating:
-            repeat = f"{action.agent}|{fingerprint(action)}"
-        if repeat is not None and (wait := self.breaker.retry_after(repeat, storm)) is not None:
+        unkeyed_mutation = keyed is None and action.effect.mutating
+        tracking = Tracking(
+            ActionRef(), keyed=keyed, storm=storm, repeat_of=action if unkeyed_mutation else None
+        )
+        if (wait := self._storm_wait(tracking, storm)) is not None:
             return await self._storm(action, storm, wait)
-        tracking = Tracking(ActionRef(), keyed=keyed, repeat=repeat, storm=storm)
         if keyed is not None:
             tracking.meter = Meter(keep=keep)
             return await self._admit_keyed(action, decision, tracking, keyed)
@@ -172,6 +180,13 @@ class Admission:
 
     async def _refuse_key(self, action: Action, error: str, message: str, status: int) -> Answer:
         return await self.refuse(action, Decision(Verdict.DENY, KEY_RULE, message, error), status)
+
+    def _storm_wait(self, tracking: Tracking, storm: Storm) -> float | None:
+        # While nothing is failing, the breaker has nothing to say: no fingerprint is taken.
+        if not self.breaker:
+            return None
+        repeat = tracking.repeat()
+        return None if repeat is None else self.breaker.retry_after(repeat, storm)
 
     async def _storm(self, action: Action, storm: Storm, wait: float) -> Answer:
         retry = max(1, math.ceil(wait))
@@ -267,11 +282,14 @@ class Admission:
     def _count(self, tracking: Tracking, status: int | None) -> bool:
         """Tell the breaker how the attempt went; True when the answer was final."""
         final = tracking.final(status)
-        if tracking.repeat is not None and tracking.storm is not None:
+        if tracking.storm is None or (final and not self.breaker):
+            return final
+        repeat = tracking.repeat()
+        if repeat is not None:
             if final:
-                self.breaker.succeeded(tracking.repeat)
+                self.breaker.succeeded(repeat)
             else:
-                self.breaker.failed(tracking.repeat, tracking.storm)
+                self.breaker.failed(repeat, tracking.storm)
         return final
 
     def finish(

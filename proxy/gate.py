@@ -13,7 +13,7 @@ from mitmproxy import http, tcp
 from mitmproxy.proxy.mode_specs import ProxyMode
 
 from rules import Action, Decision, Effect, Ruleset, Verdict
-from store import ActionRef, Log, StoreError
+from store import Log
 
 from . import answers, dedup, records
 from .admission import Admission, Answer, Tracking
@@ -100,14 +100,14 @@ class Gate:
         legacy = url in self.legacy
         exchange = Exchange(url if legacy else f"flow:{flow.id}", server_of(action), action, not legacy)
         answers = await self.calls.send(messages, action, channel=exchange.channel, server=exchange.server)
-        if answers is not None and legacy and answers:
+        if answers is None:
+            flow.metadata[MCP] = exchange
+        elif legacy and answers:
             # Legacy SSE clients read answers on their stream only: the server answers pings
             # in place of the refused requests, and the stream carries the real answers.
             flow.request.content = self.calls.stand_in(exchange.channel, answers)
-        elif answers is not None:
-            flow.response = json_answer(answers, batch=(action.body or b"").lstrip()[:1] == b"[")
         else:
-            flow.metadata[MCP] = exchange
+            flow.response = json_answer(answers, batch=(action.body or b"").lstrip()[:1] == b"[")
         return True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -200,13 +200,9 @@ class Gate:
             "only HTTP and HTTPS pass through airlock",
             "protocol_refused",
         )
-        intent = self.admission.intent(action, decision, ActionRef())
         # Killing a TCP flow does not stop its connect; an error on the connection does.
         flow.server_conn.error = decision.message
-        try:
-            await self.admission.log.append(intent)
-        except StoreError as e:
-            logger.error("a refusal was not logged: %s", e)
+        await self.admission.refuse(action, decision)
 
 
 def _http_answer(answer: Answer) -> http.Response:

@@ -21,6 +21,10 @@ class Breaker:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._capacity = capacity
 
+    def __bool__(self) -> bool:
+        """True while some action has failures on record."""
+        return bool(self._failures)
+
     def retry_after(self, ident: str, storm: Storm, now: float | None = None) -> float | None:
         """Seconds until the action may be tried again, or None if it may go now."""
         failures = self._failures.get(ident)

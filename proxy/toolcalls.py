@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rules import Action, Decision, Verdict
@@ -34,6 +34,15 @@ class Pending:
     tracking: Tracking
 
 
+@dataclass
+class Channel:
+    """What is due on one channel: forwarded requests, and stand-ins' answers (by id)."""
+
+    pending: dict[str, Pending] = field(default_factory=dict)
+    stand_ins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lists: int = 0  # pending `tools/list` requests, whose results may be rewritten
+
+
 def _text(answer: Answer) -> str:
     d = answer.decision
     where = f"rule {d.rule}" if d.rule else "airlock"
@@ -47,8 +56,7 @@ class ToolCalls:
     def __init__(self, admission: Admission, catalog: mcp.ToolCatalog | None = None):
         self.admission = admission
         self.catalog = catalog or mcp.ToolCatalog()
-        self.pending: dict[tuple[str, str], Pending] = {}
-        self.stand_ins: dict[tuple[str, str], dict[str, Any]] = {}
+        self.channels: dict[str, Channel] = {}
 
     # ---- client to server ----------------------------------------------------------------
 
@@ -72,14 +80,16 @@ class ToolCalls:
                     answers.append(self.answer(message, outcome))
                 continue
             admitted.append((message, outcome))
-        if answers or (admitted == [] and messages):
-            # One message, answered here (or a refused notification, which gets no answer).
+        if len(admitted) < len(messages):
+            # Something was answered here (a refused notification gets no answer): nothing goes on.
             for _, tracking in admitted:
                 self.admission.fail(tracking, "not forwarded")
             return answers
         for message, tracking in admitted:
             if mcp.is_request(message):
-                self.pending[(channel, _id(message["id"]))] = Pending(str(message["method"]), tracking)
+                due = self.channels.setdefault(channel, Channel())
+                due.pending[_id(message["id"])] = Pending(str(message["method"]), tracking)
+                due.lists += message["method"] == mcp.LIST
             else:
                 # Notifications and responses get no answer: they are done once passed on.
                 self.admission.finish(tracking, 202, headers={})
@@ -124,32 +134,40 @@ class ToolCalls:
         forward instead: a `ping` for each answered request, whose response on the stream is
         replaced with the answer. The server never sees the refused request."""
         pings = []
+        due = self.channels.setdefault(channel, Channel())
         for answer in answers:
-            self.stand_ins[(channel, _id(answer["id"]))] = answer
+            due.stand_ins[_id(answer["id"])] = answer
             pings.append({"jsonrpc": "2.0", "id": answer["id"], "method": "ping"})
         return json.dumps(pings if len(pings) > 1 else pings[0]).encode()
+
+    def due(self) -> list[tuple[str, str]]:
+        """The forwarded requests still waiting for a response, as (channel, JSON id)."""
+        return [(name, key) for name, channel in self.channels.items() for key in channel.pending]
 
     # ---- server to client ----------------------------------------------------------------
 
     def rewrites_due(self, channel: str) -> bool:
         """True while a response that will be rewritten is due on the channel (a `tools/list`
         result, or a stand-in's)."""
-        return any(c == channel for c, _ in self.stand_ins) or any(
-            c == channel and p.method == mcp.LIST for (c, _), p in self.pending.items()
-        )
+        due = self.channels.get(channel)
+        return due is not None and (due.lists > 0 or bool(due.stand_ins))
 
     def receive(self, message: Any, raw: bytes | None, *, channel: str, server: str, base: Action) -> Any:
         """Take in one message from the server: settle the call it answers, and return the
         message to pass on (a `tools/list` result without hidden tools)."""
         if not isinstance(message, dict) or not mcp.is_response(message):
             return message
-        stand_in = self.stand_ins.pop((channel, _id(message["id"])), None)
-        if stand_in is not None:
+        due = self.channels.get(channel)
+        if due is None:
+            return message
+        key = _id(message["id"])
+        if (stand_in := due.stand_ins.pop(key, None)) is not None:
             return stand_in
-        pending = self.pending.pop((channel, _id(message["id"])), None)
+        pending = due.pending.pop(key, None)
         if pending is None:
             return message
         out = message
+        due.lists -= pending.method == mcp.LIST
         if pending.method == mcp.LIST and "result" in message:
             self.catalog.learn(server, message["result"])
             result, hidden = mcp.hide_tools(message["result"], lambda t: self._hidden(t, base, server))
@@ -158,8 +176,10 @@ class ToolCalls:
                 out = message | {"result": result}
         tracking = pending.tracking
         tracking.meter(raw if raw is not None else json.dumps(message, separators=(",", ":")).encode())
-        stored = {k: v for k, v in message.items() if k != "id"}
-        self.admission.finish(tracking, mcp.status_of(message), headers={}, reply={"jsonrpc": stored})
+        reply = None
+        if tracking.keyed is not None and tracking.meter.kept is not None:  # kept up to the reply limit
+            reply = {"jsonrpc": {k: v for k, v in message.items() if k != "id"}}
+        self.admission.finish(tracking, mcp.status_of(message), headers={}, reply=reply)
         return out
 
     def _hidden(self, tool: str, base: Action, server: str) -> bool:
@@ -170,10 +190,9 @@ class ToolCalls:
 
     def close(self, channel: str, error: str) -> None:
         """The channel ended: calls still waiting on it got no response."""
-        for key in [k for k in self.pending if k[0] == channel]:
-            self.admission.fail(self.pending.pop(key).tracking, error)
-        for key in [k for k in self.stand_ins if k[0] == channel]:
-            del self.stand_ins[key]
+        due = self.channels.pop(channel, None)
+        for pending in due.pending.values() if due is not None else ():
+            self.admission.fail(pending.tracking, error)
 
 
 def _id(value: Any) -> str:

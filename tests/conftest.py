@@ -169,19 +169,33 @@ def upstream_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     return paths
 
 
-def _serve(up: Upstream, tls: ssl.SSLContext | None) -> Iterator[Upstream]:
-    server = ThreadingHTTPServer(("127.0.0.1", up.port), _handler(up))
+@contextmanager
+def serving(
+    handler: type[BaseHTTPRequestHandler],
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    release: threading.Event | None = None,
+) -> Iterator[None]:
+    """Serve `handler` on loopback `port` in a thread; on the way out set `release` (so held
+    requests finish) and stop the server."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield up
+        yield
     finally:
-        up.release.set()
+        if release is not None:
+            release.set()
         server.shutdown()
         server.server_close()
+
+
+def _serve(up: Upstream, tls: ssl.SSLContext | None) -> Iterator[Upstream]:
+    with serving(_handler(up), up.port, tls=tls, release=up.release):
+        yield up
 
 
 @pytest.fixture

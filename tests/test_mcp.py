@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 
-from .conftest import Airlock, Upstream, environ_without_proxy, free_port, wait_for
+from .conftest import Airlock, Upstream, environ_without_proxy, free_port, serving, wait_for
 
 MODES = ["json", "sse-stream", "legacy-sse"]
 
@@ -516,16 +516,8 @@ def held_stream() -> Iterator[HeldStream]:
                 self.wfile.write(event[half:])
                 self.wfile.flush()
 
-    server = ThreadingHTTPServer(("127.0.0.1", up.port), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler, up.port, release=up.release):
         yield up
-    finally:
-        up.release.set()
-        server.shutdown()
-        server.server_close()
 
 
 def test_an_event_stream_is_passed_on_as_it_arrives(

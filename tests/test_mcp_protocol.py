@@ -496,7 +496,7 @@ def test_a_denied_call_is_answered_with_a_tool_error_and_logged(calls: tuple[Too
     assert answer is not None and answer["id"] == "d-1" and answer["result"]["isError"] is True
     text = answer["result"]["content"][0]["text"]
     assert "rule never-delete" in text and "notes are kept" in text
-    assert tc.pending == {}
+    assert tc.due() == []
     [action] = logged(tc, path)
     assert (action["tool"], action["state"], action["rule"]) == ("delete_note", "denied", "never-delete")
     assert f"airlock action {action['id']}" in text
@@ -524,14 +524,14 @@ def test_a_refused_request_other_than_a_call_is_a_json_rpc_error(tmp_path: Path)
 def test_an_allowed_call_is_settled_by_its_response(calls: tuple[ToolCalls, Path]) -> None:
     tc, path = calls
     assert send(tc, call("write_note", {"name": "a"}, message_id=1)) is None
-    assert list(tc.pending) == [("ch", "1")]
+    assert tc.due() == [("ch", "1")]
     # A response to another id (or "1", a different id) passes untouched and settles nothing.
     stray = {"jsonrpc": "2.0", "id": "1", "result": {}}
-    assert receive(tc, stray) is stray and list(tc.pending) == [("ch", "1")]
+    assert receive(tc, stray) is stray and tc.due() == [("ch", "1")]
     assert receive(tc, [stray]) == [stray]
     result = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": True}}
     assert receive(tc, result) is result
-    assert tc.pending == {}
+    assert tc.due() == []
     [action] = logged(tc, path)
     assert (action["tool"], action["effect"], action["state"], action["status"]) == (
         "write_note",
@@ -565,7 +565,7 @@ def test_a_batch_with_a_refused_request_is_refused_whole(calls: tuple[ToolCalls,
     assert all(a["result"]["isError"] for a in answers)
     assert "never-delete" in answers[0]["result"]["content"][0]["text"]
     assert "batch" in answers[0]["result"]["content"][0]["text"]
-    assert tc.pending == {}
+    assert tc.due() == []
     states = [(x.get("tool") or x.get("operation"), x["state"]) for x in logged(tc, path)]
     assert states == [
         ("read_note", "denied"),
@@ -578,9 +578,38 @@ def test_calls_left_waiting_when_a_channel_closes_are_failed(calls: tuple[ToolCa
     tc, path = calls
     assert send(tc, call("write_note", {"name": "a"}, 1)) is None
     tc.close("elsewhere", "gone")
-    assert len(tc.pending) == 1
+    assert len(tc.due()) == 1
     tc.close("ch", "the server closed its output before answering")
-    assert tc.pending == {}
+    assert tc.due() == []
     [action] = logged(tc, path)
     assert action["state"] == "failed"
     assert action["error"] == "the server closed its output before answering"
+
+
+def test_only_results_within_the_reply_limit_are_kept_for_replays(tmp_path: Path) -> None:
+    f = tmp_path / "once.yaml"
+    f.write_text(
+        "version: 1\nrules:\n  - {id: once, match: {tool: write_note}, dedup: {key: '{tool} {args.name}'}}\n"
+    )
+    log = Log.open(tmp_path / "log")
+    log.start()
+    try:
+        policy = DedupPolicy(reply_limit=256)
+        tc = ToolCalls(Admission(log, Ruleset.load(f), bodies=BodyPolicy(), policy=policy))
+
+        def result(message_id: int, text: str) -> dict[str, Any]:
+            content = [{"type": "text", "text": text}]
+            return {"jsonrpc": "2.0", "id": message_id, "result": {"content": content, "isError": False}}
+
+        assert send(tc, call("write_note", {"name": "small"}, 1)) is None
+        receive(tc, result(1, "ok"))
+        [replayed] = send(tc, call("write_note", {"name": "small"}, 2)) or [None]
+        assert replayed == result(2, "ok")
+
+        assert send(tc, call("write_note", {"name": "big"}, 3)) is None
+        receive(tc, result(3, "x" * 1000))
+        [refused] = send(tc, call("write_note", {"name": "big"}, 4)) or [None]
+        assert refused is not None and refused["id"] == 4 and refused["result"]["isError"] is True
+        assert "cannot be replayed" in refused["result"]["content"][0]["text"]
+    finally:
+        log.close()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rules import Action, Effect
+from rules.match import json_of
 
 CALL = "tools/call"
 LIST = "tools/list"
@@ -35,13 +36,11 @@ class NotJsonRpc(ValueError):
 def messages(body: bytes | None) -> list[dict[str, Any]] | None:
     """The JSON-RPC messages in a body (one, or a batch); None when the body is not JSON-RPC.
 
-    Raises NotJsonRpc when the body is JSON that looks like JSON-RPC but is malformed.
+    Raises NotJsonRpc when the body is JSON that looks like JSON-RPC but is malformed. The body
+    is parsed once per request, for this and for the rules alike; the result is only read.
     """
-    if not body:
-        return None
-    try:
-        parsed = json.loads(body)
-    except ValueError:
+    parsed = json_of(body) if body else None
+    if parsed is None:
         return None
     batch = parsed if isinstance(parsed, list) else [parsed]
     if not batch or not all(isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in batch):
