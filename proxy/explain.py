@@ -9,7 +9,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from rules import Effect, Explanation, Ruleset
+from rules import Effect, Explanation, Rule, Ruleset
 
 from .protocols.http import from_request
 from .records import BodyPolicy, describe
@@ -81,7 +81,7 @@ def render(explanation: Explanation, ruleset: Ruleset, *, as_json: bool) -> str:
     matched = [
         {
             "id": r.id,
-            "action": r.verdict.value if r.verdict is not None else "(none: dedup/storm only)",
+            "action": r.verdict.value if r.verdict is not None else _modifies(r),
             "source": str(r.source),
             "message": r.message,
         }
@@ -123,6 +123,12 @@ def render(explanation: Explanation, ruleset: Ruleset, *, as_json: bool) -> str:
     for name, value in repeats.items():
         lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
     return "\n".join(lines)
+
+
+def _modifies(rule: Rule) -> str:
+    said = [f"effect {rule.effect.value}" if rule.effect else "", "dedup" if rule.dedup else ""]
+    said.append("storm" if rule.storm else "")
+    return "(none: sets " + ", ".join(s for s in said if s) + ")"
 
 
 def repeats_of(explanation: Explanation) -> dict[str, dict[str, Any]]:

@@ -70,7 +70,7 @@ class Gate:
                 action = session
             elif action.method == "POST" and await self._mcp(flow, action):
                 return
-            decision = self.ruleset.evaluate(action)
+            action, decision = self.ruleset.decide(action)
             admitted = await self.admission.admit(action, decision, keep=self.admission.policy.reply_limit)
             if isinstance(admitted, Answer):
                 flow.response = _http_answer(admitted)

@@ -66,8 +66,9 @@ class ToolCalls:
         """Decide and log the client's messages. None: forward them all. A list: the answers
         the client gets instead, and nothing is forwarded."""
         ruleset = self.admission.ruleset
-        actions = [mcp.action_of(m, base, self.catalog, server) for m in messages]
-        decisions = [ruleset.evaluate(a) for a in actions]
+        decided = [ruleset.decide(mcp.action_of(m, base, self.catalog, server)) for m in messages]
+        actions = [action for action, _ in decided]
+        decisions = [decision for _, decision in decided]
         if len(messages) > 1 and any(d.refused or d.dedup is not None for d in decisions):
             return await self._refuse_batch(messages, actions, decisions)
         answers: list[dict[str, Any]] = []

@@ -33,8 +33,9 @@ EGRESS_RULE = "egress"
 class Rule:
     """One rule: an id, what it matches, and what happens to the actions it matches.
 
-    A rule without a verdict only says how repeats of its actions are handled (`dedup`,
-    `storm`) and leaves the verdict to the other rules and the defaults.
+    A rule without a verdict only modifies its actions: how repeats are handled (`dedup`,
+    `storm`) or which effect they count as (`effect`), and leaves the verdict to the other
+    rules and the defaults.
     """
 
     id: str
@@ -50,6 +51,7 @@ class Rule:
     dedup: Dedup | None = None
     storm: Storm | None = None
     hides: bool = False  # a deny rule that refuses every call to a tool: hide the tool
+    effect: Effect | None = None  # the effect the matched actions are treated as
 
     def matches(self, action: Action) -> bool:
         """True when every field of the rule's `match` holds for the action."""
@@ -150,6 +152,12 @@ def _per_tool(match: dict[str, Any]) -> bool:
     return True
 
 
+def _names(match: dict[str, Any], key: str) -> bool:
+    """True when the match, or a match nested in it, tests `key`."""
+    nested = [*match.get("all", []), *match.get("any", []), *([match["not"]] if "not" in match else [])]
+    return key in match or any(_names(m, key) for m in nested)
+
+
 def _check_schemas(doc: Document, steps: list[str | int], match: dict[str, Any]) -> None:
     for key in ("body", "args"):
         if key in match:
@@ -190,6 +198,11 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
         # Literal methods and protocols are checked by Rule.matches before the rest: not twice.
         prechecked = {k for k, v in (("method", methods), ("protocol", protocols)) if v is not None}
         rest = {k: v for k, v in match.items() if k not in prechecked}
+        if "effect" in spec and _names(match, "effect"):
+            raise doc.error(
+                ["rules", i, "match"],
+                "a rule that sets effect cannot also match on effect; match the tool, host or method",
+            )
         try:
             dedup = parse_dedup(spec["id"], spec["dedup"]) if "dedup" in spec else None
         except ValueError as e:
@@ -209,6 +222,7 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
                 dedup=dedup,
                 storm=parse_storm(spec["id"], spec["storm"]) if "storm" in spec else None,
                 hides=spec.get("action") == "deny" and spec.get("hide", True) and _per_tool(match),
+                effect=Effect(spec["effect"]) if "effect" in spec else None,
             )
         )
 
@@ -227,6 +241,7 @@ class Ruleset:
         # Literal hosts allowed on any port answer from a set; the rest are tested one by one.
         self._egress_any_port = frozenset(e.literal for e in parts.egress if e.literal and e.ports is None)
         self._egress = [e for e in parts.egress if not (e.literal and e.ports is None)]
+        self._effects = [r for r in self.rules if r.effect is not None]
         self._by_host: dict[str, list[Rule]] = {}
         self._any_host: list[Rule] = []
         for rule in self.rules:
@@ -267,17 +282,38 @@ class Ruleset:
     def hidden_by(self, action: Action) -> Rule | None:
         """The deny rule that refuses every call to the action's tool whatever its arguments,
         if one does and may hide the tool from `tools/list`."""
+        action = self.effective(action)
         return next((r for r in self.candidates(action) if r.hides and r.matches(action)), None)
+
+    def effective(self, action: Action) -> Action:
+        """The action with the effect its first matching `effect` rule gives it, if any: the
+        method or a server's tool annotations are only hints the operator may overrule."""
+        rule = self._effect_rule(action)
+        if rule is None or rule.effect is None:
+            return action
+        return dataclasses.replace(action, effect=rule.effect)
+
+    def _effect_rule(self, action: Action) -> Rule | None:
+        return next((r for r in self._effects if r.matches(action)), None)
+
+    def decide(self, action: Action) -> tuple[Action, Decision]:
+        """The action as the rules see it (its effect overruled where a rule says so) and its
+        decision (see the module docstring for the order)."""
+        explained = self.explain(action, complete=False)
+        return explained.action, explained.decision
 
     def evaluate(self, action: Action) -> Decision:
         """Decide an action (see the module docstring for the order)."""
-        return self.explain(action, complete=False).decision
+        return self.decide(action)[1]
 
     def explain(self, action: Action, *, complete: bool = True) -> Explanation:
         """Decide an action and say why: egress, every matching rule, the winner or the default.
 
         With `complete=False` an action that egress refuses is not matched against the rules.
         """
+        setter = self._effect_rule(action)
+        if setter is not None and setter.effect is not None:
+            action = dataclasses.replace(action, effect=setter.effect)
         egress_ok = action.upstream is not None or self.egress_allows(action.host, action.port)
         matched: list[Rule] = []
         if egress_ok or complete or self.egress_report:
@@ -311,6 +347,8 @@ class Ruleset:
             rule_id = None if verdict is Verdict.ALLOW else f"defaults.{action.effect.value}"
             decision = self._decision(verdict, rule_id, "")
             reason = f"no rule matched; defaults.{action.effect.value} is {verdict.value}"
+        if setter is not None:
+            reason = f"rule {setter.id} makes it {action.effect.value}; {reason}"
         if reported is not None and not decision.refused:
             decision = reported
             reason += "; egress is in report mode and would refuse the host"

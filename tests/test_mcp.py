@@ -418,6 +418,48 @@ def test_a_repeated_call_is_answered_from_the_log(
     assert all(x["replay_of"] == committed[0]["id"] and x["tool"] == "write_note" for x in replayed)
 
 
+def test_rules_overrule_the_servers_annotations_per_tool(
+    notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    """Annotations are the server's hints: a rule's `effect` decides which default applies."""
+    server = notes_server("json")
+    text = """\
+version: 1
+egress: {allow: [127.0.0.1]}
+defaults: {destructive: deny}
+rules:
+  - id: writes-here-are-destructive
+    match: {tool: write_note}
+    effect: destructive
+  - id: deletes-are-only-archived
+    match: {tool: delete_note}
+    effect: write
+"""
+    a = make_airlock(rules=text)
+    name = note()
+
+    async def go() -> tuple[CallToolResult, CallToolResult, CallToolResult]:
+        async with connect("json", server.url, a.proxy) as s:
+            await s.list_tools()
+            read = await call(s, "read_note", name=name)
+            return (
+                read,
+                await call(s, "write_note", name=name, text="x"),
+                await call(s, "delete_note", name=name),
+            )
+
+    read, write, delete = run(go())
+    assert_result(read, read_result(name))
+    assert_denied(write, "defaults.destructive", "")
+    assert_result(delete, f"deleted {name}")
+    assert server.effects(name) == [f"delete {name}"]
+    by_tool = {x["tool"]: x for x in settled_calls(a, 3)}
+    assert (by_tool["read_note"]["effect"], by_tool["read_note"]["state"]) == ("read", "committed")
+    assert (by_tool["write_note"]["effect"], by_tool["write_note"]["state"]) == ("destructive", "denied")
+    assert by_tool["write_note"]["rule"] == "defaults.destructive"
+    assert (by_tool["delete_note"]["effect"], by_tool["delete_note"]["state"]) == ("write", "committed")
+
+
 def test_reverse_mode_gates_a_streamable_http_server(
     notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
 ) -> None:

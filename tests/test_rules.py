@@ -127,6 +127,14 @@ def test_the_shipped_default_rules_are_valid() -> None:
         ),
         ("version: 1\ndefaults: {delete: deny}\n", "r.yaml:2:12: defaults.delete: unknown key 'delete'"),
         ("version: 1\negress: {allow: [{host: a, ports: [70000]}]}\n", "egress.allow[0]"),
+        (
+            "version: 1\nrules:\n  - id: a\n    match: {any: [{effect: read}]}\n    effect: write\n",
+            "r.yaml:4:12: rules[0].match: a rule that sets effect cannot also match on effect",
+        ),
+        (
+            "version: 1\nrules:\n  - id: a\n    match: {}\n    effect: delete\n",
+            "rules[0].effect: 'delete' is not one of read, write, destructive",
+        ),
     ],
 )
 def test_bad_files_are_rejected_with_file_line_and_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -278,6 +286,34 @@ def test_defaults_by_effect(tmp_path: Path, method: str, verdict: Verdict, rule:
     )
     decision = Ruleset.load(f).evaluate(act(method))
     assert (decision.verdict, decision.rule) == (verdict, rule)
+
+
+def test_an_effect_rule_overrules_the_method_or_annotation_for_the_defaults_and_later_matches(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "version: 1\negress: {allow: ['*']}\ndefaults: {write: log, destructive: deny}\nrules:\n"
+        "  - {id: search-is-a-read, match: {method: POST, path: /search}, effect: read}\n"
+        "  - {id: purge-destroys, match: {path: /purge}, effect: destructive}\n"
+        "  - {id: purge-also, match: {path: /purge}, effect: write}\n"
+        "  - {id: watch-destructive, match: {effect: destructive, path: /purge}, action: log}\n"
+    )
+    rules = Ruleset.load(f)
+    search, decision = rules.decide(act("POST", path="/search"))
+    assert (search.effect, decision.verdict, decision.rule) == (Effect.READ, Verdict.ALLOW, None)
+    # The first matching effect rule wins; later rules' effect matches see the new effect, and
+    # the strictest verdict among them and the default still decides.
+    purge, decision = rules.decide(act("POST", path="/purge"))
+    assert (purge.effect, decision.verdict, decision.rule) == (
+        Effect.DESTRUCTIVE,
+        Verdict.LOG,
+        "watch-destructive",
+    )
+    explained = rules.explain(act("POST", path="/purge"))
+    assert explained.reason.startswith("rule purge-destroys makes it destructive; rule watch-destructive")
+    other, decision = rules.decide(act("POST", path="/other"))
+    assert (other.effect, decision.rule) == (Effect.WRITE, "defaults.write")
 
 
 def test_the_strictest_default_wins_across_files(tmp_path: Path) -> None:

@@ -608,7 +608,7 @@ def test_rules_explain_shows_the_dedup_key_and_the_storm_breaker(tmp_path: Path)
     args = ("--rules", str(rules), "--method", "POST", "--url", "https://api.test/x")
     out = explain(*args, "--body", '{"token": "t-1"}')
     assert out.returncode == 0, out.stderr
-    assert "by-token  (none: dedup/storm only)" in out.stdout
+    assert "by-token  (none: sets dedup, storm)" in out.stdout
     assert "dedup: rule by-token, key api.test t-1, scope all agents, on_conflict reject" in out.stdout
     assert "storm: rule by-token, failures 3, window 60s" in out.stdout
     doc = json.loads(explain(*args, "--body", "{}", "--json").stdout)
