@@ -29,7 +29,7 @@ from .config import (
 )
 from .datadir import DataDir, DataDirError
 from .environ import agent_environment
-from .errors import StartupError
+from .errors import CAFileError, StartupError
 
 
 class UserError(Exception):
@@ -127,6 +127,24 @@ def build_parser() -> Parser:
         run, "how often to check the rule files for changes (default 1; 0: only SIGHUP and the API reload)"
     )
     run.add_argument(
+        "--transparent",
+        type=_typed(parse_address),
+        metavar="HOST:PORT",
+        help="also accept connections redirected here by iptables (see `airlock capture`)",
+    )
+    run.add_argument(
+        "--ca",
+        type=Path,
+        metavar="FILE",
+        help="use this CA (PEM: private key and certificate) instead of minting one in the data dir",
+    )
+    run.add_argument(
+        "--control-token",
+        type=Path,
+        metavar="FILE",
+        help="read the control API token from FILE (default: DATA/control.token, created if missing)",
+    )
+    run.add_argument(
         "--upstream-ca",
         type=Path,
         metavar="FILE",
@@ -217,10 +235,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_max_size=args.log_max_size,
         upstream_ca=args.upstream_ca,
         rules_poll=args.rules_poll,
+        transparent=args.transparent,
+        ca=args.ca,
+        control_token=args.control_token,
     )
     ports = [cfg.listen.port, cfg.control.port, *(u.port for u in cfg.upstreams)]
+    ports += [cfg.transparent.port] if cfg.transparent else []
     if len(set(ports)) != len(ports):
-        raise UserError(f"ports must differ: --listen, --control and --upstream use {ports}")
+        raise UserError(f"ports must differ: --listen, --control, --transparent and --upstream use {ports}")
     if cfg.upstream_ca is not None and not cfg.upstream_ca.is_file():
         raise UserError(f"--upstream-ca {cfg.upstream_ca}: no such file")
     from .server import serve  # mitmproxy loads only for the command that runs it
@@ -393,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (UserError, RulesError, DataDirError, StartupError, NoLog, StoreError) as e:
+    except (UserError, RulesError, DataDirError, StartupError, NoLog, StoreError, CAFileError) as e:
         command = " ".join(filter(None, [args.command, getattr(args, "rules_command", None)]))
         print(f"airlock {command}: error: {e}", file=sys.stderr)
         return 2

@@ -51,6 +51,9 @@ class RunConfig:
     log_max_size: int = 64 << 30
     upstream_ca: Path | None = None
     rules_poll: float = 1.0  # seconds between checks of the rule files; 0 turns the watcher off
+    transparent: Address | None = None  # listener for connections redirected by iptables
+    ca: Path | None = None  # a CA (key and certificate PEM) to install instead of minting one
+    control_token: Path | None = None  # a file holding the control token
 
 
 def default_data() -> str:

@@ -35,8 +35,17 @@ class DataDir:
                 "pick another with --data or fix its permissions"
             ) from e
 
-    def control_token(self) -> str:
-        """The control API token, created on first use with mode 0600."""
+    def control_token(self, given: Path | None = None) -> str:
+        """The control API token: read from `given`, or the data dir's, created on first use
+        with mode 0600."""
+        if given is not None:
+            try:
+                token = given.read_text().strip()
+            except OSError as e:
+                raise DataDirError(f"--control-token {given}: cannot read it: {e.strerror or e}") from e
+            if not token:
+                raise DataDirError(f"--control-token {given}: the file is empty; put the token in it")
+            return token
         try:
             return self.token_file.read_text().strip()
         except FileNotFoundError:

@@ -3,3 +3,7 @@
 
 class StartupError(Exception):
     """The proxy could not start; the message says what to change."""
+
+
+class CAFileError(ValueError):
+    """A CA file given on the command line is unusable; the message names it."""

@@ -7,17 +7,20 @@ the response has passed through in full.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from mitmproxy import http, tcp
-from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.net.http import url
+from mitmproxy.proxy.mode_specs import ProxyMode, TransparentMode
 
-from rules import Action, Decision, Effect, Ruleset, Verdict
+from rules import EGRESS_RULE, Action, Decision, Effect, Ruleset, Verdict
 from store import Log
 
 from . import answers, dedup, records
 from .admission import Admission, Answer, Tracking
 from .dedup import DedupPolicy
+from .egress import PASSED, Egress
 from .mcp_http import EventStream, Exchange, json_answer, server_of, settle_json
 from .protocols import mcp
 from .protocols.http import AGENT_HEADER, classify, header_map
@@ -47,6 +50,7 @@ class Gate:
         self.upstreams = upstreams or {}
         self.admission = Admission(log, ruleset, bodies=bodies, policy=dedup or DedupPolicy())
         self.calls = ToolCalls(self.admission)
+        self.egress = Egress(lambda: self.ruleset)
         self.legacy: set[str] = set()  # URLs legacy SSE sessions POST to (their channels)
 
     @property
@@ -64,13 +68,23 @@ class Gate:
             return
         try:
             upstream = self.upstreams.get(flow.client_conn.proxy_mode)
+            if isinstance(flow.client_conn.proxy_mode, TransparentMode):
+                _name_by_host_header(flow)
             action = classify(flow, agent=self.agent, upstream=upstream)
             flow.request.headers.pop(AGENT_HEADER, None)
+            by_address = PASSED
+            if upstream is None:
+                by_address = await self.egress.check(action.host, action.port, PASSED)
+                if by_address.refused:
+                    flow.response = _http_answer(await self.admission.refuse(action, by_address))
+                    return
             if (session := mcp.session_action(action)) is not None:
                 action = session
             elif action.method == "POST" and await self._mcp(flow, action):
                 return
             action, decision = self.ruleset.decide(action)
+            if by_address.rule == EGRESS_RULE and decision.verdict is Verdict.ALLOW:
+                decision = by_address  # report mode: the address would be refused
             admitted = await self.admission.admit(action, decision, keep=self.admission.policy.reply_limit)
             if isinstance(admitted, Answer):
                 flow.response = _http_answer(admitted)
@@ -180,19 +194,41 @@ class Gate:
             message += " (after connecting to the upstream)"
         self.admission.fail(tracking, message)
 
-    async def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        """Refuse raw TCP streams: only HTTP(S) that the gate can read may pass."""
-        host, port = flow.server_conn.address or ("unknown", 0)
-        action = Action(
+    def _tunnel(self, host: str, port: int) -> Action:
+        """A byte stream to `host:port`, as an action."""
+        return Action(
             method="CONNECT",
             scheme="tcp",
-            host=str(host).lower(),
+            host=host.lower(),
             port=port,
             path="",
             effect=Effect.WRITE,
             protocol="tcp",
             agent=self.agent,
         )
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Open a tunnel only to an allowed host and port, at an allowed address."""
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            action = self._tunnel(flow.request.host, flow.request.port)
+            action = dataclasses.replace(action, agent=flow.request.headers.get(AGENT_HEADER, self.agent))
+            refusal = self.ruleset.egress_refusal(action.host, action.port)
+            decision = PASSED
+            if refusal is not None and not self.ruleset.egress_report:
+                decision = Decision(Verdict.DENY, EGRESS_RULE, refusal, "egress_denied")
+            decision = await self.egress.check(action.host, action.port, decision)
+            if decision.refused:
+                flow.response = _http_answer(await self.admission.refuse(action, decision))
+        except Exception:
+            logger.exception("could not decide CONNECT %s", flow.request.pretty_url)
+            flow.response = answers.internal_error("airlock could not decide this tunnel; it was not opened")
+
+    async def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        """Refuse raw TCP streams: only HTTP(S) that the gate can read may pass."""
+        host, port = flow.server_conn.address or ("unknown", 0)
+        action = self._tunnel(str(host), port)
         decision = Decision(
             Verdict.DENY,
             "raw-tcp",
@@ -203,6 +239,16 @@ class Gate:
         # Killing a TCP flow does not stop its connect; an error on the connection does.
         flow.server_conn.error = decision.message
         await self.admission.refuse(action, decision)
+
+
+def _name_by_host_header(flow: http.HTTPFlow) -> None:
+    """A redirected connection names only an address: decide the request by the host it names
+    (its Host header), and connect to that host, not to the address the client picked."""
+    try:
+        host, _ = url.parse_authority(flow.request.host_header or "", check=True)
+    except ValueError:
+        return  # no usable Host header: the bare address is the destination
+    flow.request.data.host = host
 
 
 def _http_answer(answer: Answer) -> http.Response:

@@ -23,8 +23,8 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from rules import Ruleset
 from store import Log
 
-from .ca import ensure_ca
-from .config import RunConfig
+from .ca import ensure_ca, install_ca
+from .config import Address, RunConfig
 from .control import make_app
 from .datadir import DataDir
 from .errors import StartupError
@@ -39,11 +39,11 @@ logger = logging.getLogger("airlock")
 def modes(cfg: RunConfig) -> tuple[list[str], dict[ProxyMode, str]]:
     """mitmproxy mode specs for the forward listener and every named upstream."""
     specs = [f"regular@{cfg.listen}"]
+    if cfg.transparent is not None:
+        specs.append(f"transparent@{cfg.transparent}")
     named: dict[ProxyMode, str] = {}
     for up in cfg.upstreams:
-        spec = f"reverse:{up.url}@{cfg.listen.host}:{up.port}"
-        if ":" in cfg.listen.host:
-            spec = f"reverse:{up.url}@[{cfg.listen.host}]:{up.port}"
+        spec = f"reverse:{up.url}@{Address(cfg.listen.host, up.port)}"
         specs.append(spec)
         named[ProxyMode.parse(spec)] = up.name
     return specs, named
@@ -85,8 +85,10 @@ async def serve(cfg: RunConfig) -> None:
     data = DataDir(cfg.data)
     data.prepare()
     ruleset = Ruleset.load(cfg.rules)
+    if cfg.ca is not None:
+        install_ca(data.ca, cfg.ca)
     ensure_ca(data.ca)
-    token = data.control_token()
+    token = data.control_token(cfg.control_token)
     log = Log.open(data.log, max_size=cfg.log_max_size)
     log.start()
     try:
@@ -94,7 +96,7 @@ async def serve(cfg: RunConfig) -> None:
         m = master.Master(options.Options())
         m.addons.add(*data_plane())
         gate = Gate(log, ruleset, agent=cfg.agent, bodies=BodyPolicy(cfg.body_limit), upstreams=named)
-        m.addons.add(gate)
+        m.addons.add(gate, gate.egress)
         configure(m.options, cfg, data, specs)
 
         # Listeners first: the control API's /healthz answers only once the proxy does.

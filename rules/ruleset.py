@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 
 from .action import Action, Effect
+from .addresses import Address, Range, address_of, network_of, non_public
 from .decision import Decision, Verdict
 from .dedup import Dedup, Storm, parse_dedup, parse_storm
 from .match import Predicate, compile_match, globs, is_literal, strings
@@ -84,12 +85,15 @@ class _Egress:
 class _Parts:
     rules: list[Rule] = field(default_factory=list)
     egress: list[_Egress] = field(default_factory=list)
+    ranges: list[Range] = field(default_factory=list)
     egress_modes: list[str] = field(default_factory=list)
     defaults: dict[Effect, Verdict] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)
 
 
-def _egress_entry(entry: str | dict[str, Any]) -> _Egress:
+def _egress_entry(entry: str | dict[str, Any]) -> _Egress | Range:
+    if isinstance(entry, str) and (network := network_of(entry)) is not None:
+        return Range(network, None)  # an address or range alone (an IPv6 one has colons)
     if isinstance(entry, dict):
         host, ports = entry["host"], frozenset(entry["ports"]) if "ports" in entry else None
     else:
@@ -98,6 +102,8 @@ def _egress_entry(entry: str | dict[str, Any]) -> _Egress:
             host, ports = head.strip("[]"), frozenset({int(port)})
         else:
             host, ports = entry, None
+    if (network := network_of(host)) is not None:
+        return Range(network, ports)
     return _Egress(globs([host], fold=True), ports, host.lower() if is_literal(host) else None)
 
 
@@ -175,7 +181,11 @@ def _check_schemas(doc: Document, steps: list[str | int], match: dict[str, Any])
 def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
     content = doc.content
     egress = content.get("egress", {})
-    parts.egress.extend(_egress_entry(e) for e in egress.get("allow", []))
+    for entry in map(_egress_entry, egress.get("allow", [])):
+        if isinstance(entry, Range):
+            parts.ranges.append(entry)
+        else:
+            parts.egress.append(entry)
     if "action" in egress:
         parts.egress_modes.append(egress["action"])
     for effect, verdict in content.get("defaults", {}).items():
@@ -227,6 +237,11 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
         )
 
 
+def _add_range(address: Address) -> str:
+    prefix = 32 if address.version == 4 else 128
+    return f"add a range such as {address}/{prefix} to egress.allow if the agent should reach it"
+
+
 class Ruleset:
     """Every rule from one rules path, with the egress allowlist, defaults and secret headers."""
 
@@ -241,6 +256,7 @@ class Ruleset:
         # Literal hosts allowed on any port answer from a set; the rest are tested one by one.
         self._egress_any_port = frozenset(e.literal for e in parts.egress if e.literal and e.ports is None)
         self._egress = [e for e in parts.egress if not (e.literal and e.ports is None)]
+        self._ranges = parts.ranges
         self._effects = [r for r in self.rules if r.effect is not None]
         self._by_host: dict[str, list[Rule]] = {}
         self._any_host: list[Rule] = []
@@ -263,10 +279,57 @@ class Ruleset:
         return cls(parts, digest=digest, sources=[d.path for d in docs])
 
     def egress_allows(self, host: str, port: int | None = None) -> bool:
-        """True when the host (and port, where the entry names ports) is on the allowlist."""
+        """True when the host (and port, where the entry names ports) is on the allowlist: a
+        name by the name entries, a bare IP address only by a range entry."""
+        if (address := address_of(host)) is not None:
+            return self.range_allows(address, port)
         if host.lower() in self._egress_any_port:
             return True
         return any(e.test(host) and (e.ports is None or port in e.ports) for e in self._egress)
+
+    def egress_refusal(self, host: str, port: int | None) -> str | None:
+        """Why the allowlist refuses the host (and port), or None when it allows it."""
+        if self.egress_allows(host, port):
+            return None
+        if (address := address_of(host)) is not None:
+            return f"{host}:{port} is a bare IP address, not on the egress allowlist; " + _add_range(address)
+        return (
+            f"{host}:{port} is not on the egress allowlist; "
+            "add it to egress.allow in the rules if the agent should reach it"
+        )
+
+    def range_allows(self, address: Address, port: int | None) -> bool:
+        """True when a range entry of the allowlist holds the address (and port)."""
+        return any(r.allows(address, port) for r in self._ranges)
+
+    def address_refusal(self, host: str, address: Address, port: int | None) -> str | None:
+        """Why the connection for `host` may not go to `address`, or None when it may: a range
+        entry allows any address; otherwise a name reaches only public addresses."""
+        if self.range_allows(address, port):
+            return None
+        if address_of(host) is not None:
+            return f"{host}:{port} is a bare IP address, not on the egress allowlist; " + _add_range(address)
+        kind = non_public(address)
+        if kind is None:
+            return None
+        return f"{host} resolves to {address}, a {kind} address; " + _add_range(address)
+
+    def check_address(
+        self, decision: Decision, host: str, port: int, addresses: list[Address]
+    ) -> tuple[Address | None, Decision]:
+        """The address a connection for `host` may go to (the first the rules allow) and the
+        decision once the addresses are known: a refusal when none is allowed (a log entry
+        saying so in report mode)."""
+        refusals = []
+        for address in addresses:
+            if (why := self.address_refusal(host, address, port)) is None:
+                return address, decision
+            refusals.append(why)
+        if not refusals or decision.refused:
+            return None, decision
+        if self.egress_report:
+            return addresses[0], Decision(Verdict.LOG, EGRESS_RULE, f"report only: {refusals[0]}")
+        return None, Decision(Verdict.DENY, EGRESS_RULE, "; ".join(dict.fromkeys(refusals)), "egress_denied")
 
     def candidates(self, action: Action) -> Iterable[Rule]:
         """The rules that can match the action: those filed under its host or a parent domain,
@@ -325,10 +388,7 @@ class Ruleset:
             egress = "upstream"  # a named upstream was chosen by the operator on the command line
         elif not egress_ok:
             target = f"{action.host}:{action.port}"
-            message = (
-                f"{target} is not on the egress allowlist; "
-                "add it to egress.allow in the rules if the agent should reach it"
-            )
+            message = self.egress_refusal(action.host, action.port) or ""
             if not self.egress_report:
                 refused = Decision(Verdict.DENY, EGRESS_RULE, message, "egress_denied")
                 return Explanation(action, "refused", matched, refused, f"egress refuses {target}")

@@ -218,12 +218,40 @@ def test_large_response_streams_and_its_digest_is_logged(airlock: Airlock, upstr
     assert outcome["size"] == size and outcome["sha256"] == hashlib.sha256(r.content).hexdigest()
 
 
-def test_https_to_a_host_off_the_allowlist_is_refused_inside_the_tunnel(airlock: Airlock) -> None:
-    # The agent reads the refusal over TLS, from a certificate minted by Airlock's CA.
+def test_a_tunnel_to_a_host_off_the_allowlist_is_refused_at_connect(airlock: Airlock) -> None:
+    # CONNECT opens tunnels only to allowed host:port pairs; the 403 carries the JSON reason.
     out = curl("--cacert", str(airlock.ca_cert), "-x", airlock.proxy, "https://forgotten.example.com/")
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["error"] == "egress_denied"
-    assert [x["url"] for x in airlock.log("--state", "denied")] == ["https://forgotten.example.com/"]
+    assert out.returncode != 0 and "403" in out.stderr, out.stderr
+    raw = _connect(airlock, "forgotten.example.com:443")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403")
+    assert json.loads(body)["error"] == "egress_denied" and b"egress.allow" in body
+    denied = airlock.log("--state", "denied")
+    assert [(x["method"], x["rule"]) for x in denied] == [("CONNECT", "egress")] * 2
+    assert {x["url"] for x in denied} == {"tcp://forgotten.example.com:443"}
+
+
+def _connect(airlock: Airlock, target: str) -> bytes:
+    """The proxy's whole answer to a CONNECT for `target`."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", airlock.port), timeout=10) as s:
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        raw = b""
+        while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < _length(raw):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    return raw
+
+
+def _length(raw: bytes) -> int:
+    for line in raw.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
 
 
 def test_raw_tcp_through_a_tunnel_is_refused_and_logged(airlock: Airlock, upstream: Upstream) -> None:

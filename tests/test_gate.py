@@ -18,7 +18,7 @@ RULES = "version: 1\negress:\n  allow: [address]\n"
 class BrokenRules(Ruleset):
     """A ruleset whose evaluation fails, as a bug in a rule matcher would."""
 
-    def evaluate(self, action: Action) -> Decision:
+    def decide(self, action: Action) -> tuple[Action, Decision]:
         raise RuntimeError("matcher bug")
 
 

@@ -271,7 +271,7 @@ def test_egress_enforce_refuses_the_same_request(
 ) -> None:
     a = make_airlock(rules="version: 1\negress:\n  action: enforce\n  allow: [api.example.com]\n")
     body = assert_refused(post(a, upstream, "/report-me", data=b"x"), "egress", "egress_denied")
-    assert f"127.0.0.1:{upstream.port} is not on the egress allowlist" in body["message"]
+    assert f"127.0.0.1:{upstream.port} is a bare IP address, not on the egress allowlist" in body["message"]
     assert upstream.effects() == []
     [x] = logged(a, 1 + 1)
     assert (x["id"], x["rule"], x["state"]) == (body["action_id"], "egress", "denied")

@@ -1,0 +1,123 @@
+"""Egress by address: a name on the allowlist reaches only the addresses the rules allow.
+
+The gate resolves a request's host before deciding it, and the rules refuse names that resolve
+to loopback, private, link-local, metadata or other non-public addresses (unless a range entry
+allows them). The connection then goes to exactly the address that was checked: each answer
+is kept for a few seconds and mitmproxy is handed the address, not the name, so a DNS server
+that answers differently the second time (DNS rebinding) gains nothing. Connections the gate
+did not see (raw TCP, tunnels) are checked here as they open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from mitmproxy import connection
+from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from rules import Decision, Ruleset, Verdict
+from rules.addresses import Address, address_of
+
+logger = logging.getLogger(__name__)
+
+TTL = 10.0  # seconds an answer is used for; the check and the connect see the same one
+CAPACITY = 4096
+PASSED = Decision(Verdict.ALLOW, None, "")
+
+
+class Unresolvable(OSError):
+    """The name has no address."""
+
+
+class Resolver:
+    """Names to addresses through the system resolver, each answer kept for `ttl` seconds."""
+
+    def __init__(self, ttl: float = TTL, capacity: int = CAPACITY):
+        self.ttl = ttl
+        self.capacity = capacity
+        self._answers: OrderedDict[str, tuple[float, list[Address]]] = OrderedDict()
+
+    async def addresses(self, host: str) -> list[Address]:
+        """The addresses of `host` (itself, for an IP address); raise Unresolvable."""
+        if (address := address_of(host)) is not None:
+            return [address]
+        host = host.lower()
+        now = time.monotonic()
+        kept = self._answers.get(host)
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            raise Unresolvable(f"cannot resolve {host}: {e}") from e
+        found = list(dict.fromkeys(a for info in infos if (a := address_of(str(info[4][0]))) is not None))
+        if not found:
+            raise Unresolvable(f"cannot resolve {host}: no addresses")
+        self._answers[host] = (now + self.ttl, found)
+        self._answers.move_to_end(host)
+        while len(self._answers) > self.capacity:
+            self._answers.popitem(last=False)
+        return found
+
+
+class Egress:
+    """The mitmproxy addon that connects only to checked addresses, and the check itself."""
+
+    def __init__(self, rules: Callable[[], Ruleset], resolver: Resolver | None = None):
+        self.rules = rules
+        self.resolver = resolver or Resolver()
+        self._names: dict[str, tuple[str, int]] = {}  # connection id -> the address as named
+
+    async def check(self, host: str, port: int, decision: Decision) -> Decision:
+        """The decision once `host`'s addresses are known (a name that does not resolve keeps
+        its decision: nothing can connect to it)."""
+        if decision.refused:
+            return decision
+        try:
+            addresses = await self.resolver.addresses(host)
+        except Unresolvable:
+            return decision
+        return self.rules().check_address(decision, host, port, addresses)[1]
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Point the connection at the checked address of its host, or refuse it."""
+        server = data.server
+        if server.error or server.via is not None or server.address is None:
+            return
+        if isinstance(data.client.proxy_mode, ReverseMode):
+            return  # an upstream the operator named on the command line
+        host, port = str(server.address[0]), int(server.address[1])
+        try:
+            addresses = await self.resolver.addresses(host)
+        except Unresolvable as e:
+            server.error = str(e)
+            return
+        # The name itself was decided by the gate (requests, tunnels) or refused (raw TCP).
+        allowed, decision = self.rules().check_address(PASSED, host, port, addresses)
+        if allowed is None:
+            server.error = f"airlock refused the connection: {decision.message}"
+            logger.warning("egress: %s", server.error)
+            return
+        if address_of(host) is None:
+            self._names[server.id] = (host, port)
+            server.sni = server.sni or host
+        server.address = (str(allowed), port)
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Name the connection by its host again, so later requests to the host reuse it."""
+        self._restore(data.server)
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Forget a connection that did not open."""
+        self._restore(data.server)
+
+    def _restore(self, server: connection.Server) -> None:
+        named = self._names.pop(server.id, None)
+        if named is not None:
+            server.address = named
