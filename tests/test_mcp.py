@@ -2,8 +2,10 @@
 
 Tool calls are actions (tool, arguments, effect from the server's annotations); denied calls are
 tool errors that never reach the server; denied tools are hidden from `tools/list`; dedup rules
-answer repeated calls from the log; streamed results pass through as they arrive. Covered over
-streamable HTTP (JSON and SSE answers), the legacy HTTP+SSE transport, and reverse mode.
+answer repeated calls from the log; streamed results pass through as they arrive; the server's
+own requests (sampling, elicitation) and notifications reach the client, and its answers reach
+the server. Covered over streamable HTTP (JSON and SSE answers), the legacy HTTP+SSE transport,
+and reverse mode.
 """
 
 from __future__ import annotations
@@ -19,30 +21,46 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
 import requests
 from mcp import ClientSession
+from mcp.client.session import ClientRequestContext
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    CallToolResult,
+    CreateMessageRequestParams,
+    CreateMessageResult,
+    ElicitRequestFormParams,
+    ElicitRequestParams,
+    ElicitResult,
+    ErrorData,
+    LoggingMessageNotificationParams,
+    TextContent,
+)
 
 from .conftest import Airlock, Upstream, environ_without_proxy, free_port, serving, wait_for
 
 MODES = ["json", "sse-stream", "legacy-sse"]
 
-# The MCP server: three note tools whose effects (writes, deletes) are appended to a file, and
-# a read-only tool with a big result. argv: port, mode, effects file.
+# The MCP server: three note tools whose effects (writes, deletes) are appended to a file, a
+# read-only tool with a big result, and `consult`, which logs, reports progress, and asks the
+# client's model (sampling) and user (elicitation) before it answers. argv: port, mode, effects file.
 SERVER = """\
 import base64, hashlib, sys
-from mcp.server.mcpserver import MCPServer
-from mcp.types import ToolAnnotations
+from pydantic import BaseModel
+from mcp.server.elicitation import elicit_with_validation
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import SamplingMessage, TextContent, ToolAnnotations
 
 port, mode, effects = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 app = MCPServer("notes")
@@ -75,13 +93,32 @@ def big_note(size: int) -> str:
     return base64.b64encode(hashlib.shake_256(b"airlock").digest(size)).decode()[:size]
 
 
+class Colour(BaseModel):
+    colour: str
+
+
+@app.tool()
+async def consult(topic: str, ctx: Context, standalone: bool = False) -> str:
+    # Logs, reports progress, asks the client's model and then its user; the result says what
+    # they answered. standalone: the log and the requests go on the session's own stream.
+    related = None if standalone else ctx.request_id
+    await ctx.session.send_log_message("info", f"consulting on {topic}", "notes", related)
+    await ctx.report_progress(1, 2, f"sampling on {topic}")
+    prompt = SamplingMessage(role="user", content=TextContent(type="text", text=f"Summarize {topic}"))
+    sampled = await ctx.session.create_message([prompt], max_tokens=64, related_request_id=related)
+    await ctx.report_progress(2, 2, f"asking about {topic}")
+    asked = await elicit_with_validation(ctx.session, f"Which colour is {topic}?", Colour, related)
+    colour = asked.data.colour if asked.action == "accept" else asked.action
+    return f"{sampled.model} said {sampled.content.text!r}; {topic} is {colour}"
+
+
 if mode == "legacy-sse":
     app.run("sse", host="127.0.0.1", port=port)
 else:
     app.run("streamable-http", host="127.0.0.1", port=port, json_response=(mode == "json"))
 """
 
-TOOLS = {"read_note", "write_note", "delete_note", "big_note"}
+TOOLS = {"read_note", "write_note", "delete_note", "big_note", "consult"}
 
 
 def big_text(size: int) -> str:
@@ -197,9 +234,110 @@ def note() -> str:
 # ---- the client -----------------------------------------------------------------------------
 
 
+@dataclass
+class Client:
+    """The host's side of the server's requests: a model that answers `sampling/createMessage`,
+    a user who answers `elicitation/create`, and what the server told it on the way (log
+    messages, progress). Answers carry a nonce, so a result that holds them holds this client's."""
+
+    nonce: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    sampled: list[CreateMessageRequestParams] = field(default_factory=list)
+    elicited: list[ElicitRequestParams] = field(default_factory=list)
+    logs: list[LoggingMessageNotificationParams] = field(default_factory=list)
+    progress: list[tuple[float, float | None, str | None]] = field(default_factory=list)
+    get_streams: int = 0
+    refusal: ErrorData | None = None  # the model's answer instead of a message, when set
+
+    MODEL = "airlock-test-model"
+
+    @property
+    def colour(self) -> str:
+        """What the user answers."""
+        return f"teal-{self.nonce}"
+
+    def completion(self, prompt: str) -> str:
+        """What the model answers to `prompt`."""
+        return f"{prompt[::-1]} [{self.nonce}]"
+
+    def result(self, topic: str) -> str:
+        """What `consult(topic)` returns when both answers reached the server."""
+        return f"{self.MODEL} said {self.completion(f'Summarize {topic}')!r}; {topic} is {self.colour}"
+
+    async def sample(
+        self, context: ClientRequestContext, params: CreateMessageRequestParams
+    ) -> CreateMessageResult | ErrorData:
+        self.sampled.append(params)
+        if self.refusal is not None:
+            return self.refusal
+        prompt = params.messages[-1].content
+        text = prompt.text if isinstance(prompt, TextContent) else repr(prompt)
+        return CreateMessageResult(
+            role="assistant",
+            content=TextContent(type="text", text=self.completion(text)),
+            model=self.MODEL,
+            stop_reason="endTurn",
+        )
+
+    async def elicit(self, context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        self.elicited.append(params)
+        return ElicitResult(action="accept", content={"colour": self.colour})
+
+    async def log(self, params: LoggingMessageNotificationParams) -> None:
+        self.logs.append(params)
+
+    async def on_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        self.progress.append((progress, total, message))
+
+    async def _seen(self, response: httpx2.Response) -> None:
+        if response.request.method == "GET" and response.status_code == 200:
+            self.get_streams += 1
+
+    def hooks(self) -> dict[str, list[Callable[[httpx2.Response], Coroutine[Any, Any, None]]]]:
+        """httpx event hooks that count the session's GET streams as they open (streamable HTTP)."""
+        return {"response": [self._seen]}
+
+    async def stream_open(self) -> None:
+        """Wait until the session's GET stream is open: the server drops requests it sends on the
+        session's own stream while there is none."""
+        with anyio.fail_after(10):
+            while not self.get_streams:
+                await anyio.sleep(0.01)
+
+    def callbacks(self) -> dict[str, Any]:
+        """`ClientSession` keyword arguments that route the server's messages here."""
+        return {
+            "sampling_callback": self.sample,
+            "elicitation_callback": self.elicit,
+            "logging_callback": self.log,
+        }
+
+    def assert_asked(self, topic: str) -> None:
+        """The server's requests reached the callbacks whole, one of each."""
+        [sampled] = self.sampled
+        assert sampled.max_tokens == 64
+        assert [(m.role, m.content) for m in sampled.messages] == [
+            ("user", TextContent(type="text", text=f"Summarize {topic}"))
+        ]
+        [elicited] = self.elicited
+        assert isinstance(elicited, ElicitRequestFormParams), elicited
+        assert elicited.message == f"Which colour is {topic}?"
+        assert elicited.requested_schema["properties"]["colour"]["type"] == "string"
+        assert elicited.requested_schema["required"] == ["colour"]
+
+    def assert_logged(self, topic: str) -> None:
+        """The server's log message reached the logging callback."""
+        assert [(m.level, m.logger, m.data) for m in self.logs] == [
+            ("info", "notes", f"consulting on {topic}")
+        ]
+
+
 @asynccontextmanager
-async def connect(mode: str, url: str, proxy: str | None) -> AsyncIterator[ClientSession]:
-    """An initialized SDK client session to `url`, through `proxy` when given."""
+async def connect(
+    mode: str, url: str, proxy: str | None, client: Client | None = None
+) -> AsyncIterator[ClientSession]:
+    """An initialized SDK client session to `url`, through `proxy` when given; `client` answers
+    the server's requests and takes its notifications."""
+    callbacks = client.callbacks() if client is not None else {}
     if mode == "legacy-sse":
 
         def factory(
@@ -211,16 +349,18 @@ async def connect(mode: str, url: str, proxy: str | None) -> AsyncIterator[Clien
 
         async with (
             sse_client(url, timeout=30, httpx_client_factory=factory) as streams,
-            ClientSession(streams[0], streams[1]) as session,
+            ClientSession(streams[0], streams[1], **callbacks) as session,
         ):
             await session.initialize()
             yield session
         return
     async with (
-        httpx2.AsyncClient(proxy=proxy, timeout=httpx2.Timeout(30, read=60)) as http,
+        httpx2.AsyncClient(
+            proxy=proxy, timeout=httpx2.Timeout(30, read=60), event_hooks=client.hooks() if client else None
+        ) as http,
         # Results of several MB arrive as one event; the SDK's default cap is 1 MB.
         streamable_http_client(url, http_client=http, max_sse_event_size=64 * 1024 * 1024) as streams,
-        ClientSession(streams[0], streams[1]) as session,
+        ClientSession(streams[0], streams[1], **callbacks) as session,
     ):
         await session.initialize()
         yield session
@@ -632,3 +772,120 @@ def test_malformed_jsonrpc_is_refused_with_a_jsonrpc_error(
     wait_for(lambda: len(a.log()) == 1, "the refusal is logged")
     [logged] = a.log()
     assert (logged["method"], logged["state"]) == ("POST", "denied")
+
+
+# ---- the server's requests and notifications ------------------------------------------------
+
+
+def client_responses(a: Airlock, n: int) -> list[dict[str, Any]]:
+    """The log's client responses (to the server's requests) once there are `n`, all settled."""
+    found: list[dict[str, Any]] = []
+
+    def done() -> bool:
+        found[:] = [x for x in a.log() if x.get("operation") == "response"]
+        return len(found) == n and all(x["state"] != "pending" for x in found)
+
+    wait_for(done, f"{n} client responses are settled in the log")
+    return found
+
+
+def assert_passed_both_ways(a: Airlock, args: dict[str, Any]) -> None:
+    """The log: one committed `consult` call, the client's two responses to the server's requests
+    logged as reads while it ran, and nothing refused."""
+    [logged] = settled_calls(a, 1)
+    assert (logged["tool"], logged["args"], logged["state"], logged["status"]) == (
+        "consult",
+        args,
+        "committed",
+        200,
+    )
+    responses = client_responses(a, 2)
+    assert all(x["protocol"] == "mcp" and x["method"] == "POST" and x["effect"] == "read" for x in responses)
+    assert all(x["state"] == "committed" and x["rule"] is None for x in responses), responses
+    # The client answered while the call was open (after its intent, before its outcome), where
+    # the session POSTs its messages.
+    assert all(x["id"] > logged["id"] and x["ts"] <= logged["updated"] for x in responses), responses
+    assert all(x["url"] == logged["url"] for x in responses), responses
+    log = a.log()
+    assert not [x for x in log if x["state"] in ("denied", "held", "fenced", "failed")], log
+    assert all(x["rule"] is None for x in log), log
+
+
+@pytest.mark.parametrize("mode", ["sse-stream", "legacy-sse"])
+def test_server_requests_and_notifications_pass_through_both_ways(
+    mode: str, notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    """Inside a call, the server logs, reports progress, samples the client's model and elicits
+    from its user, all on the call's own stream; the result is built from the client's answers."""
+    server = notes_server(mode)
+    a = make_airlock(rules=rules(NO_DELETES))
+    client, topic = Client(), note()
+
+    async def go() -> CallToolResult:
+        async with connect(mode, server.url, a.proxy, client) as s:
+            await s.list_tools()
+            return await s.call_tool(
+                "consult", {"topic": topic}, read_timeout_seconds=20, progress_callback=client.on_progress
+            )
+
+    result = run(go())
+    # The client's answers reached the server: the result is made of them.
+    assert_result(result, client.result(topic))
+    client.assert_asked(topic)
+    client.assert_logged(topic)
+    assert client.progress == [(1, 2, f"sampling on {topic}"), (2, 2, f"asking about {topic}")]
+    assert_passed_both_ways(a, {"topic": topic})
+
+
+def test_server_requests_on_the_sessions_stream_pass_through_in_json_mode(
+    notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    """A JSON answer cannot carry the server's requests, but the session's GET stream can: the
+    server asks there, the client answers in POSTs of their own, the result comes back as JSON."""
+    server = notes_server("json")
+    a = make_airlock(rules=rules(NO_DELETES))
+    client, topic = Client(), note()
+
+    async def go() -> CallToolResult:
+        async with connect("json", server.url, a.proxy, client) as s:
+            await client.stream_open()
+            return await call(s, "consult", topic=topic, standalone=True)
+
+    result = run(go())
+    assert_result(result, client.result(topic))
+    client.assert_asked(topic)
+    client.assert_logged(topic)
+    streams = [x for x in a.log() if x.get("operation") == "session/stream"]
+    assert streams and all(x["method"] == "GET" and x["effect"] == "read" for x in streams)
+    assert_passed_both_ways(a, {"topic": topic, "standalone": True})
+
+
+@pytest.mark.parametrize("mode", ["sse-stream", "legacy-sse"])
+def test_a_clients_error_answer_to_the_server_passes_through(
+    mode: str, notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    """The client answers the server's sampling request with a JSON-RPC error; the server gets it
+    and fails the call with that error, which comes back to the client."""
+    server = notes_server(mode)
+    a = make_airlock(rules=rules())
+    client, topic = Client(), note()
+    refusal = client.refusal = ErrorData(
+        code=-32042, message=f"the user does not share the model [{client.nonce}]"
+    )
+
+    async def go() -> MCPError:
+        async with connect(mode, server.url, a.proxy, client) as s:
+            await s.list_tools()
+            with pytest.raises(MCPError) as raised:
+                await call(s, "consult", topic=topic)
+            return raised.value
+
+    error = run(go())
+    assert (error.error.code, error.error.message) == (refusal.code, refusal.message)
+    assert len(client.sampled) == 1 and client.elicited == []
+    [logged] = settled_calls(a, 1)
+    # A JSON-RPC error to the call: a 502 in the log; the client's error answer is a read.
+    assert (logged["tool"], logged["state"], logged["status"]) == ("consult", "committed", 502)
+    [response] = client_responses(a, 1)
+    assert (response["effect"], response["state"], response["rule"]) == ("read", "committed", None)
+    assert response["id"] > logged["id"] and response["url"] == logged["url"]

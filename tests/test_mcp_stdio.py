@@ -3,8 +3,9 @@ on stdio as airlock's child on the other.
 
 Allowed calls pass unchanged; denied calls are tool errors that never reach the server; denied
 tools are hidden from `tools/list`; dedup rules answer repeated calls from the log; arguments
-are logged redacted and capped while the server gets them whole; the child's stderr and exit
-code pass through; malformed input is answered by airlock and never reaches the child.
+are logged redacted and capped while the server gets them whole; the server's own requests and
+notifications reach the host and its answers reach the server; the child's stderr and exit code
+pass through; malformed input is answered by airlock and never reaches the child.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult, ListToolsResult, TextContent
 
 from .conftest import AIRLOCK, wait_for
+from .test_mcp import Client
 
 MARKER = "notes-server-3f9c: started, stderr is passed through"
 UPSTREAM = Path(sys.executable).name  # how airlock names a server run as `python SCRIPT`
 
 # The MCP server. argv: the effects file (one line per write or delete that ran), then optionally
-# a file that records every line the process receives on stdin before the server reads it.
+# a file that records every line the process receives on stdin before the server reads it. With
+# NOTES_CONSULT set it also has `consult`, which logs, reports progress, and asks the host's model
+# (sampling) and user (elicitation) before it answers.
 SERVER = f"""\
 import os, sys, threading
 from mcp.server.mcpserver import MCPServer
@@ -81,6 +85,30 @@ def write_note(name: str, text: str, api_token: str = "", password: str = "") ->
 def delete_note(name: str) -> str:
     record(f"delete {{name}}")
     return f"deleted {{name}}"
+
+
+if os.environ.get("NOTES_CONSULT"):
+    from pydantic import BaseModel
+    from mcp.server.elicitation import elicit_with_validation
+    from mcp.server.mcpserver import Context
+    from mcp.types import SamplingMessage, TextContent
+
+    class Colour(BaseModel):
+        colour: str
+
+    @app.tool()
+    async def consult(topic: str, ctx: Context) -> str:
+        # Logs, reports progress, asks the host's model and then its user; the result says what
+        # they answered.
+        related = ctx.request_id  # on the call's own stream
+        await ctx.session.send_log_message("info", f"consulting on {{topic}}", "notes", related)
+        await ctx.report_progress(1, 2, f"sampling on {{topic}}")
+        prompt = SamplingMessage(role="user", content=TextContent(type="text", text=f"Summarize {{topic}}"))
+        sampled = await ctx.session.create_message([prompt], max_tokens=64, related_request_id=related)
+        await ctx.report_progress(2, 2, f"asking about {{topic}}")
+        asked = await elicit_with_validation(ctx.session, f"Which colour is {{topic}}?", Colour, related)
+        colour = asked.data.colour if asked.action == "accept" else asked.action
+        return f"{{sampled.model}} said {{sampled.content.text!r}}; {{topic}} is {{colour}}"
 
 
 app.run("stdio")
@@ -178,13 +206,21 @@ def rules(s: Setup, body: str) -> None:
 
 
 def session[T](
-    params: StdioServerParameters, errlog: Path, body: Callable[[ClientSession], Awaitable[T]]
+    params: StdioServerParameters,
+    errlog: Path,
+    body: Callable[[ClientSession], Awaitable[T]],
+    client: Client | None = None,
 ) -> T:
-    """Run `body` in an initialized SDK client session over stdio; the SDK stops the process."""
+    """Run `body` in an initialized SDK client session over stdio; the SDK stops the process.
+    `client` answers the server's requests and takes its notifications."""
+    callbacks = client.callbacks() if client is not None else {}
 
     async def go() -> T:
         with errlog.open("a") as err, anyio.fail_after(45):
-            async with stdio_client(params, errlog=err) as (read, write), ClientSession(read, write) as s:
+            async with (
+                stdio_client(params, errlog=err) as (read, write),
+                ClientSession(read, write, **callbacks) as s,
+            ):
                 await s.initialize()
                 return await body(s)
 
@@ -606,3 +642,54 @@ def test_a_tools_call_with_params_that_are_not_an_object_gets_an_error(
     assert error["error"]["code"] in (-32600, -32602), error
     host.send({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
     assert len(host.response(8, timeout=5)["result"]["tools"]) == 3
+
+
+# ---- the server's requests and notifications --------------------------------------------------
+
+
+def test_server_requests_and_notifications_pass_through_both_ways(setup: Setup) -> None:
+    """Inside a call, the server logs, reports progress, samples the host's model and elicits
+    from its user over the pipes; the host's answers reach it, and the result is made of them."""
+    rules(
+        setup,
+        """\
+rules:
+  - id: notes-are-kept
+    match: {tool: delete_note}
+    action: deny
+    message: Notes are kept forever.
+""",
+    )
+    client, topic = Client(), "the-harbour"
+    cmd = setup.airlock_command()
+    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env={"NOTES_CONSULT": "1"})
+
+    async def body(s: ClientSession) -> CallToolResult:
+        await s.list_tools()
+        return await s.call_tool(
+            "consult", {"topic": topic}, read_timeout_seconds=20, progress_callback=client.on_progress
+        )
+
+    result = session(params, setup.stderr, body, client)
+    assert not result.is_error, result
+    assert text_of(result) == client.result(topic)
+    client.assert_asked(topic)
+    client.assert_logged(topic)
+    assert client.progress == [(1, 2, f"sampling on {topic}"), (2, 2, f"asking about {topic}")]
+
+    log = setup.log()
+    operations = [x.get("operation") for x in log]
+    # The host's two answers went to the server while the call was open, logged as reads.
+    assert operations[-3:] == ["tools/call", "response", "response"], operations
+    call, *responses = log[-3:]
+    assert (call["tool"], call["args"], call["effect"], call["state"], call["status"]) == (
+        "consult",
+        {"topic": topic},
+        "write",
+        "committed",
+        200,
+    )
+    for x in responses:
+        assert (x["effect"], x["state"], x["status"], x["rule"]) == ("read", "committed", 202, None), x
+        assert x["upstream"] == UPSTREAM and x["protocol"] == "mcp" and x["ts"] <= call["updated"], x
+    assert [x for x in log if x["state"] != "committed" or x["rule"] is not None] == []
