@@ -18,17 +18,20 @@ from store import Log, NoLog, State, StateError, StoreError, UnknownAction
 
 from . import logview, records
 from .config import (
+    TRANSPARENT,
     Address,
     ConfigError,
     RunConfig,
     default_data,
     parse_address,
+    parse_port,
     parse_seconds,
     parse_size,
+    parse_uid,
     parse_upstream,
 )
 from .datadir import DataDir, DataDirError
-from .environ import agent_environment
+from .environ import agent_environment, captured_environment
 from .errors import CAFileError, StartupError
 
 
@@ -215,8 +218,36 @@ def build_parser() -> Parser:
     ex = sub.add_parser("exec", help="run a command with its traffic routed through the proxy")
     _data_arg(ex)
     _address_arg(ex, "--listen", RunConfig.listen, "the proxy's address")
+    ex.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run it in a network namespace whose only way out is airlock's transparent listener "
+        "(Linux, root); proxy variables are then not needed",
+    )
+    _address_arg(ex, "--transparent", TRANSPARENT, "with --isolate: the proxy's --transparent address")
+    ex.add_argument("--user", help="with --isolate: run the command as this user (name or UID)")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="command to run")
     ex.set_defaults(func=cmd_exec)
+
+    cap = sub.add_parser(
+        "capture",
+        help="install iptables rules that send a user's TCP through --transparent (Linux, root)",
+    )
+    cap.add_argument(
+        "--uid", type=_typed(parse_uid), required=True, help="the agent's user ID (not airlock's)"
+    )
+    cap.add_argument(
+        "--port", type=_typed(parse_port), required=True, help="airlock's --transparent port on 127.0.0.1"
+    )
+    cap.add_argument(
+        "--dns",
+        action="append",
+        default=None,
+        metavar="ADDRESS",
+        help="a resolver the user may query on port 53 (repeatable; default: /etc/resolv.conf's)",
+    )
+    cap.add_argument("--remove", action="store_true", help="remove the rules instead")
+    cap.set_defaults(func=cmd_capture)
     return parser
 
 
@@ -391,14 +422,38 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     return asyncio.run(serve_stdio(cfg))
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    """Install (or remove) the capture rules for one user."""
+    from .capture import Capture, CaptureError, install, remove, resolvers
+
+    capture = Capture(args.uid, args.port, tuple(args.dns if args.dns is not None else resolvers()))
+    try:
+        used = remove(capture) if args.remove else install(capture)
+    except CaptureError as e:
+        raise UserError(str(e)) from e
+    done = "removed" if args.remove else f"installed: TCP of uid {args.uid} goes to 127.0.0.1:{args.port}"
+    print(f"airlock capture: {done} ({', '.join(used)})")
+    return 0
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
-    """Replace this process with the command, its environment pointed at the proxy."""
+    """Replace this process with the command, its environment pointed at the proxy (or, with
+    --isolate, run it in a namespace that can reach nothing but the proxy)."""
     cmd = _command(args, "airlock exec -- CMD ARGS...")
     from .ca import ensure_ca
 
     data = DataDir(args.data)
     data.prepare()
     cert = ensure_ca(data.ca)
+    if args.isolate:
+        from .isolate import IsolateError, run_isolated
+
+        try:
+            return asyncio.run(
+                run_isolated(cmd, captured_environment(os.environ, cert), args.transparent, args.user)
+            )
+        except IsolateError as e:
+            raise UserError(str(e)) from e
     env = agent_environment(os.environ, f"http://{args.listen}", cert)
     try:
         os.execvpe(cmd[0], cmd, env)

@@ -37,6 +37,9 @@ class Upstream:
     port: int
 
 
+TRANSPARENT = Address("127.0.0.1", 8082)  # where `exec --isolate` looks for the transparent listener
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything the proxy process needs to start."""
@@ -115,3 +118,17 @@ def parse_seconds(text: str) -> float:
     if not 0 <= value <= 3600:
         raise ConfigError(f"{text!r} is not a number of seconds between 0 and 3600")
     return value
+
+
+def parse_uid(text: str) -> int:
+    """A numeric user ID."""
+    if not text.isdigit() or int(text) > 2**32 - 2:
+        raise ConfigError(f"{text!r} is not a numeric user ID (e.g. 1000; `id -u NAME` prints it)")
+    return int(text)
+
+
+def parse_port(text: str) -> int:
+    """A TCP port number."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{text!r} is not a port (1-65535)")
+    return int(text)

@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
@@ -35,12 +35,24 @@ class Unresolvable(OSError):
     """The name has no address."""
 
 
+async def system_lookup(host: str) -> list[str]:
+    """The addresses the system resolver (getaddrinfo: hosts file, DNS) gives for `host`."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
 class Resolver:
     """Names to addresses through the system resolver, each answer kept for `ttl` seconds."""
 
-    def __init__(self, ttl: float = TTL, capacity: int = CAPACITY):
+    def __init__(
+        self,
+        ttl: float = TTL,
+        capacity: int = CAPACITY,
+        lookup: Callable[[str], Awaitable[list[str]]] | None = None,
+    ):
         self.ttl = ttl
         self.capacity = capacity
+        self.lookup = lookup or system_lookup
         self._answers: OrderedDict[str, tuple[float, list[Address]]] = OrderedDict()
 
     async def addresses(self, host: str) -> list[Address]:
@@ -53,10 +65,10 @@ class Resolver:
         if kept is not None and kept[0] > now:
             return kept[1]
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            answer = await self.lookup(host)
         except (OSError, UnicodeError) as e:
             raise Unresolvable(f"cannot resolve {host}: {e}") from e
-        found = list(dict.fromkeys(a for info in infos if (a := address_of(str(info[4][0]))) is not None))
+        found = list(dict.fromkeys(a for text in answer if (a := address_of(text)) is not None))
         if not found:
             raise Unresolvable(f"cannot resolve {host}: no addresses")
         self._answers[host] = (now + self.ttl, found)

@@ -26,7 +26,14 @@ BYPASS_VARS = ("NO_PROXY", "no_proxy")
 
 def agent_environment(base: Mapping[str, str], proxy_url: str, ca_cert: Path) -> dict[str, str]:
     """`base` with every request routed through `proxy_url` and `ca_cert` trusted."""
-    env = {k: v for k, v in base.items() if k not in BYPASS_VARS}
+    env = captured_environment(base, ca_cert)
     env.update({k: proxy_url for k in PROXY_VARS})
+    return env
+
+
+def captured_environment(base: Mapping[str, str], ca_cert: Path) -> dict[str, str]:
+    """`base` for a command whose connections are captured: no proxy settings (airlock is in
+    the way already), and `ca_cert` trusted."""
+    env = {k: v for k, v in base.items() if k not in BYPASS_VARS and k not in PROXY_VARS}
     env.update({k: str(ca_cert) for k in CA_VARS})
     return env
