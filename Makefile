@@ -23,12 +23,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-# Debian packages the tests drive: curl as a real client, node for NODE_EXTRA_CA_CERTS.
+# Debian packages the tests drive: curl as a real client; iptables, iproute2 (ip) and
+# util-linux (setpriv) for the capture and isolation tests, which run only as root.
+DEBS := curl:curl iptables:iptables ip:iproute2 setpriv:util-linux
+
 deps:
-	@if ! command -v curl >/dev/null; then \
+	@missing=$$(for d in $(DEBS); do command -v $${d%%:*} >/dev/null || echo $${d#*:}; done); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; \
-	  else echo "the tests need curl: install it (apt-get install curl)" >&2; exit 1; fi; fi
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  elif ! command -v curl >/dev/null; then \
+	    echo "the tests need curl: install it (apt-get install curl)" >&2; exit 1; fi; fi
 
 run: $(STAMP)
 	$(VENV)/bin/airlock run $(ARGS)

@@ -16,6 +16,7 @@ type Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2"))
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: IPv4 reached through a gateway
 
 
 def address_of(host: str) -> Address | None:
@@ -35,9 +36,13 @@ def network_of(text: str) -> Network | None:
 
 
 def _plain(address: Address) -> Address:
-    """IPv4-mapped IPv6 addresses (::ffff:10.0.0.1) count as the IPv4 address they carry."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    """IPv4-mapped (::ffff:10.0.0.1) and NAT64 (64:ff9b::a00:1) addresses count as the IPv4
+    address they carry."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address in NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
 
 
@@ -72,6 +77,8 @@ class Range:
 
     def allows(self, address: Address, port: int | None) -> bool:
         """True when the address is in the range and the port is one it names."""
-        return address.version == self.network.version and address in self.network and (
-            self.ports is None or port in self.ports
+        return (
+            address.version == self.network.version
+            and address in self.network
+            and (self.ports is None or port in self.ports)
         )
