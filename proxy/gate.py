@@ -73,7 +73,9 @@ class Gate:
             action = classify(flow, agent=self.agent, upstream=upstream)
             flow.request.headers.pop(AGENT_HEADER, None)
             by_address = PASSED
-            if upstream is None:
+            # A name off the allowlist is refused by the rules, for that reason; an allowed one
+            # reaches only the addresses the rules allow.
+            if upstream is None and self.ruleset.egress_allows(action.host, action.port):
                 by_address = await self.egress.check(action.host, action.port, PASSED)
                 if by_address.refused:
                     flow.response = _http_answer(await self.admission.refuse(action, by_address))
