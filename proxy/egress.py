@@ -11,6 +11,7 @@ did not see (raw TCP, tunnels) are checked here as they open.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -21,14 +22,14 @@ from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from rules import Decision, Ruleset, Verdict
+from rules import Action, Ruleset
 from rules.addresses import Address, address_of
+from rules.ruleset import UNREFUSED
 
 logger = logging.getLogger(__name__)
 
 TTL = 10.0  # seconds an answer is used for; the check and the connect see the same one
 CAPACITY = 4096
-PASSED = Decision(Verdict.ALLOW, None, "")
 
 
 class Unresolvable(OSError):
@@ -86,16 +87,14 @@ class Egress:
         self.resolver = resolver or Resolver()
         self._names: dict[str, tuple[str, int]] = {}  # connection id -> the address as named
 
-    async def check(self, host: str, port: int, decision: Decision) -> Decision:
-        """The decision once `host`'s addresses are known (a name that does not resolve keeps
-        its decision: nothing can connect to it)."""
-        if decision.refused:
-            return decision
+    async def resolved(self, action: Action) -> Action:
+        """The action with the addresses its host resolves to, for the rules to check (a name
+        that does not resolve is left as it is: nothing can connect to it)."""
         try:
-            addresses = await self.resolver.addresses(host)
+            addresses = await self.resolver.addresses(action.host)
         except Unresolvable:
-            return decision
-        return self.rules().check_address(decision, host, port, addresses)[1]
+            return action
+        return dataclasses.replace(action, addresses=tuple(addresses))
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Point the connection at the checked address of its host, or refuse it."""
@@ -111,7 +110,7 @@ class Egress:
             server.error = str(e)
             return
         # The name itself was decided by the gate (requests, tunnels) or refused (raw TCP).
-        allowed, decision = self.rules().check_address(PASSED, host, port, addresses)
+        allowed, decision = self.rules().check_address(UNREFUSED, host, port, addresses)
         if allowed is None:
             server.error = f"airlock refused the connection: {decision.message}"
             logger.warning("egress: %s", server.error)

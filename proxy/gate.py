@@ -7,20 +7,19 @@ the response has passed through in full.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from mitmproxy import http, tcp
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ProxyMode, TransparentMode
 
-from rules import EGRESS_RULE, Action, Decision, Effect, Ruleset, Verdict
+from rules import Action, Decision, Effect, Ruleset, Verdict
 from store import Log
 
 from . import answers, dedup, records
 from .admission import Admission, Answer, Tracking
 from .dedup import DedupPolicy
-from .egress import PASSED, Egress
+from .egress import Egress
 from .mcp_http import EventStream, Exchange, json_answer, server_of, settle_json
 from .protocols import mcp
 from .protocols.http import AGENT_HEADER, classify, header_map
@@ -72,21 +71,13 @@ class Gate:
                 _name_by_host_header(flow)
             action = classify(flow, agent=self.agent, upstream=upstream)
             flow.request.headers.pop(AGENT_HEADER, None)
-            by_address = PASSED
-            # A name off the allowlist is refused by the rules, for that reason; an allowed one
-            # reaches only the addresses the rules allow.
-            if upstream is None and self.ruleset.egress_allows(action.host, action.port):
-                by_address = await self.egress.check(action.host, action.port, PASSED)
-                if by_address.refused:
-                    flow.response = _http_answer(await self.admission.refuse(action, by_address))
-                    return
+            if upstream is None:
+                action = await self.egress.resolved(action)  # egress checks the addresses too
             if (session := mcp.session_action(action)) is not None:
                 action = session
             elif action.method == "POST" and await self._mcp(flow, action):
                 return
             action, decision = self.ruleset.decide(action)
-            if by_address.rule == EGRESS_RULE and decision.verdict is Verdict.ALLOW:
-                decision = by_address  # report mode: the address would be refused
             admitted = await self.admission.admit(action, decision, keep=self.admission.policy.reply_limit)
             if isinstance(admitted, Answer):
                 flow.response = _http_answer(admitted)
@@ -196,7 +187,7 @@ class Gate:
             message += " (after connecting to the upstream)"
         self.admission.fail(tracking, message)
 
-    def _tunnel(self, host: str, port: int) -> Action:
+    def _tunnel(self, host: str, port: int, agent: str) -> Action:
         """A byte stream to `host:port`, as an action."""
         return Action(
             method="CONNECT",
@@ -206,7 +197,7 @@ class Gate:
             path="",
             effect=Effect.WRITE,
             protocol="tcp",
-            agent=self.agent,
+            agent=agent,
         )
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -214,14 +205,10 @@ class Gate:
         if flow.response or flow.error or not flow.live:
             return
         try:
-            action = self._tunnel(flow.request.host, flow.request.port)
-            action = dataclasses.replace(action, agent=flow.request.headers.get(AGENT_HEADER, self.agent))
-            refusal = self.ruleset.egress_refusal(action.host, action.port)
-            decision = PASSED
-            if refusal is not None and not self.ruleset.egress_report:
-                decision = Decision(Verdict.DENY, EGRESS_RULE, refusal, "egress_denied")
-            decision = await self.egress.check(action.host, action.port, decision)
-            if decision.refused:
+            agent = flow.request.headers.get(AGENT_HEADER, self.agent)
+            action = await self.egress.resolved(self._tunnel(flow.request.host, flow.request.port, agent))
+            decision = self.ruleset.egress_decision(action)
+            if decision is not None and decision.refused:
                 flow.response = _http_answer(await self.admission.refuse(action, decision))
         except Exception:
             logger.exception("could not decide CONNECT %s", flow.request.pretty_url)
@@ -230,7 +217,7 @@ class Gate:
     async def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """Refuse raw TCP streams: only HTTP(S) that the gate can read may pass."""
         host, port = flow.server_conn.address or ("unknown", 0)
-        action = self._tunnel(str(host), port)
+        action = self._tunnel(str(host), port, self.agent)
         decision = Decision(
             Verdict.DENY,
             "raw-tcp",

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .addresses import Address
+
 
 class Effect(StrEnum):
     """What an action does to the world it reaches."""
@@ -45,6 +47,9 @@ class Action:
     operation: str | None = None
     tool: str | None = None
     args: Any = None
+    # The addresses the host resolves to, when the proxy has looked them up: egress checks
+    # them, and the connection goes to the one it allows.
+    addresses: tuple[Address, ...] | None = None
 
     @property
     def url(self) -> str:

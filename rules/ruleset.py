@@ -28,6 +28,7 @@ from .source import Document, files, read
 
 PRECEDENCE = {Verdict.ALLOW: 0, Verdict.LOG: 1, Verdict.HOLD: 2, Verdict.DENY: 3}
 EGRESS_RULE = "egress"
+UNREFUSED = Decision(Verdict.ALLOW, None, "")  # what egress says of a destination it lets go
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,22 @@ class Ruleset:
             return addresses[0], Decision(Verdict.LOG, EGRESS_RULE, f"report only: {refusals[0]}")
         return None, Decision(Verdict.DENY, EGRESS_RULE, "; ".join(dict.fromkeys(refusals)), "egress_denied")
 
+    def egress_decision(self, action: Action) -> Decision | None:
+        """What egress says of the action: None when it may go (a named upstream always may),
+        else a refusal, or in report mode a log entry saying what would be refused. The host
+        is checked by name and, where the action carries them, by its addresses."""
+        if action.upstream is not None:
+            return None
+        message = self.egress_refusal(action.host, action.port)
+        if message is None:
+            if not action.addresses:
+                return None
+            _, by_address = self.check_address(UNREFUSED, action.host, action.port, list(action.addresses))
+            return None if by_address is UNREFUSED else by_address
+        if self.egress_report:
+            return Decision(Verdict.LOG, EGRESS_RULE, f"report only: {message}")
+        return Decision(Verdict.DENY, EGRESS_RULE, message, "egress_denied")
+
     def candidates(self, action: Action) -> Iterable[Rule]:
         """The rules that can match the action: those filed under its host or a parent domain,
         and the unindexed rest (a rule filed under several keys is yielded once)."""
@@ -377,22 +394,20 @@ class Ruleset:
         setter = self._effect_rule(action)
         if setter is not None and setter.effect is not None:
             action = dataclasses.replace(action, effect=setter.effect)
-        egress_ok = action.upstream is not None or self.egress_allows(action.host, action.port)
+        said = self.egress_decision(action)
         matched: list[Rule] = []
-        if egress_ok or complete or self.egress_report:
+        if said is None or complete or not said.refused:
             matched = sorted(
                 (r for r in self.candidates(action) if r.matches(action)), key=lambda r: r.position
             )
         egress, reported = "allowed", None
         if action.upstream is not None:
             egress = "upstream"  # a named upstream was chosen by the operator on the command line
-        elif not egress_ok:
+        elif said is not None and said.refused:
             target = f"{action.host}:{action.port}"
-            message = self.egress_refusal(action.host, action.port) or ""
-            if not self.egress_report:
-                refused = Decision(Verdict.DENY, EGRESS_RULE, message, "egress_denied")
-                return Explanation(action, "refused", matched, refused, f"egress refuses {target}")
-            egress, reported = "reported", Decision(Verdict.LOG, EGRESS_RULE, f"report only: {message}")
+            return Explanation(action, "refused", matched, said, f"egress refuses {target}")
+        elif said is not None:
+            egress, reported = "reported", said
         deciding = [r for r in matched if r.verdict is not None]
         if deciding:
             winner = max(deciding, key=lambda r: (PRECEDENCE[r.verdict or Verdict.ALLOW], -r.position))

@@ -24,9 +24,10 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.test import tflow
 
 from proxy import egress as egress_module
-from proxy.egress import PASSED, Egress, Resolver
-from rules import EGRESS_RULE, Decision, Ruleset, Verdict
+from proxy.egress import Egress, Resolver
+from rules import EGRESS_RULE, Action, Decision, Effect, Ruleset, Verdict
 from rules.addresses import Address, non_public
+from rules.ruleset import UNREFUSED as PASSED
 
 from .conftest import Airlock, Upstream, curl, settle
 
@@ -195,6 +196,12 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     yield now
 
 
+async def decided(egress: Egress, rules: Ruleset, host: str, port: int) -> Decision:
+    """How the gate decides a GET to host:port: resolved first, then the rules."""
+    action = Action("GET", "http", host, port, "/", Effect.READ)
+    return rules.evaluate(await egress.resolved(action))
+
+
 def test_dns_rebinding_connects_to_the_checked_address_only(tmp_path: Path, clock: list[float]) -> None:
     rules = ruleset(tmp_path, "allow: [rebind.test]")
     # The scripted lookup stands in for a DNS server that changes its answer: public while the
@@ -209,7 +216,7 @@ def test_dns_rebinding_connects_to_the_checked_address_only(tmp_path: Path, cloc
     egress = Egress(lambda: rules, Resolver(ttl=30, lookup=scripted))
 
     async def go() -> None:
-        assert await egress.check("rebind.test", 80, PASSED) == PASSED
+        assert await decided(egress, rules, "rebind.test", 80) == PASSED
 
         first = hook_data("rebind.test", 80)
         await egress.server_connect(first)
@@ -229,7 +236,7 @@ def test_dns_rebinding_connects_to_the_checked_address_only(tmp_path: Path, cloc
         assert "rebind.test resolves to 127.0.0.1, a loopback address" in error
         assert second.server.address == ("rebind.test", 80)  # never pointed at loopback
         # And the gate's check, which sees the same cached answer, refuses now too.
-        refused = await egress.check("rebind.test", 80, PASSED)
+        refused = await decided(egress, rules, "rebind.test", 80)
         assert refused.refused and refused.error == "egress_denied"
 
     asyncio.run(go())
@@ -252,7 +259,7 @@ def test_an_answer_is_kept_for_its_ttl_only(tmp_path: Path, clock: list[float]) 
         assert await resolver.addresses("rebind.test") == [ip(PUBLIC)]  # names fold case
         assert len(asked) == 1
         clock[0] += 0.2
-        refused = await egress.check("rebind.test", 443, PASSED)
+        refused = await decided(egress, rules, "rebind.test", 443)
         assert refused.refused and "10.9.8.7, a private address" in refused.message
         assert len(asked) == 2
 
@@ -441,3 +448,25 @@ def test_a_tunnel_to_loopback_opens_when_a_range_allows_it(
     assert json.loads(out.stdout)["path"] == "/through"
     assert [s.path for s in upstream.effects()] == ["/tunneled", "/through"]
     assert a.log("--state", "denied") == []
+
+
+def test_http2_requests_in_a_tunnel_meet_the_same_gate(
+    make_airlock: Callable[..., Airlock], tls_upstream: Upstream, upstream_ca: Any
+) -> None:
+    # curl negotiates HTTP/2 with the proxy inside the tunnel; each stream is a request the gate
+    # decides and logs, like an HTTP/1.1 one.
+    a = make_airlock(extra=("--upstream-ca", str(upstream_ca.cert)))
+    base = f"https://localhost:{tls_upstream.port}"
+    common = ("--http2", "--cacert", str(a.ca_cert), "-x", a.proxy, "-w", "\n%{http_version} %{http_code}")
+    ok = curl(*common, f"{base}/h2")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.endswith("\n2 200") and json.loads(ok.stdout.rsplit("\n", 1)[0])["path"] == "/h2"
+    denied = curl(*common, "-X", "DELETE", f"{base}/items/7")
+    assert denied.stdout.endswith("\n2 403"), denied.stdout
+    assert json.loads(denied.stdout.rsplit("\n", 1)[0])["rule"] == "no-item-deletes"
+    assert [s.path for s in tls_upstream.effects()] == ["/h2"]
+    settle(a, 1 + 2 + 1)  # the rules, the read's intent and outcome, the refusal
+    assert [(x["url"], x["state"]) for x in a.log()] == [
+        (f"{base}/h2", "committed"),
+        (f"{base}/items/7", "denied"),
+    ]
