@@ -22,6 +22,14 @@ class Effect(StrEnum):
         """True for effects that change something upstream: these are logged durably first."""
         return self is not Effect.READ
 
+    def stricter(self, other: Effect) -> Effect:
+        """The stricter of two effects (read < write < destructive): what an action counts as
+        when two readings of it disagree."""
+        return self if _STRICTNESS[self] >= _STRICTNESS[other] else other
+
+
+_STRICTNESS = {Effect.READ: 0, Effect.WRITE: 1, Effect.DESTRUCTIVE: 2}
+
 
 @dataclass(frozen=True, slots=True)
 class Action:
