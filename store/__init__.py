@@ -3,13 +3,16 @@
 Knows nothing of HTTP or rules: it stores plain records about numbered actions.
 """
 
-from .errors import NoLog, StateError, StoreError, StoreFull, UnknownAction
+from .entry import Entry
+from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAction
 from .keys import Claim, KeyTaken, Settle
-from .log import ActionRef, Entry, Log, Record, Verdict
+from .log import ActionRef, Log, Record
 from .states import State
+from .verify import Verdict
 
 __all__ = [
     "ActionRef",
+    "Altered",
     "Claim",
     "Entry",
     "KeyTaken",

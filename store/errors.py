@@ -19,3 +19,11 @@ class StateError(StoreError):
 
 class UnknownAction(StoreError):
     """An entry named an action the log has never seen."""
+
+
+class Altered(StoreError):
+    """A record of the log is malformed or disagrees with the chain: the file was altered or damaged."""
+
+    def __init__(self, what: str):
+        super().__init__(f"the log was altered or damaged: {what}; run `airlock verify` for details")
+        self.what = what

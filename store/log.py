@@ -5,6 +5,10 @@ commit), so callers on an event loop never wait on fsync themselves. Several pro
 append to the same log (the proxy, `airlock mcp`, the CLI's `resolve`): LMDB serializes their
 write transactions, and every transaction reads the chain head and the action counter
 inside itself, so nothing is cached that another process could make stale.
+
+The chain is the truth: every index (actions, states, keys, the head and the action counter)
+is derived from the hashed entries, readers rebuild what they show from those entries, and
+`verify` checks every index against them (store/verify.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +32,14 @@ from typing import Any
 import lmdb
 import orjson
 
-from .chain import GENESIS, canonical, link, seal, unseal
-from .errors import NoLog, StateError, StoreError, StoreFull, UnknownAction
+from . import keys as keyrec
+from .chain import GENESIS, canonical, seal
+from .entry import Entry
+from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAction
+from .index import advance
 from .keys import Claim, KeyTaken, Settle
 from .states import INITIAL, MOVES, State
+from .verify import Verdict, check
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,7 @@ _HEAD = b"head"
 _NEXT_ACTION = b"next_action"
 _BATCH_MAX = 512
 _STOP = object()
+_STATES = frozenset(State)
 
 # How long a posted record (one nobody waits for) may wait to share a commit.
 LAZY_COMMIT = 0.005
@@ -47,6 +56,9 @@ LAZY_COMMIT = 0.005
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_SIZE = 64 << 30
 
+# The log's files are readable by airlock's user only: they hold requests and stored replies.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 _MAX_KEY = (1 << 64) - 1
 
@@ -77,7 +89,7 @@ class ActionRef:
 @dataclass(frozen=True)
 class Record:
     """An entry to append: what happened, to which action, the state it moves to, and the
-    summary fields it sets on the action's index record."""
+    summary fields it sets on the action's index (hashed into the entry with the rest)."""
 
     kind: str
     action: ActionRef | None = None
@@ -88,43 +100,6 @@ class Record:
     expect: State | None = None  # apply only if the action is in this state now (else StateError)
     claim: Claim | None = None  # an opening record: claim this idempotency key (else KeyTaken)
     settle: Settle | None = None  # keep or release the action's idempotency key
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One written entry of the log, as stored."""
-
-    seq: int
-    ts: float
-    kind: str
-    action: int | None
-    state: str | None
-    writer: str
-    data: dict[str, Any]
-    prev: str
-    hash: str
-
-    @classmethod
-    def parse(cls, raw: bytes) -> Entry:
-        """Decode an entry from its stored bytes (ValueError or TypeError if malformed)."""
-        prev, digest, body = unseal(raw)
-        return cls(**orjson.loads(body), prev=prev, hash=digest)
-
-    def body(self) -> dict[str, Any]:
-        """The part of the entry its hash covers (everything but `prev` and `hash`)."""
-        return {
-            "seq": self.seq,
-            "ts": self.ts,
-            "kind": self.kind,
-            "action": self.action,
-            "state": self.state,
-            "writer": self.writer,
-            "data": self.data,
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        """The entry as a JSON-ready mapping."""
-        return self.body() | {"prev": self.prev, "hash": self.hash}
 
 
 @dataclass(frozen=True)
@@ -148,18 +123,13 @@ def _settle(results: list[tuple[asyncio.Future[Entry], Entry | StoreError]]) -> 
             fut.set_result(result)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The result of checking the chain: how many entries were checked and the first bad one."""
-
-    checked: int
-    bad_seq: int | None = None
-    reason: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True when every entry verified."""
-        return self.bad_seq is None
+def _checked(record: Record) -> None:
+    """Refuse a record that cannot be written before it joins a transaction."""
+    ref = record.action
+    if ref is not None and not record.opens and ref.id is not None and not _in_range(ref.id):
+        raise UnknownAction(f"no action {ref.id} in the log")
+    if record.claim is not None and len(record.claim.key.encode()) > keyrec.MAX_KEY_BYTES:
+        raise StoreError(f"an idempotency key longer than {keyrec.MAX_KEY_BYTES} bytes cannot be stored")
 
 
 class Log:
@@ -185,14 +155,14 @@ class Log:
         map_size: int = DEFAULT_MAP_SIZE,
         max_size: int = DEFAULT_MAX_SIZE,
     ) -> Log:
-        """Open (or, for writing, create) the log in directory `path`."""
+        """Open (or, for writing, create) the log in directory `path`, readable by its owner only."""
         path = Path(path)
         if readonly and not (path / "data.mdb").exists():
             raise NoLog(f"no log at {path}: start the proxy with this data dir first")
         try:
             if not readonly:
-                path.mkdir(parents=True, exist_ok=True)
-                (path / "writers").mkdir(exist_ok=True)
+                path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                (path / "writers").mkdir(mode=DIR_MODE, exist_ok=True)
             env = lmdb.open(
                 str(path),
                 map_size=min(map_size, max_size),
@@ -200,6 +170,7 @@ class Log:
                 readonly=readonly,
                 sync=True,
                 metasync=True,
+                mode=FILE_MODE,
             )
         except (lmdb.Error, OSError) as e:
             raise StoreError(f"cannot open the log at {path}: {e}") from e
@@ -229,90 +200,125 @@ class Log:
         raw = txn.get(_HEAD, db=self._dbs[b"meta"])
         if raw is None:
             return 0, GENESIS
-        head = orjson.loads(_b(raw))
-        return head["seq"], head["hash"]
+        try:
+            head = orjson.loads(_b(raw))
+            seq, digest = head["seq"], head["hash"]
+            if not isinstance(seq, int) or not isinstance(digest, str):
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            raise Altered("the recorded head is not a valid record") from None
+        return seq, digest
 
     def entry(self, seq: int) -> Entry | None:
-        """The entry with sequence number `seq`, if there is one."""
+        """The entry with sequence number `seq`, if there is one (Altered if it is damaged)."""
         if not _in_range(seq):
             return None
         with self._read() as txn:
-            raw = txn.get(_key(seq), db=self._dbs[b"entries"])
-        return Entry.parse(_b(raw)) if raw is not None else None
+            return self._entry(txn, seq)
+
+    def _entry(self, txn: lmdb.Transaction, seq: int) -> Entry | None:
+        raw = txn.get(_key(seq), db=self._dbs[b"entries"])
+        if raw is None:
+            return None
+        return _parsed(seq, _b(raw))
 
     def entries(self, start: int = 1) -> Iterator[Entry]:
-        """Entries in order from sequence number `start`."""
+        """Entries in order from sequence number `start` (Altered at the first damaged one)."""
         start = max(start, 1)
         if start > _MAX_KEY:
             return
         with self._read() as txn:
             cur = txn.cursor(db=self._dbs[b"entries"])
             if cur.set_range(_key(start)):
-                for _, raw in cur:
-                    yield Entry.parse(_b(raw))
+                for key, raw in cur:
+                    yield _parsed(int.from_bytes(_b(key), "big"), _b(raw))
 
     def action(self, action_id: int) -> dict[str, Any] | None:
-        """The index record of one action: its state, summary fields and entry numbers."""
+        """One action as its entries say: state, summary fields and entry numbers (the index
+        only finds the entries; Altered if it points at entries that are not the action's)."""
         if not _in_range(action_id):
             return None
         with self._read() as txn:
-            raw = txn.get(_key(action_id), db=self._dbs[b"actions"])
-        return orjson.loads(_b(raw)) if raw is not None else None
+            return self._derived(txn, action_id)
+
+    def _derived(self, txn: lmdb.Transaction, action_id: int) -> dict[str, Any] | None:
+        raw = txn.get(_key(action_id), db=self._dbs[b"actions"])
+        if raw is None:
+            return None
+        listed = _listed_entries(action_id, _b(raw))
+        index: dict[str, Any] | None = None
+        for seq in listed:
+            entry = self._entry(txn, seq)
+            if entry is None:
+                raise Altered(f"action {action_id}'s index lists entry {seq}, which is missing")
+            if entry.action != action_id:
+                raise Altered(
+                    f"action {action_id}'s index lists entry {seq}, which is about action {entry.action}"
+                )
+            index = advance(index, entry)
+        if index is None:
+            raise Altered(f"action {action_id}'s index lists no entries")
+        return index
 
     def actions(self, state: str | None = None, after: int = 0) -> Iterator[dict[str, Any]]:
-        """Index records of actions with id above `after`, oldest first, optionally in one state."""
+        """Actions with id above `after`, oldest first, optionally in one state, each as its
+        entries say (see `action`); Altered where the indexes visibly disagree with the chain."""
         after = max(after, 0)
         if after >= _MAX_KEY:
             return
         with self._read() as txn:
             if state is None:
-                cur = txn.cursor(db=self._dbs[b"actions"])
-                if cur.set_range(_key(after + 1)):
-                    for _, raw in cur:
-                        yield orjson.loads(_b(raw))
+                yield from self._all_actions(txn, after)
                 return
             prefix = state.encode() + b"\0"
             cur = txn.cursor(db=self._dbs[b"states"])
             if not cur.set_range(_state_key(state, after + 1)):
                 return
-            actions_db = self._dbs[b"actions"]
             for raw_key in cur.iternext(values=False):
                 key = _b(raw_key)
                 if not key.startswith(prefix):
                     break
-                found = txn.get(key[len(prefix) :], db=actions_db)
-                if found is not None:
-                    yield orjson.loads(_b(found))
+                action_id = int.from_bytes(key[len(prefix) :], "big")
+                found = self._derived(txn, action_id)
+                if found is None:
+                    raise Altered(f"the states index lists action {action_id}, which the actions index lacks")
+                if found.get("state") != state:
+                    raise Altered(
+                        f"the states index lists action {action_id} as {state}, "
+                        f"its entries say {found.get('state')}"
+                    )
+                yield found
 
-    def verify(self) -> Verdict:
-        """Check every entry's hash and link, the sequence's continuity and the recorded head."""
-        prev, expected, checked = GENESIS, 1, 0
+    def _all_actions(self, txn: lmdb.Transaction, after: int) -> Iterator[dict[str, Any]]:
+        expected = after + 1
+        cur = txn.cursor(db=self._dbs[b"actions"])
+        if cur.set_range(_key(expected)):
+            for raw_key in cur.iternext(values=False):
+                action_id = int.from_bytes(_b(raw_key), "big")
+                if action_id != expected:
+                    # Ids are given out one by one: a gap is an index record someone removed.
+                    raise Altered(f"the actions index has no record of action {expected}")
+                found = self._derived(txn, action_id)
+                assert found is not None
+                yield found
+                expected += 1
+        opened = self._next_action(txn) - 1
+        if expected <= opened:
+            raise Altered(f"the actions index has no record of action {expected} (the log has {opened})")
+
+    def _next_action(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(_NEXT_ACTION, db=self._dbs[b"meta"])
+        if raw is None:
+            return 1
+        if len(raw) != 8:
+            raise Altered("the recorded next action number is not a valid record")
+        return int.from_bytes(_b(raw), "big")
+
+    def verify(self, expect: tuple[int, str] | None = None) -> Verdict:
+        """Check every entry's hash and link, the recorded head, and every index against the
+        chain; with `expect` (seq, hash), also that the log still holds that entry unchanged."""
         with self._read() as txn:
-            head_seq, head_hash = self._head(txn)
-            for key, raw in txn.cursor(db=self._dbs[b"entries"]):
-                seq = int.from_bytes(_b(key), "big")
-                if seq != expected:
-                    return Verdict(checked, expected, f"entry {expected} is missing (found {seq})")
-                stored = _b(raw)
-                entry_prev, digest, body = unseal(stored)
-                if entry_prev != prev:
-                    return Verdict(checked, seq, f"entry {seq} does not link to entry {seq - 1}")
-                if link(prev, body) != digest:
-                    return Verdict(checked, seq, f"entry {seq} was altered: its hash does not match")
-                try:
-                    if Entry.parse(stored).seq != seq:
-                        return Verdict(checked, seq, f"entry {seq} is stored under the wrong number")
-                except (ValueError, TypeError) as e:
-                    return Verdict(checked, seq, f"entry {seq} is not a valid entry: {e}")
-                prev, expected, checked = digest, seq + 1, checked + 1
-        if (head_seq, head_hash) != (expected - 1, prev):
-            return Verdict(
-                checked,
-                expected,
-                f"the log ends at entry {expected - 1} (hash {prev[:12]}) but its head records "
-                f"entry {head_seq} (hash {head_hash[:12]})",
-            )
-        return Verdict(checked)
+            return check(txn, self._dbs, expect)
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -320,9 +326,12 @@ class Log:
         """Start this process's writer: take its liveness lock, recover dead writers' actions."""
         if self._readonly:
             raise StoreError("the log was opened read-only")
-        lock = self.path / "writers" / f"{self.writer_id}.lock"
-        self._lock_fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+        writers = self.path / "writers"
+        # Locked before it has its name, so a recoverer that finds the file finds it locked.
+        making = writers / f".{self.writer_id}.lock"
+        self._lock_fd = os.open(making, os.O_CREAT | os.O_RDWR, FILE_MODE)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        os.rename(making, writers / f"{self.writer_id}.lock")
         self._recover()
         self._thread = threading.Thread(target=self._run, name="airlock-log-writer", daemon=True)
         self._thread.start()
@@ -412,13 +421,11 @@ class Log:
 
     def _commit(self, batch: list[tuple[Record, Waiter]]) -> None:
         results: list[Entry | StoreError] = []
-        opened: list[ActionRef] = []
+        records = [r for r, _ in batch]
         try:
-            results = self._write([r for r, _ in batch], opened)
+            results = self._write(lambda _txn: records)
         except Exception as e:
             # The writer thread must outlive any failure, or every later append would hang.
-            for ref in opened:
-                ref.id = None
             error = e if isinstance(e, StoreError) else StoreError(f"cannot write the log: {e!r}")
             results = [error] * len(batch)
         # One wake-up per event loop for the whole batch, not one per waiter.
@@ -437,20 +444,29 @@ class Log:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settled)
 
-    def _write(self, records: list[Record], opened: list[ActionRef]) -> list[Entry | StoreError]:
+    def _write(self, batch: Callable[[lmdb.Transaction], list[Record]]) -> list[Entry | StoreError]:
+        """Append the records `batch` names in one durable transaction (it is called inside the
+        transaction, so it may read the log as of that moment)."""
         for _attempt in range(64):
+            opened: list[ActionRef] = []
             try:
                 with self._env.begin(write=True) as txn:
-                    return self._put_all(txn, records, opened)
+                    return self._put_all(txn, batch(txn), opened)
             except lmdb.MapFullError:
-                for ref in opened:
-                    ref.id = None
-                opened.clear()
-                self._grow()
+                grow = True
             except lmdb.MapResizedError:
-                self._env.set_mapsize(0)
+                grow = False
             except lmdb.Error as e:
+                _forget(opened)
                 raise StoreError(f"cannot write the log at {self.path}: {e}") from e
+            except BaseException:
+                _forget(opened)
+                raise
+            _forget(opened)
+            if grow:
+                self._grow()
+            else:
+                self._env.set_mapsize(0)
         raise StoreError(f"cannot write the log at {self.path}: gave up after 64 tries")
 
     def _grow(self) -> None:
@@ -471,25 +487,39 @@ class Log:
         seq, prev = self._head(txn)
         results: list[Entry | StoreError] = []
         for record in records:
+            mark = len(opened)
             try:
-                entry = self._put(txn, seq + 1, prev, record, opened)
+                _checked(record)
+                # Each record in a transaction of its own inside the batch's: whatever fails
+                # half-way leaves nothing of that record behind, and the batch goes on.
+                with self._env.begin(write=True, parent=txn) as child:
+                    entry = self._put(child, seq + 1, prev, record, opened)
+            except (lmdb.MapFullError, lmdb.MapResizedError):
+                raise
             except StoreError as e:
+                _forget(opened[mark:])
+                del opened[mark:]
                 results.append(e)
                 continue
             except (TypeError, ValueError) as e:
-                # A record that cannot be encoded fails alone; the writer and the batch go on.
+                _forget(opened[mark:])
+                del opened[mark:]
                 results.append(StoreError(f"a {record.kind} entry could not be encoded: {e}"))
+                continue
+            except Exception as e:
+                _forget(opened[mark:])
+                del opened[mark:]
+                results.append(StoreError(f"a {record.kind} entry could not be written: {e!r}"))
                 continue
             seq, prev = entry.seq, entry.hash
             results.append(entry)
-        meta = self._dbs[b"meta"]
-        txn.put(_HEAD, canonical({"seq": seq, "hash": prev}), db=meta)
+        txn.put(_HEAD, canonical({"seq": seq, "hash": prev}), db=self._dbs[b"meta"])
         return results
 
     def _put(
         self, txn: lmdb.Transaction, seq: int, prev: str, record: Record, opened: list[ActionRef]
     ) -> Entry:
-        actions_db, states_db = self._dbs[b"actions"], self._dbs[b"states"]
+        actions_db, states_db, meta = self._dbs[b"actions"], self._dbs[b"states"], self._dbs[b"meta"]
         ref = record.action
         index: dict[str, Any] | None = None
         if record.opens:
@@ -497,17 +527,14 @@ class Log:
                 raise StateError(f"a new action must start in one of {sorted(INITIAL)}")
             if record.claim is not None:
                 self._check_claim(txn, record.claim)
-            raw_next = txn.get(_NEXT_ACTION, db=self._dbs[b"meta"])
-            ref.id = int.from_bytes(_b(raw_next), "big") if raw_next else 1
-            opened.append(ref)
-            txn.put(_NEXT_ACTION, _key(ref.id + 1), db=self._dbs[b"meta"])
+            action_id: int | None = self._next_action(txn)
         elif ref is not None:
             if ref.id is None:
                 raise UnknownAction("the action's first entry was never written")
             raw = txn.get(_key(ref.id), db=actions_db)
             if raw is None:
                 raise UnknownAction(f"no action {ref.id} in the log")
-            index = orjson.loads(_b(raw))
+            index = _index_record(ref.id, _b(raw))
             if record.expect is not None and index["state"] != record.expect:
                 raise StateError(
                     f"action {ref.id} is {index['state']}; "
@@ -515,52 +542,58 @@ class Log:
                 )
             if record.state is not None and record.state not in MOVES.get(State(index["state"]), ()):
                 raise StateError(f"action {ref.id} is {index['state']}: it cannot become {record.state}")
+            action_id = ref.id
+        else:
+            action_id = None
 
         ts = round(time.time(), 6)
-        action_id = ref.id if ref is not None else None
-        state = record.state.value if record.state is not None else None
-        data = dict(record.data)
         body: dict[str, Any] = {
             "seq": seq,
             "ts": ts,
             "kind": record.kind,
             "action": action_id,
-            "state": state,
+            "state": record.state.value if record.state is not None else None,
             "writer": self.writer_id,
-            "data": data,
+            "data": dict(record.data),
         }
+        if action_id is not None and record.summary:
+            body["summary"] = dict(record.summary)
+        if record.opens and record.claim is not None:
+            body["claim"] = {
+                "key": record.claim.key,
+                "payload": record.claim.payload,
+                "expires": ts + record.claim.ttl,
+            }
+        if record.settle is not None and index is not None and index.get("key"):
+            reply = record.settle.reply
+            body["settle"] = {
+                "keep": record.settle.keep,
+                "reply": keyrec.reply_digest(reply) if reply else None,
+            }
+        # Encoded before anything is written: a record that cannot be encoded changes nothing.
         digest, stored = seal(prev, canonical(body))
-        txn.put(_key(seq), stored, db=self._dbs[b"entries"])
+        entry = Entry(**body, prev=prev, hash=digest)
 
+        if record.opens:
+            assert ref is not None and action_id is not None
+            ref.id = action_id
+            opened.append(ref)
+            txn.put(_NEXT_ACTION, _key(action_id + 1), db=meta)
+        txn.put(_key(seq), stored, db=self._dbs[b"entries"])
         if action_id is not None:
-            assert ref is not None
-            if index is None:
-                index = {"id": action_id, "ts": ts, "writer": self.writer_id, "entries": []}
-            elif record.state is not None:
+            if index is not None and entry.state is not None:
                 txn.delete(_state_key(index["state"], action_id), db=states_db)
-            index.update(record.summary)
-            index["entries"].append(seq)
-            index["updated"] = ts
-            if record.state is not None:
-                index["state"] = record.state.value
-                txn.put(_state_key(index["state"], action_id), b"", db=states_db)
-            if record.opens and record.claim is not None:
-                self._take_claim(txn, record.claim, action_id, ts)
-                index["key"] = record.claim.key
-            if record.settle is not None and index.get("key"):
-                self._settle_key(txn, index["key"], action_id, record.settle)
+            index = advance(index, entry)
+            txn.put(_state_key(index["state"], action_id), b"", db=states_db)
+            if entry.claim is not None:
+                txn.put(
+                    entry.claim["key"].encode(), orjson.dumps(keyrec.claimed(entry)), db=self._dbs[b"keys"]
+                )
+            if entry.settle is not None:
+                assert record.settle is not None
+                self._settle_key(txn, index["key"], entry, record.settle.reply)
             txn.put(_key(action_id), orjson.dumps(index), db=actions_db)
-        return Entry(
-            seq=seq,
-            ts=ts,
-            kind=record.kind,
-            action=action_id,
-            state=state,
-            writer=self.writer_id,
-            data=data,
-            prev=prev,
-            hash=digest,
-        )
+        return entry
 
     # ---- idempotency keys ----------------------------------------------------------------
 
@@ -570,64 +603,126 @@ class Log:
             raw = txn.get(key.encode(), db=self._dbs[b"keys"])
         if raw is None:
             return None
-        held: dict[str, Any] = orjson.loads(_b(raw))
+        held = _key_record(key, _b(raw))
         return held if held["expires"] > time.time() else None
 
     def _check_claim(self, txn: lmdb.Transaction, claim: Claim) -> None:
         raw = txn.get(claim.key.encode(), db=self._dbs[b"keys"])
         if raw is None:
             return
-        held = orjson.loads(_b(raw))
+        held = _key_record(claim.key, _b(raw))
         if held["expires"] <= time.time():
             return  # expired: the key is free again
+        self._check_key(txn, claim.key, held)
         holder = txn.get(_key(held["action"]), db=self._dbs[b"actions"])
-        state = orjson.loads(_b(holder))["state"] if holder is not None else "unknown"
+        state = _index_record(held["action"], _b(holder))["state"] if holder is not None else "unknown"
         raise KeyTaken(claim.key, held, state)
 
-    def _take_claim(self, txn: lmdb.Transaction, claim: Claim, action_id: int, ts: float) -> None:
-        held = {"action": action_id, "payload": claim.payload, "expires": ts + claim.ttl, "final": False}
-        txn.put(claim.key.encode(), orjson.dumps(held), db=self._dbs[b"keys"])
+    def _check_key(self, txn: lmdb.Transaction, key: str, held: dict[str, Any]) -> None:
+        """Refuse to act on a key record the chain does not back: its claim, its settlement and
+        the digest of its stored reply must be in intact entries (a few reads, not a scan)."""
+        claim = self._intact(txn, held.get("claimed"), f"idempotency key {key!r}")
+        expected = keyrec.claimed(claim) if claim.claim is not None else {}
+        fields = ("action", "payload", "expires", "claimed")
+        if (
+            claim.claim is None
+            or claim.claim["key"] != key
+            or any(held.get(f) != expected[f] for f in fields)
+        ):
+            raise Altered(f"idempotency key {key!r} does not match the claim in entry {claim.seq}")
+        if not held.get("final") and "reply" not in held:
+            return
+        settle = self._intact(txn, held.get("settled"), f"idempotency key {key!r}")
+        if (
+            settle.settle is None
+            or settle.action != held["action"]
+            or not settle.settle["keep"]
+            or settle.settle.get("reply") != held.get("reply_sha256")
+            or ("reply" in held) != (settle.settle.get("reply") is not None)
+            or ("reply" in held and keyrec.reply_digest(held["reply"]) != settle.settle["reply"])
+        ):
+            raise Altered(f"the stored reply of idempotency key {key!r} does not match entry {settle.seq}")
 
-    def _settle_key(self, txn: lmdb.Transaction, key: str, action_id: int, settle: Settle) -> None:
+    def _intact(self, txn: lmdb.Transaction, seq: Any, what: str) -> Entry:
+        """An entry whose bytes match its hash and whose successor (or the head) links to it."""
+        if not isinstance(seq, int) or not _in_range(seq):
+            raise Altered(f"{what} names no entry of the chain")
+        entry = self._entry(txn, seq)
+        if entry is None:
+            raise Altered(f"{what} names entry {seq}, which is missing")
+        after = self._entry(txn, seq + 1)
+        linked = after.prev == entry.hash if after is not None else self._head(txn) == (seq, entry.hash)
+        if not linked:
+            raise Altered(f"entry {seq} no longer links into the chain")
+        return entry
+
+    def _settle_key(
+        self, txn: lmdb.Transaction, key: str, entry: Entry, reply: dict[str, Any] | None
+    ) -> None:
         keys = self._dbs[b"keys"]
         raw = txn.get(key.encode(), db=keys)
-        if raw is None:
-            return
-        held = orjson.loads(_b(raw))
-        if held["action"] != action_id:
-            return  # the key has moved on (expired and claimed again): not ours to settle
-        if not settle.keep:
+        held = _key_record(key, _b(raw)) if raw is not None else None
+        after = keyrec.settled(held, entry)
+        if after is held:
+            return  # released already, or the key has moved on (expired and claimed again)
+        if after is None:
             txn.delete(key.encode(), db=keys)
             return
-        held["final"] = True
-        if settle.reply is not None:
-            held["reply"] = settle.reply
-        txn.put(key.encode(), orjson.dumps(held), db=keys)
+        if reply is not None and entry.settle is not None and entry.settle.get("reply") is not None:
+            after["reply"] = reply
+        txn.put(key.encode(), orjson.dumps(after), db=keys)
 
     # ---- recovery ------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Mark actions left pending by writers that died (no lock held) as in doubt."""
-        orphans: dict[str, list[int]] = {}
-        for index in self.actions(State.PENDING):
-            orphans.setdefault(index["writer"], []).append(index["id"])
-        dead = {w: ids for w, ids in orphans.items() if w != self.writer_id and not self._alive(w)}
-        records = [
-            Record(
-                kind="recovery",
-                action=ActionRef(action_id),
-                state=State.IN_DOUBT,
-                data={"reason": "its writer stopped before recording an outcome", "writer": writer},
-            )
-            for writer, ids in dead.items()
-            for action_id in ids
-        ]
-        if records:
-            results = self._write(records, [])
-            bad = [r for r in results if isinstance(r, StoreError)]
-            if bad:
-                raise bad[0]
-            logger.warning("%d action(s) left pending by a stopped writer are now in_doubt", len(records))
+        """Mark actions left pending by writers that died (no lock held) as in doubt.
+
+        The scan and the writes share one write transaction, so several processes starting
+        at once on one data dir each see the others' recoveries and none moves an action twice.
+        """
+        alive: dict[str, bool] = {}
+        dead: set[str] = set()
+
+        def orphans(txn: lmdb.Transaction) -> list[Record]:
+            found: list[Record] = []
+            prefix = State.PENDING.encode() + b"\0"
+            cur = txn.cursor(db=self._dbs[b"states"])
+            if not cur.set_range(prefix):
+                return found
+            for raw_key in cur.iternext(values=False):
+                key = _b(raw_key)
+                if not key.startswith(prefix):
+                    break
+                action_id = int.from_bytes(key[len(prefix) :], "big")
+                raw = txn.get(key[len(prefix) :], db=self._dbs[b"actions"])
+                if raw is None:
+                    continue
+                index = _index_record(action_id, _b(raw))
+                writer = index["writer"]
+                if index["state"] != State.PENDING or writer == self.writer_id:
+                    continue
+                if writer not in alive:
+                    alive[writer] = self._alive(writer)
+                if alive[writer]:
+                    continue
+                dead.add(writer)
+                found.append(
+                    Record(
+                        kind="recovery",
+                        action=ActionRef(action_id),
+                        state=State.IN_DOUBT,
+                        expect=State.PENDING,
+                        data={"reason": "its writer stopped before recording an outcome", "writer": writer},
+                    )
+                )
+            return found
+
+        results = self._write(orphans)
+        bad = [r for r in results if isinstance(r, StoreError)]
+        if bad:
+            raise bad[0]
+        if results:
+            logger.warning("%d action(s) left pending by a stopped writer are now in_doubt", len(results))
         for writer in dead:
             (self.path / "writers" / f"{writer}.lock").unlink(missing_ok=True)
 
@@ -644,3 +739,60 @@ class Log:
         finally:
             os.close(fd)
         return False
+
+
+def _forget(opened: list[ActionRef]) -> None:
+    for ref in opened:
+        ref.id = None
+
+
+def _parsed(seq: int, raw: bytes) -> Entry:
+    """An entry read back, refused unless it is well formed, matches its hash and its place."""
+    try:
+        entry = Entry.parse(raw)
+    except ValueError as e:
+        raise Altered(f"entry {seq} is not a valid entry: {e}") from None
+    if not Entry.sealed(raw):
+        raise Altered(f"entry {seq} does not match its hash")
+    if entry.seq != seq:
+        raise Altered(f"entry {seq} says it is entry {entry.seq}")
+    return entry
+
+
+def _listed_entries(action_id: int, raw: bytes) -> list[int]:
+    """The entry numbers an index record lists, refused unless the record is well formed."""
+    entries = _index_record(action_id, raw)["entries"]
+    if not all(isinstance(s, int) and not isinstance(s, bool) and _in_range(s) for s in entries):
+        raise Altered(f"action {action_id}'s index record lists something that is not an entry number")
+    return list(entries)
+
+
+def _index_record(action_id: int, raw: bytes) -> dict[str, Any]:
+    try:
+        index = orjson.loads(raw)
+    except ValueError:
+        raise Altered(f"action {action_id}'s index record is not valid JSON") from None
+    if (
+        not isinstance(index, dict)
+        or not isinstance(index.get("entries"), list)
+        or not isinstance(index.get("state"), str)
+        or not isinstance(index.get("writer"), str)
+        or index.get("state") not in _STATES
+    ):
+        raise Altered(f"action {action_id}'s index record does not have the shape of one")
+    return index
+
+
+def _key_record(key: str, raw: bytes) -> dict[str, Any]:
+    try:
+        held = orjson.loads(raw)
+    except ValueError:
+        raise Altered(f"idempotency key {key!r}'s record is not valid JSON") from None
+    if (
+        not isinstance(held, dict)
+        or not isinstance(held.get("action"), int)
+        or not isinstance(held.get("payload"), str)
+        or not isinstance(held.get("expires"), int | float)
+    ):
+        raise Altered(f"idempotency key {key!r}'s record does not have the shape of one")
+    return held
