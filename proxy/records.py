@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules import Action, Decision, Ruleset, Verdict
+from rules.match import json_of
 from store import ActionRef, Claim, Record, Settle, State
 
+from . import redact
 from .redact import Redactor
 
 ARGS_SHOWN = 256  # bytes of a tool call's arguments kept in the action's summary (`airlock log`)
@@ -23,19 +25,48 @@ class BodyPolicy:
     limit: int = 64 * 1024
 
 
-def body_excerpt(body: bytes | None, policy: BodyPolicy) -> dict[str, Any]:
-    """Size, SHA-256 and the first `limit` bytes of a body (as text where it is UTF-8)."""
+# A token cut by the body limit is still recognised: the kept bytes are redacted with this much
+# of what follows them, then cut.
+_OVERLAP = 512
+
+
+def body_excerpt(body: bytes | None, policy: BodyPolicy, *, content_type: str = "") -> dict[str, Any]:
+    """Size and SHA-256 of a body as it was sent, and its first `limit` bytes with credentials
+    redacted (as text where it is UTF-8, else base64; `redacted: true` when any were)."""
     if body is None:
         return {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
-    kept = body[: policy.limit]
     out: dict[str, Any] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
     if len(body) > policy.limit:
         out["truncated"] = True
-    try:
-        out["text"] = kept.decode()
-    except UnicodeDecodeError:
+        # Not parsed: a body past the limit is redacted as text, by name=value pairs and shapes.
+        seen = body[: policy.limit + _OVERLAP]
+        cleaned = redact.body(seen, content_type, parsed=_never)
+        kept = cleaned[: policy.limit]
+    else:
+        seen = body
+        cleaned = kept = redact.body(body, content_type, parsed=json_of)
+    if cleaned is not seen:
+        out["redacted"] = True
+    text = _utf8(kept, cut=len(body) > policy.limit)
+    if text is None:
         out["base64"] = base64.b64encode(kept).decode()
+    else:
+        out["text"] = text
     return out
+
+
+def _never(_: bytes) -> None:
+    return None
+
+
+def _utf8(data: bytes, *, cut: bool) -> str | None:
+    # A cut may split a multi-byte character: drop its first bytes rather than the whole text.
+    for trim in range(4 if cut else 1):
+        try:
+            return data[: len(data) - trim].decode()
+        except UnicodeDecodeError:
+            continue
+    return None
 
 
 def intent(
@@ -62,7 +93,7 @@ def intent(
     extra: dict[str, Any] = {}
     if replay_of is not None:
         state, extra = State.REPLAYED, {"replay_of": replay_of}
-    details = {"verify": verify | {"url": _redact_url(verify["url"], redactor)}} if verify else {}
+    details = {"verify": verify_read(verify, redactor)} if verify else {}
     return Record(
         kind="intent",
         action=ref,
@@ -97,14 +128,33 @@ def intent(
     )
 
 
-def _redact_url(url: str, redactor: Redactor) -> str:
-    head, sep, query = url.partition("?")
-    return f"{head}?{redactor.query(query)}" if sep else url
+def verify_read(read: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """A verify read as logged. The read is later sent as logged, so one that would carry a
+    credential the log may not keep (in its URL, or a header not taken from the environment as
+    `${NAME}`) is marked refused instead of being sent redacted."""
+    out = dict(read)
+    if read.get("url") is not None:
+        out["url"] = redactor.url(read["url"])
+        if out["url"] != read["url"] and "refused" not in out:
+            out["refused"] = "its URL holds a credential, which the log does not keep"
+    headers = {}
+    for name, value in read.get("headers", {}).items():
+        if "${" in value:
+            headers[name] = value
+            continue
+        headers[name] = REDACTED_HEADER if redactor.secret_header(name) else redact.text(value)
+        if headers[name] != value and "refused" not in out:
+            out["refused"] = f"its header {name} holds a credential: name it as ${{VARIABLE}} instead"
+    out["headers"] = headers
+    return out
+
+
+REDACTED_HEADER = redact.REDACTED
 
 
 def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[str, Any]:
     """An action as JSON, credentials redacted and the body cut to the policy's limit."""
-    url = _redact_url(action.url, redactor)
+    url = redactor.url(action.url)
     described: dict[str, Any] = {
         "protocol": action.protocol,
         "agent": action.agent,
@@ -115,7 +165,7 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         "path": action.path,
         "effect": action.effect.value,
         "headers": redactor.headers(action.headers),
-        "body": body_excerpt(action.body, bodies),
+        "body": body_excerpt(action.body, bodies, content_type=action.headers.get("content-type", "")),
     }
     for optional in ("upstream", "service", "operation", "tool"):
         if (value := getattr(action, optional)) is not None:
@@ -153,7 +203,7 @@ def outcome(
         "headers": headers,
     }
     if error is not None:
-        data["error"] = error
+        data["error"] = redact.text(error)
     return Record(
         kind="outcome",
         action=ref,
@@ -167,6 +217,7 @@ def outcome(
 def failure(ref: ActionRef, *, error: str, duration_ms: float, keep_key: bool = False) -> Record:
     """An action that got no response: the upstream failed or timed out. Its key is released
     for the next attempt, unless `keep_key` (a rule counts a lost answer as final)."""
+    error = redact.text(error)
     return Record(
         kind="outcome",
         action=ref,
@@ -189,7 +240,8 @@ def resolution(
         expect=State.IN_DOUBT,
         # Executed: its key is spent. Not executed: its key is free for the next attempt.
         settle=Settle(keep=executed),
-        data={"executed": executed, "note": note, "by": by} | ({"found": found} if found else {}),
+        data={"executed": executed, "note": redact.text(note), "by": by}
+        | ({"found": _found(found)} if found else {}),
         summary={"resolution": "executed" if executed else "not_executed"},
     )
 
@@ -200,9 +252,17 @@ def unsettled(action_id: int, *, found: dict[str, Any]) -> Record:
         kind="verify",
         action=ActionRef(action_id),
         expect=State.IN_DOUBT,
-        data={"found": found, "note": "inconclusive: the action stays in doubt"},
+        data={"found": _found(found), "note": "inconclusive: the action stays in doubt"},
         summary={"verify": "inconclusive"},
     )
+
+
+def _found(found: dict[str, Any]) -> dict[str, Any]:
+    """What a verify read saw, as logged: its URL and error redacted."""
+    return {
+        k: redact.url(v) if k == "url" else redact.text(v) if isinstance(v, str) else v
+        for k, v in found.items()
+    }
 
 
 def rules_loaded(ruleset: Ruleset, *, reason: str) -> Record:

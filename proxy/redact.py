@@ -1,75 +1,413 @@
-"""Redaction: credentials are replaced before anything about a request is written."""
+"""Redaction: credentials are replaced before anything about a request is written.
+
+Two tests find a credential. Its NAME: a header, query parameter, form or multipart field, JSON
+field or tool argument whose name has a word such as token, secret, password, key, auth,
+credential, session, signature or cookie in it (`Api-Key`, `X-Vault-Token`, `refresh_token`,
+`clientSecret`). Its VALUE: anything with the shape of a well-known token (AWS key ids, bearer
+and basic credentials, JWTs, PEM private keys, GitHub, GitLab, Slack, Stripe, OpenAI, Anthropic
+and Google keys, `user:password@` in URLs), wherever it appears in a string the log keeps.
+
+A bare `key` or `code` is a credential in a query string, a form or a header (`?key=` is how
+Google takes API keys, `code` is an OAuth grant), not as a JSON field, where it usually names
+a record (DynamoDB's `Key`) or a program: there only the value shapes apply.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl, urlencode
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote_plus, unquote_plus
 
 REDACTED = "[redacted]"
 
+# Headers that are credentials whatever the name test says (kept for rules that name them).
 SECRET_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-amz-security-token",
-        "x-api-key",
-    }
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-amz-security-token", "x-api-key"}
 )
 
-# Query parameters that carry credentials (presigned URLs, OAuth, API keys).
-SECRET_PARAMS = frozenset(
+# Words that make a name a credential's, wherever they stand in it.
+_SECRET_WORDS = frozenset(
     {
-        "access_token",
-        "api_key",
+        "auth",
+        "authorization",
+        "authentication",
         "apikey",
-        "client_secret",
+        "bearer",
+        "cookie",
+        "cookies",
+        "credential",
+        "credentials",
+        "jwt",
+        "otp",
+        "passphrase",
+        "passwd",
         "password",
-        "token",
-        "x-amz-credential",
-        "x-amz-security-token",
-        "x-amz-signature",
-        "x-goog-signature",
+        "passwords",
+        "pwd",
+        "secret",
+        "secrets",
+        "session",
         "sig",
         "signature",
+        "token",
+        "verifier",
     }
+)
+# Run-together names (`accesstoken`, `clientsecret`) end in one of these.
+_SECRET_ENDINGS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "apikey",
+    "privatekey",
+    "secretkey",
+    "accesskey",
+    "credential",
+    "credentials",
+    "signature",
+    "cookie",
+    "sessionid",
+    "sessionkey",
+)
+# `key` is a credential unless the word before it says what kind of non-secret key it is.
+_KEY_WORDS = frozenset({"key", "keys"})
+_PLAIN_KEYS = frozenset(
+    {"idempotency", "idempotent", "public", "socket", "websocket", "partition", "sort", "primary"}
+    | {"foreign", "cache", "dedup", "deduplication", "routing", "object", "hash", "row", "range"}
+)
+# Names that are credentials only in query strings, forms and headers (see the module's note).
+_LOOSE = frozenset({"key", "code", "device_code"})
+
+_PARTS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+_SEPARATORS = re.compile(r"[^A-Za-z0-9]+")
+
+
+@lru_cache(maxsize=4096)
+def _words(name: str) -> tuple[str, ...]:
+    return tuple(w.lower() for piece in _SEPARATORS.split(name) for w in _PARTS.findall(piece))
+
+
+def secret_name(name: str, *, field: bool = True) -> bool:
+    """True for a name that carries a credential. `field`: the name is a JSON field or tool
+    argument, where a bare `key` or `code` is not one (in a query, form or header it is)."""
+    return _secret_field(name) if field else _secret_param(name)
+
+
+@lru_cache(maxsize=4096)
+def _secret_field(name: str) -> bool:
+    words = _words(name)
+    for i, word in enumerate(words):
+        if word in _SECRET_WORDS or word.endswith(_SECRET_ENDINGS):
+            return True
+        if word in _KEY_WORDS and i > 0 and words[i - 1] not in _PLAIN_KEYS:
+            return True
+    return False
+
+
+@lru_cache(maxsize=4096)
+def _secret_param(name: str) -> bool:
+    return "_".join(_words(name)) in _LOOSE or _secret_field(name)
+
+
+# ---- value shapes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A token format: literals one of which any match contains (a cheap first look), and the
+    pattern; group 1, if the pattern has one, is kept in front of the redaction."""
+
+    anchors: tuple[str, ...]
+    pattern: re.Pattern[str]
+
+    def sub(self, value: str) -> str:
+        """`value` with every match replaced."""
+        if self.pattern.groups:
+            return self.pattern.sub(lambda m: m[1] + REDACTED, value)
+        return self.pattern.sub(REDACTED, value)
+
+
+def _shape(anchors: str, pattern: str) -> Shape:
+    return Shape(tuple(anchors.split()), re.compile(pattern, re.DOTALL | re.ASCII))
+
+
+SHAPES = (
+    _shape(
+        "PRIVATE",
+        r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----(?:.*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----|.*)",
+    ),
+    _shape("earer EARER", r"\b(?:[Bb]earer|BEARER)\s+[A-Za-z0-9\-._~+/]{8,}=*"),
+    # Basic credentials are base64: a digit, +, / or =, or lower case before upper case (not prose).
+    _shape("asic ASIC", r"\b(?:[Bb]asic|BASIC)\s+(?=[A-Za-z]*[0-9+/=]|[A-Z]?[a-z]+[A-Z])[A-Za-z0-9+/]{8,}=*"),
+    _shape("eyJ", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+    _shape("AKIA ASIA ABIA ACCA", r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b"),
+    _shape("gh github_pat_", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),
+    _shape("glpat-", r"\bglpat-[A-Za-z0-9_-]{20,}"),
+    _shape("xox", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
+    _shape("hooks.slack.com", r"(hooks\.slack\.com/services/)[A-Za-z0-9/_-]+"),
+    _shape("_live_ _test_ whsec_", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|\bwhsec_[A-Za-z0-9]{10,}"),
+    _shape("sk-", r"\bsk-[A-Za-z0-9_-]{20,}"),
+    _shape("AIza", r"\bAIza[0-9A-Za-z_-]{35}"),
+    _shape(":AA", r"\b[0-9]{8,10}:AA[A-Za-z0-9_-]{33}"),  # Telegram bot tokens
+    _shape("@", r"(://)[^/?#\s@\"'<>]{1,256}@(?=[A-Za-z0-9\[])"),  # userinfo in a URL
+)
+
+# `name=value` and `name: value` in free text are found from the credential words in their names
+# (then the whole name is tested, so `max_tokens=100` stays).
+_STEMS = (
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "auth",
+    "credential",
+    "session",
+    "sig",
+    "cookie",
+    "bearer",
+    "jwt",
+    "otp",
+    "verifier",
+)
+_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_VALUE = re.compile(
+    r"[\"']?\s{0,4}[:=]\s{0,4}"
+    r"(\"(?:[^\"\\\n]|\\.){0,4096}\"|'[^'\n]{0,4096}'"
+    r"|(?:(?i:bearer|basic|token|digest)\s+)?[^\s\"'&,;<>(){}\[\]]+)"
 )
 
 
-# Words that make an argument's name a credential's (tool arguments are free-form).
-SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "credential", "authorization")
+@dataclass(frozen=True)
+class Look:
+    """Which shapes, and whether credential words, occur in a text: a string taken from it can
+    only hold those (`EVERYTHING`: nothing is known about the string)."""
+
+    shapes: tuple[Shape, ...]
+    pairs: bool
+
+    @staticmethod
+    def at(value: str) -> Look:
+        """What occurs in `value`."""
+        shapes = tuple(s for s in SHAPES if any(a in value for a in s.anchors))
+        lowered = value.lower()
+        return Look(shapes, any(stem in lowered for stem in _STEMS))
+
+    def __bool__(self) -> bool:
+        return bool(self.shapes) or self.pairs
 
 
-def secret_name(name: str) -> bool:
-    """True for a parameter or argument name that carries a credential."""
-    lowered = name.lower()
-    return lowered in SECRET_PARAMS or any(w in lowered for w in SECRET_WORDS)
+EVERYTHING = Look(SHAPES, True)
+
+
+# Short strings (headers, URL parts, most JSON strings) get one look for any anchor or stem.
+_ANY = re.compile("|".join(sorted(re.escape(a.lower()) for a in {*(a for s in SHAPES for a in s.anchors), *_STEMS})))
+_SHORT = 512
+
+
+def text(value: str, look: Look | None = None) -> str:
+    """A string with every credential-shaped part replaced (token formats, `password=...`)."""
+    if len(value) <= _SHORT and _ANY.search(value.lower()) is None:
+        return value
+    out = value
+    for shape in SHAPES if look is None else look.shapes:
+        if any(a in out for a in shape.anchors):
+            out = shape.sub(out)
+    if look is None or look.pairs:
+        out = _pairs(out)
+    return value if out == value else out
+
+
+def _pairs(value: str) -> str:
+    lowered = value.lower()
+    if len(lowered) != len(value):  # a character whose lower case is longer: stay on the original
+        lowered = value
+    spans: set[tuple[int, int]] = set()
+    for stem in _STEMS:
+        at = lowered.find(stem)
+        while at >= 0:
+            start, end = at, at + len(stem)
+            while start > 0 and value[start - 1] in _NAME:
+                start -= 1
+            while end < len(value) and value[end] in _NAME:
+                end += 1
+            m = _VALUE.match(value, end)
+            if m is not None and secret_name(value[start:end]):
+                quoted = m[1][0] in "\"'"
+                spans.add((m.start(1) + quoted, m.end(1) - quoted))
+            at = lowered.find(stem, end)
+    if not spans:
+        return value
+    out, last = [], 0
+    for start, end in sorted(spans):
+        if start >= last:
+            out += [value[last:start], REDACTED]
+            last = end
+    out.append(value[last:])
+    return "".join(out)
+
+
+# ---- structured values -----------------------------------------------------------------------
+
+
+def walk(value: Any, look: Look | None = None) -> Any:
+    """A JSON value with credential-named fields replaced at any depth and credential-shaped
+    strings redacted; the value itself when nothing changed (it is never modified). `look`:
+    what occurs in the text the value was parsed from (strings are then only searched for that)."""
+    look = EVERYTHING if look is None else look
+    if isinstance(value, str):
+        return text(value, look)
+    return _walk(value, look, bool(look)) if isinstance(value, dict | list) else value
+
+
+def _walk(value: dict[Any, Any] | list[Any], look: Look, scan: bool) -> Any:
+    out: Any = None
+    pairs = value.items() if isinstance(value, dict) else enumerate(value)
+    for k, v in pairs:
+        if isinstance(value, dict) and _secret_field(k if isinstance(k, str) else str(k)):
+            new: Any = REDACTED
+        elif isinstance(v, str):
+            if not scan:
+                continue
+            new = text(v, look)
+        elif isinstance(v, dict | list):
+            new = _walk(v, look, scan)
+        else:
+            continue
+        if new is not v:
+            if out is None:
+                out = dict(value) if isinstance(value, dict) else list(value)
+            out[k] = new
+    return value if out is None else out
+
+
+def query(raw: str) -> str:
+    """A query string (or form body) with credential parameters replaced; unchanged pairs keep
+    their original encoding."""
+    if not raw:
+        return raw
+    pieces = raw.split("&")
+    changed = False
+    for i, piece in enumerate(pieces):
+        name, eq, value = piece.partition("=")
+        plain_name = unquote_plus(name)
+        if secret_name(plain_name, field=False):
+            new = f"{name}={REDACTED}"
+        elif not eq:
+            new = piece if text(plain_name) == plain_name else REDACTED
+        else:
+            plain = unquote_plus(value)
+            redacted = text(plain)
+            new = piece if redacted == plain else f"{name}={quote_plus(redacted, safe='[]')}"
+        if new != piece:
+            pieces[i], changed = new, True
+    return "&".join(pieces) if changed else raw
+
+
+def url(raw: str) -> str:
+    """A URL with credentials in its userinfo, path and query replaced."""
+    head, sep, rest = raw.partition("?")
+    return f"{text(head)}?{query(rest)}" if sep else text(raw)
 
 
 class Redactor:
-    """Redacts the built-in secret headers and query parameters, plus headers the rules name."""
+    """Redacts credentials by name and by shape; `extra_headers` (from the rules) are redacted
+    whatever their name."""
 
     def __init__(self, extra_headers: Iterable[str] = ()):
         self.headers_secret = SECRET_HEADERS | {h.lower() for h in extra_headers}
 
+    def secret_header(self, name: str) -> bool:
+        """True for a header whose value is a credential."""
+        return name.lower() in self.headers_secret or secret_name(name, field=False)
+
     def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """A copy of the headers with secret values replaced."""
-        return {k: REDACTED if k.lower() in self.headers_secret else v for k, v in headers.items()}
+        """A copy of the headers with credential values replaced."""
+        return {
+            k: REDACTED if self.secret_header(k) else (url(v) if "://" in v or "?" in v else text(v))
+            for k, v in headers.items()
+        }
 
     def args(self, value: object) -> object:
-        """Tool arguments with the values of credential-named fields replaced, at any depth."""
-        if isinstance(value, dict):
-            return {k: REDACTED if secret_name(str(k)) else self.args(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.args(v) for v in value]
-        return value
+        """Tool arguments with credential-named fields and credential-shaped strings replaced."""
+        return walk(value)
 
-    def query(self, query: str) -> str:
-        """A query string with secret parameter values replaced."""
-        if not query:
-            return query
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if not any(k.lower() in SECRET_PARAMS for k, _ in pairs):
-            return query
-        return urlencode([(k, REDACTED if k.lower() in SECRET_PARAMS else v) for k, v in pairs])
+    def query(self, raw: str) -> str:
+        """A query string with credential parameters replaced."""
+        return query(raw)
+
+    def url(self, raw: str) -> str:
+        """A URL with credentials in its userinfo, path and query replaced."""
+        return url(raw)
+
+
+# ---- bodies ----------------------------------------------------------------------------------
+
+
+def body(data: bytes, content_type: str, *, parsed: Callable[[bytes], Any] | None = None) -> bytes:
+    """A body (or the part of it the log keeps) with its credentials replaced: JSON field by field
+    at any depth, forms and multipart parts by field name, other text and the printable runs of
+    binary data by value shape. `parsed` is a JSON parser whose results may be shared."""
+    ctype = content_type.lower()
+    stripped = data.lstrip()[:1]
+    if stripped in (b"{", b"["):
+        value = (parsed or _loads)(data)
+        if value is not None:
+            # Every secret name holds a stem and every shape an anchor, so a look at the raw text
+            # says what to search for; only a \u escape could hide them from it.
+            raw = data.decode("utf-8", errors="replace")
+            look = EVERYTHING if "\\u" in raw else Look.at(raw)
+            if not look:
+                return data
+            redacted = walk(value, look)
+            if redacted is value:
+                return data
+            return json.dumps(redacted, ensure_ascii=False, separators=(",", ":")).encode()
+    if "multipart/form-data" in ctype and (boundary := _boundary(content_type)):
+        return _multipart(data, boundary)
+    try:
+        decoded = data.decode()
+    except UnicodeDecodeError:
+        # Binary: look for token shapes in its printable runs (latin-1 maps bytes one to one).
+        as_latin = data.decode("latin-1")
+        redacted = text(as_latin)
+        return data if redacted is as_latin else redacted.encode("latin-1", errors="replace")
+    redacted = query(decoded) if "x-www-form-urlencoded" in ctype else text(decoded)
+    return data if redacted == decoded else redacted.encode()
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+_BOUNDARY = re.compile(r"boundary=(?:\"([^\"]+)\"|([^\s;]+))", re.I)
+_PART_NAME = re.compile(rb"content-disposition:[^\r\n]*?\bname=\"([^\"]*)\"", re.I)
+
+
+def _boundary(content_type: str) -> bytes | None:
+    m = _BOUNDARY.search(content_type)
+    return (m[1] or m[2]).encode("latin-1") if m else None
+
+
+def _multipart(data: bytes, boundary: bytes) -> bytes:
+    delimiter = b"--" + boundary
+    parts = data.split(delimiter)
+    for i, part in enumerate(parts):
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        m = _PART_NAME.search(head)
+        if m and secret_name(m[1].decode("latin-1"), field=False):
+            tail = b"\r\n" if content.endswith(b"\r\n") else b""
+            parts[i] = head + sep + REDACTED.encode() + tail
+        else:
+            parts[i] = head + sep + body(content, "")
+    return delimiter.join(parts)
