@@ -58,6 +58,19 @@ class Action:
     # The addresses the host resolves to, when the proxy has looked them up: egress checks
     # them, and the connection goes to the one it allows.
     addresses: tuple[Address, ...] | None = None
+    # When the request named its agent itself (X-Airlock-Agent), `agent` is that claim and this
+    # is the agent the operator configured: a claim is not an identity.
+    configured_agent: str | None = None
+    # Why the body as sent cannot be decoded (an unknown or corrupt Content-Encoding, or one
+    # that expands past the limit); `body` is then the bytes as sent.
+    body_problem: str | None = None
+    # Readings of the action computed on first use (rules.readings); never compared.
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    @property
+    def agent_claimed(self) -> bool:
+        """True when the agent named itself with a name other than the one the operator gave."""
+        return self.configured_agent is not None
 
     @property
     def url(self) -> str:

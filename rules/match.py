@@ -2,21 +2,28 @@
 
 Every field given must hold; `all`, `any` and `not` combine nested matches. Globs are
 shell-style (`*`, `?`, `[...]`); host, method, protocol and header names compare without case.
+
+A match compiles *widened* for deny and hold rules: a field that has several readings of the
+action (method, path, agent, body, text; see rules.readings) holds if any reading matches, paths
+also without case, and an unreadable body of a mutating action counts as matching. Otherwise a
+field holds only if every reading matches. `not` turns one into the other.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
 from fnmatch import translate
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 import jsonschema
 
 from .action import Action
+from .body import parse_json
+from .paths import normalized_path as normalized_path  # where path rules have always found it
+from .readings import readings_of
 
 Predicate = Callable[[Action], bool]
 
@@ -50,29 +57,16 @@ def globs(patterns: Iterable[str], *, fold: bool) -> Callable[[str | None], bool
     return test
 
 
-def _path(spec: Any) -> Callable[[str | None], bool]:
+def _path(spec: Any, *, fold: bool) -> Callable[[str | None], bool]:
     if isinstance(spec, dict):
-        pattern = re.compile(spec["regex"])
+        pattern = re.compile(spec["regex"], re.IGNORECASE if fold else 0)
         return lambda v: v is not None and pattern.search(v) is not None
-    return globs(strings(spec), fold=False)
+    return globs(strings(spec), fold=fold)
 
 
 def _schema(schema: dict[str, Any]) -> Callable[[Any], bool]:
     valid: Callable[[Any], bool] = jsonschema.Draft202012Validator(schema).is_valid
     return valid
-
-
-_MISSING = object()
-
-
-# Several rules may look at one action's body or query: parse each once. The caches are small,
-# keyed by the exact bytes, and their results are only read.
-@lru_cache(maxsize=8)
-def _parsed_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return _MISSING
 
 
 @lru_cache(maxsize=64)
@@ -84,30 +78,10 @@ def _parsed_query(query: str) -> dict[str, list[str]]:
     return params
 
 
-@lru_cache(maxsize=64)
-def normalized_path(path: str) -> str:
-    """The path as a server resolves it: percent-escapes decoded, dot segments removed and
-    repeated slashes collapsed, so an encoded or padded path cannot slip past a path rule."""
-    decoded = unquote(path)
-    segments: list[str] = []
-    for segment in decoded.split("/"):
-        if segment == "..":
-            if segments:
-                segments.pop()
-        elif segment not in ("", "."):
-            segments.append(segment)
-    trailing = "/" if decoded.endswith("/") and segments else ""
-    return "/" + "/".join(segments) + trailing
-
-
 def json_of(body: bytes) -> Any:
-    """The body parsed as JSON (cached), or None when it is not JSON."""
-    parsed = _parsed_json(body)
-    return None if parsed is _MISSING else parsed
-
-
-def _json_body(action: Action) -> Any:
-    return _parsed_json(action.body) if action.body else _MISSING
+    """The body parsed as JSON (cached; the last of repeated keys wins), or None when it is not
+    JSON that every parser reads alike (see rules.body)."""
+    return parse_json(body).doc
 
 
 def _pairs(spec: dict[str, Any], *, fold_keys: bool) -> dict[str, Callable[[str | None], bool]]:
@@ -118,12 +92,13 @@ def _any_value(test: Callable[[str | None], bool], values: list[str] | None) -> 
     return values is not None and any(test(v) for v in values)
 
 
-def compile_match(spec: dict[str, Any]) -> Predicate:
-    """The predicate for one `match` mapping (already validated against the schema)."""
+def compile_match(spec: dict[str, Any], *, widen: bool = False) -> Predicate:
+    """The predicate for one `match` mapping (already validated against the schema); `widen` for
+    deny and hold rules (see the module docstring)."""
     tests: list[Predicate] = []
     for field, compile_field in _FIELDS.items():
         if field in spec:
-            tests.append(compile_field(spec[field]))
+            tests.append(compile_field(spec[field], widen))
     if not tests:
         return lambda a: True
     if len(tests) == 1:
@@ -131,37 +106,59 @@ def compile_match(spec: dict[str, Any]) -> Predicate:
     return lambda a: all(t(a) for t in tests)
 
 
-def _agent(v: Any) -> Predicate:
+def _agent(v: Any, widen: bool) -> Predicate:
     t = globs(strings(v), fold=False)
-    return lambda a: t(a.agent)
+    if widen:
+        return lambda a: any(t(name) for name in readings_of(a).agents)
+    return lambda a: all(t(name) for name in readings_of(a).agents)
 
 
-def _protocol(v: Any) -> Predicate:
+def _agent_claimed(v: Any, widen: bool) -> Predicate:
+    wanted = bool(v)
+    return lambda a: a.agent_claimed is wanted
+
+
+def _protocol(v: Any, widen: bool) -> Predicate:
     wanted = {p.lower() for p in strings(v)}
     return lambda a: a.protocol in wanted
 
 
-def _host(v: Any) -> Predicate:
+def _host(v: Any, widen: bool) -> Predicate:
     t = globs(strings(v), fold=True)
     return lambda a: t(a.host)
 
 
-def _port(v: Any) -> Predicate:
+def _port(v: Any, widen: bool) -> Predicate:
     ports = {v} if isinstance(v, int) else set(v)
     return lambda a: a.port in ports
 
 
-def _method(v: Any) -> Predicate:
-    methods = {m.upper() for m in strings(v)}
-    return lambda a: a.method.upper() in methods
+def _method(v: Any, widen: bool) -> Predicate:
+    methods = frozenset(m.upper() for m in strings(v))
+    return method_test(methods, widen)
 
 
-def _path_field(v: Any) -> Predicate:
-    t = _path(v)
-    return lambda a: t(normalized_path(a.path))
+def method_test(methods: frozenset[str], widen: bool) -> Predicate:
+    """A test that the action's methods (every reading of them) are among `methods`."""
+    if widen:
+        return lambda a: any(m in methods for m in readings_of(a).methods)
+    return lambda a: all(m in methods for m in readings_of(a).methods)
 
 
-def _query(v: Any) -> Predicate:
+def _path_field(v: Any, widen: bool) -> Predicate:
+    exact = _path(v, fold=False)
+    if not widen:
+        return lambda a: all(exact(p) for p in readings_of(a).paths)
+    folded = _path(v, fold=True)
+
+    def widened(a: Action) -> bool:
+        r = readings_of(a)
+        return any(exact(p) or (r.fold_paths and folded(p)) for p in r.paths)
+
+    return widened
+
+
+def _query(v: Any, widen: bool) -> Predicate:
     tests = _pairs(v, fold_keys=False)
 
     def test(a: Action) -> bool:
@@ -179,72 +176,101 @@ def _header_values(value: str | None) -> list[str] | None:
     return [value, *parts] if len(parts) > 1 else [value]
 
 
-def _headers(v: Any) -> Predicate:
+def _headers(v: Any, widen: bool) -> Predicate:
     tests = _pairs(v, fold_keys=True)
     return lambda a: all(_any_value(t, _header_values(a.headers.get(k))) for k, t in tests.items())
 
 
-def _service(v: Any) -> Predicate:
+def _service(v: Any, widen: bool) -> Predicate:
     t = globs(strings(v), fold=True)
     return lambda a: t(a.service)
 
 
-def _operation(v: Any) -> Predicate:
+def _operation(v: Any, widen: bool) -> Predicate:
     t = globs(strings(v), fold=False)
     return lambda a: t(a.operation)
 
 
-def _tool(v: Any) -> Predicate:
+def _unknown_args(a: Action) -> bool:
+    r = readings_of(a)
+    return r.unknown() and r.args_problem is not None
+
+
+def _tool(v: Any, widen: bool) -> Predicate:
     t = globs(strings(v), fold=False)
-    return lambda a: t(a.tool)
+    if widen:
+        return lambda a: t(a.tool) or _unknown_args(a)
+    return lambda a: t(a.tool) and readings_of(a).args_problem is None
 
 
-def _effect(v: Any) -> Predicate:
+def _effect(v: Any, widen: bool) -> Predicate:
     effects = set(strings(v))
     return lambda a: a.effect.value in effects
 
 
-def _body(v: Any) -> Predicate:
+def _body(v: Any, widen: bool) -> Predicate:
     valid = _schema(v)
 
-    def test(a: Action) -> bool:
-        doc = _json_body(a)
-        return doc is not _MISSING and valid(doc)
+    def widened(a: Action) -> bool:
+        r = readings_of(a)
+        if r.problem is not None:
+            return r.unknown()
+        return any(valid(doc) for doc in r.documents)
 
-    return test
+    def strict(a: Action) -> bool:
+        r = readings_of(a)
+        docs = r.documents
+        return r.problem is None and bool(docs) and all(valid(doc) for doc in docs)
+
+    return widened if widen else strict
 
 
-def _args(v: Any) -> Predicate:
+def _args(v: Any, widen: bool) -> Predicate:
     valid = _schema(v)
-    return lambda a: a.args is not None and valid(a.args)
+    if widen:
+        return lambda a: (a.args is not None and valid(a.args)) or _unknown_args(a)
+    return lambda a: a.args is not None and valid(a.args) and readings_of(a).args_problem is None
 
 
-def _text(v: Any) -> Predicate:
-    pattern = re.compile(v)
-    return lambda a: a.body is not None and pattern.search(a.body.decode("utf-8", "replace")) is not None
+def _text(v: Any, widen: bool) -> Predicate:
+    search = re.compile(v).search
+
+    def widened(a: Action) -> bool:
+        r = readings_of(a)
+        if r.problem is not None:
+            return r.unknown()
+        return any(search(t) is not None for t in r.texts)
+
+    def strict(a: Action) -> bool:
+        r = readings_of(a)
+        texts = r.texts
+        return r.problem is None and bool(texts) and all(search(t) is not None for t in texts)
+
+    return widened if widen else strict
 
 
-def _all(v: Any) -> Predicate:
-    parts = [compile_match(m) for m in v]
+def _all(v: Any, widen: bool) -> Predicate:
+    parts = [compile_match(m, widen=widen) for m in v]
     return lambda a: all(p(a) for p in parts)
 
 
-def _any(v: Any) -> Predicate:
-    parts = [compile_match(m) for m in v]
+def _any(v: Any, widen: bool) -> Predicate:
+    parts = [compile_match(m, widen=widen) for m in v]
     return lambda a: any(p(a) for p in parts)
 
 
-def _not(v: Any) -> Predicate:
-    inner = compile_match(v)
+def _not(v: Any, widen: bool) -> Predicate:
+    inner = compile_match(v, widen=not widen)
     return lambda a: not inner(a)
 
 
-_FIELDS: dict[str, Callable[[Any], Predicate]] = {
+_FIELDS: dict[str, Callable[[Any, bool], Predicate]] = {
     "protocol": _protocol,
     "method": _method,
     "host": _host,
     "port": _port,
     "agent": _agent,
+    "agent_claimed": _agent_claimed,
     "effect": _effect,
     "path": _path_field,
     "query": _query,

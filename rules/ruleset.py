@@ -24,6 +24,7 @@ from .addresses import Address, Range, address_of, network_of, non_public
 from .decision import Decision, Verdict
 from .dedup import Dedup, Storm, parse_dedup, parse_storm
 from .match import Predicate, compile_match, globs, is_literal, strings
+from .readings import KINDS, readings_of
 from .source import Document, files, read
 
 PRECEDENCE = {Verdict.ALLOW: 0, Verdict.LOG: 1, Verdict.HOLD: 2, Verdict.DENY: 3}
@@ -54,14 +55,24 @@ class Rule:
     storm: Storm | None = None
     hides: bool = False  # a deny rule that refuses every call to a tool: hide the tool
     effect: Effect | None = None  # the effect the matched actions are treated as
+    widen: bool = False  # any reading of the action matches (deny, hold): see rules.readings
 
     def matches(self, action: Action) -> bool:
-        """True when every field of the rule's `match` holds for the action."""
-        if self.methods is not None and action.method.upper() not in self.methods:
+        """True when every field of the rule's `match` holds for the action (for a deny or hold
+        rule under any reading of it, for the others under every reading)."""
+        if self.methods is not None and not self._methods_hold(action):
             return False
         if self.protocols is not None and action.protocol not in self.protocols:
             return False
         return self.test(action)
+
+    def _methods_hold(self, action: Action) -> bool:
+        assert self.methods is not None
+        if action.method.upper() in self.methods and self.widen:
+            return True
+        methods = readings_of(action).methods
+        quantifier = any if self.widen else all
+        return quantifier(m in self.methods for m in methods)
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,9 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
                 ["rules", i, "match"],
                 "a rule that sets effect cannot also match on effect; match the tool, host or method",
             )
+        verdict = Verdict(spec["action"]) if "action" in spec else None
+        # Rules that refuse, or make an action count as destructive, hold under any reading.
+        widen = verdict in (Verdict.DENY, Verdict.HOLD) or spec.get("effect") == "destructive"
         try:
             dedup = parse_dedup(spec["id"], spec["dedup"]) if "dedup" in spec else None
         except ValueError as e:
@@ -221,12 +235,12 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
         parts.rules.append(
             Rule(
                 id=spec["id"],
-                verdict=Verdict(spec["action"]) if "action" in spec else None,
+                verdict=verdict,
                 message=spec.get("message", ""),
                 description=spec.get("description", ""),
                 source=doc.path,
                 position=len(parts.rules),
-                test=compile_match(rest),
+                test=compile_match(rest, widen=widen),
                 hosts=_host_keys(match),
                 methods=methods,
                 protocols=protocols,
@@ -234,8 +248,65 @@ def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
                 storm=parse_storm(spec["id"], spec["storm"]) if "storm" in spec else None,
                 hides=spec.get("action") == "deny" and spec.get("hide", True) and _per_tool(match),
                 effect=Effect(spec["effect"]) if "effect" in spec else None,
+                widen=widen,
             )
         )
+
+
+AMBIGUOUS = "ambiguous"  # a rule matched only because the body it reads cannot be read
+
+
+def _reading(rule: Rule, action: Action) -> str | None:
+    """Which reading of the action a widened rule matched: None for the action as sent,
+    AMBIGUOUS when only an unreadable body made it match, else words naming the reading."""
+    if not rule.widen:
+        return None
+    r = readings_of(action)
+    try:
+        r.only, r.assume_unknown = frozenset(), False
+        if rule.matches(action):
+            return None
+        for kind in KINDS:
+            r.only = frozenset({kind})
+            if rule.matches(action):
+                return _READING_WORDS[kind](action)
+        r.only = None
+        if rule.matches(action):
+            return "several readings of the request at once (method, path, agent or body)"
+        return AMBIGUOUS
+    finally:
+        r.only, r.assume_unknown = None, True
+
+
+_READING_WORDS: dict[str, Callable[[Action], str]] = {
+    "method": lambda a: (
+        "the method "
+        + " or ".join(readings_of(a).methods[1:])
+        + " that a method-override header or _method field names"
+    ),
+    "path": lambda a: (
+        "the path as other servers resolve it (" + ", ".join(readings_of(a).paths) + "), or without case"
+    ),
+    "agent": lambda a: f"the configured agent {a.configured_agent}, which the request named {a.agent}",
+    "body": lambda a: (
+        "another reading of the body (form or multipart fields, typed values, "
+        "the first of repeated JSON keys, or its decoded text)"
+    ),
+}
+
+
+def _ambiguous(rule: Rule, action: Action) -> Decision:
+    r = readings_of(action)
+    why = r.problem or r.args_problem or "it cannot be read"
+    return Decision(
+        Verdict.DENY,
+        rule.id,
+        f"rule {rule.id} must read the body of this request, and it cannot be read "
+        f"unambiguously: {why}; it was not forwarded. Send one plain JSON document in UTF-8 "
+        "(no repeated keys, nothing after it), a form or a multipart body, uncompressed or "
+        "compressed with gzip, deflate, br or zstd",
+        "ambiguous_body",
+    )
 
 
 def _add_range(address: Address) -> str:
@@ -417,6 +488,12 @@ class Ruleset:
             reason = f"rule {winner.id} ({winner.verdict.value}) decides" + (
                 f"; {others} other matching rule(s) are not stricter" if others else ""
             )
+            reading = _reading(winner, action)
+            if reading is AMBIGUOUS:
+                decision = _ambiguous(winner, action)
+                reason += "; it must read the body, which cannot be read unambiguously"
+            elif reading:
+                reason += f"; it matches {reading}"
         else:
             verdict = self.defaults.get(action.effect, Verdict.ALLOW)
             rule_id = None if verdict is Verdict.ALLOW else f"defaults.{action.effect.value}"

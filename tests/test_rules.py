@@ -231,7 +231,8 @@ def fields(tmp_path: Path) -> Ruleset:
         (act(protocol="aws", service="s3", operation="PutObject"), None),
         (act("POST", body=b'{"force": true}'), "body"),
         (act("POST", body=b'{"force": false}'), None),
-        (act("POST", body=b"force=true"), None),  # not JSON: a body schema cannot match it
+        (act("POST", body=b"force=true"), "body"),  # read as form fields too: any reading counts
+        (act("POST", body=b"note=force"), None),
         (act(protocol="mcp", tool="send", args={"to": "boss@evil.test"}), "args"),
         (act(protocol="mcp", tool="send", args={"to": "me@example.com"}), None),
         (act("POST", body=b"select 1; DROP  TABLE users"), "text"),
