@@ -130,5 +130,10 @@ class Egress:
 
     def _restore(self, server: connection.Server) -> None:
         named = self._names.pop(server.id, None)
-        if named is not None:
-            server.address = named
+        if named is None:
+            return
+        # mitmproxy reuses a connection for a request whose host and port equal its address,
+        # and refuses to change the address of an open connection. Naming it by its host again
+        # is what lets keep-alive work; its peer stays the address that was checked, and a
+        # request is decided (its name and addresses checked) before any connection is chosen.
+        object.__setattr__(server, "address", named)

@@ -9,7 +9,6 @@ import signal
 from aiohttp import web
 from mitmproxy import master, options
 from mitmproxy.addons import (
-    block,
     core,
     disable_h2c,
     dns_resolver,
@@ -24,14 +23,19 @@ from rules import Ruleset
 from store import Log
 
 from .ca import ensure_ca, install_ca
+from .clients import Clients
 from .config import Address, RunConfig
 from .control import make_app
 from .datadir import DataDir
 from .errors import StartupError
+from .fronting import Fronting
 from .gate import Gate
 from .records import BodyPolicy
 from .reload import RulesReloader
+from .tunnels import Tunnels
+from .upgrades import Upgrades
 from .verify import settle_in_doubt
+from .websocket import WebSockets
 
 logger = logging.getLogger("airlock")
 
@@ -54,17 +58,33 @@ def data_plane() -> list[object]:
 
     Not the default set: playback, map local/remote, body and header rewriting, sticky
     cookies, scripts and the onboarding app would each be a path that the gate does not see,
-    and every hook of every flow would pay for them.
+    and every hook of every flow would pay for them. mitmproxy's `block_global` is replaced
+    by a rule per listener (proxy/clients.py).
     """
     return [
         core.Core(),
-        block.Block(),  # refuse clients from public addresses when listening on all interfaces
+        Clients(),  # refuse public clients of a listener open on every interface
         disable_h2c.DisableH2C(),  # no cleartext HTTP/2 upgrades past the gate
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         dns_resolver.DnsResolver(),
         update_alt_svc.UpdateAltSvc(),  # keep reverse-mode clients on the reverse port
+    ]
+
+
+def gated(gate: Gate, named: dict[ProxyMode, str], agent: str) -> list[object]:
+    """Airlock's own addons, in the order their hooks must run: the guards that refuse what the
+    gate must never see (other protocols, mismatched names) first, then the gate, then what
+    follows an admitted upgrade (WebSocket messages), and egress as connections open."""
+    admission = gate.admission
+    return [
+        Tunnels(admission, lambda: gate.ruleset, gate.egress, agent=agent),
+        Upgrades(admission, named, agent=agent),
+        Fronting(admission, named, agent=agent),
+        WebSockets(admission, named, gate.calls.catalog, agent=agent),
+        gate,
+        gate.egress,
     ]
 
 
@@ -75,6 +95,8 @@ def configure(opts: options.Options, cfg: RunConfig, data: DataDir, specs: list[
         confdir=str(data.ca),
         # Connect upstream only once the gate has let a request through.
         connection_strategy="lazy",
+        # After a 101 that is not a WebSocket, close instead of relaying bytes nobody reads.
+        rawtcp=False,
         upstream_cert=False,
         ssl_verify_upstream_trusted_ca=str(cfg.upstream_ca) if cfg.upstream_ca else None,
     )
@@ -95,8 +117,15 @@ async def serve(cfg: RunConfig) -> None:
         specs, named = modes(cfg)
         m = master.Master(options.Options())
         m.addons.add(*data_plane())
-        gate = Gate(log, ruleset, agent=cfg.agent, bodies=BodyPolicy(cfg.body_limit), upstreams=named)
-        m.addons.add(gate, gate.egress)
+        gate = Gate(
+            log,
+            ruleset,
+            agent=cfg.agent,
+            bodies=BodyPolicy(cfg.body_limit),
+            upstreams=named,
+            reads_pass_unlogged=cfg.reads_when_log_down == "pass",
+        )
+        m.addons.add(*gated(gate, named, cfg.agent))
         configure(m.options, cfg, data, specs)
 
         # Listeners first: the control API's /healthz answers only once the proxy does.

@@ -1,0 +1,111 @@
+"""Names inside a connection must agree with where it goes: no domain fronting.
+
+The gate decides a request by its destination: the host of a CONNECT tunnel, of an absolute
+URL, or (for redirected connections) the Host header it follows. Upstreams that serve many
+names (CDNs, shared load balancers, virtual hosts) route by the names inside instead: the TLS
+SNI, the `Host` header, HTTP/2's `:authority`. A request whose inner names differ from its
+destination would reach a service the rules never decided on, so it is refused and logged,
+naming both. Reverse listeners are exempt: mitmproxy sets the names to the named upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from mitmproxy import http
+from mitmproxy.net.http import url
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode, TransparentMode
+
+from rules import Decision, Verdict
+
+from . import answers
+from .admission import Admission
+from .protocols.http import AGENT_HEADER, classify
+
+logger = logging.getLogger(__name__)
+
+FRONTING_RULE = "domain-fronting"
+
+
+def _canonical(host: str) -> str:
+    return host.strip().rstrip(".").lower()
+
+
+def inner_names(flow: http.HTTPFlow) -> Iterator[tuple[str, str]]:
+    """Every name the request carries for its upstream: (where it is, the value)."""
+    request = flow.request
+    for value in request.headers.get_all("host"):
+        yield "Host header", value
+    if (request.is_http2 or request.is_http3) and request.authority:
+        yield ":authority", request.authority
+    if flow.client_conn.sni:
+        yield "TLS SNI", flow.client_conn.sni
+
+
+def mismatch(flow: http.HTTPFlow) -> str | None:
+    """Why the names inside the request disagree with its destination, or None if they agree."""
+    named = list(inner_names(flow))
+    if isinstance(flow.client_conn.proxy_mode, TransparentMode):
+        if not named:
+            return None
+        # A redirected connection names only an address: the first inner name is the destination.
+        where, value = named[0]
+        try:
+            host, port = url.parse_authority(value, check=True)
+        except ValueError:
+            return f"its {where} {value!r} is not a valid host"
+        target, target_port, destination = host, port or flow.request.port, f"the {where}'s {value}"
+    else:
+        target, target_port = flow.request.host, flow.request.port
+        destination = url.hostport(flow.request.scheme, target, target_port)
+    for where, value in named:
+        try:
+            host, port = url.parse_authority(value, check=True)
+        except ValueError:
+            return f"the request goes to {destination}, and its {where} {value!r} is not a valid host"
+        if _canonical(host) != _canonical(target) or (port is not None and port != target_port):
+            return f"the request goes to {destination}, but its {where} names {value}"
+    return None
+
+
+def refused_fronting(why: str) -> Decision:
+    """The refusal of a request whose names disagree."""
+    return Decision(
+        Verdict.DENY,
+        FRONTING_RULE,
+        f"{why}; a different name inside the connection than its destination (domain fronting) "
+        "would reach a service the rules did not decide on, so it is refused; "
+        "send the request to the host it names, by that name",
+        "name_mismatch",
+    )
+
+
+class Fronting:
+    """The mitmproxy addon that refuses requests whose names disagree with their destination."""
+
+    def __init__(self, admission: Admission, upstreams: dict[ProxyMode, str], *, agent: str):
+        self.admission = admission
+        self.upstreams = upstreams
+        self.agent = agent
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Refuse, and log, a request naming another host inside than the one it goes to."""
+        if flow.response or flow.error or not flow.live:
+            return
+        if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            return
+        try:
+            why = mismatch(flow)
+            if why is None:
+                return
+            agent = flow.request.headers.get(AGENT_HEADER, self.agent)
+            action = classify(flow, agent=agent, upstream=self.upstreams.get(flow.client_conn.proxy_mode))
+            answer = await self.admission.refuse(action, refused_fronting(why))
+            flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
+        except Exception:
+            # mitmproxy forwards a flow whose hook raised: refuse instead.
+            logger.exception("could not check the names of %s", flow.request.pretty_url)
+            flow.response = answers.internal_error(
+                "airlock could not check the names in this request; it was not forwarded"
+            )

@@ -1,0 +1,166 @@
+"""Tunnels: CONNECT opens only to allowed destinations, and only HTTP may speak inside one.
+
+A tunnel is a byte stream to `host:port`. The gate can read HTTP in it (plain or behind TLS,
+and WebSocket messages after an upgrade); anything else would leave unseen, so it is refused
+and logged before a byte of it goes anywhere: raw TCP, DNS (mitmproxy would answer it itself,
+bypassing the rules), UDP and QUIC, and any layer mitmproxy might pick that is not HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from mitmproxy import connection, http, tcp
+from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.http import HTTPMode
+
+from rules import Action, Decision, Effect, Ruleset, Verdict
+
+from . import answers
+from .admission import Admission
+from .egress import Egress
+from .protocols.http import AGENT_HEADER
+
+logger = logging.getLogger(__name__)
+
+RAW_TCP_RULE = "raw-tcp"
+DNS_RULE = "dns-in-tunnel"
+PROTOCOL_RULE = "protocol"
+
+# The layers that carry only what the gate reads: the listeners' own layers, TLS, and HTTP.
+READABLE = (modes.HttpProxy, modes.ReverseProxy, modes.TransparentProxy, layers.HttpLayer)
+TLS = (layers.ServerTLSLayer, layers.ClientTLSLayer)
+
+
+def tunnel_action(host: str, port: int, agent: str, protocol: str = "tcp") -> Action:
+    """A byte stream to `host:port`, as an action."""
+    return Action(
+        method="CONNECT",
+        scheme="tcp",
+        host=host.lower(),
+        port=port,
+        path="",
+        effect=Effect.WRITE,
+        protocol=protocol,
+        agent=agent,
+    )
+
+
+def refusal(rule: str, message: str) -> Decision:
+    """The decision that refuses a protocol the gate cannot read."""
+    return Decision(Verdict.DENY, rule, message, "protocol_refused")
+
+
+def raw_tcp(host: str, port: int) -> Decision:
+    """Refuse bytes to `host:port` that are not HTTP."""
+    return refusal(
+        RAW_TCP_RULE,
+        f"raw TCP to {host}:{port} cannot be inspected, so it is refused; "
+        "only HTTP and HTTPS (and WebSocket) pass through airlock",
+    )
+
+
+def looks_like_http(data: bytes) -> bool:
+    """True unless the first bytes rule out an HTTP request line (a verb, then a space)."""
+    if len(data) < 3:
+        return True  # too little to tell: the HTTP parser will refuse it if it is not HTTP
+    first_line = data.split(b"\n", 1)[0]
+    return data[:3].isalpha() and b" " in first_line
+
+
+class Closed(layer.Layer):
+    """A layer for what was refused: it closes the client's connection and passes nothing on."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+
+
+class Tunnels:
+    """The mitmproxy addon that decides CONNECT and refuses every protocol but HTTP inside."""
+
+    def __init__(self, admission: Admission, rules: Callable[[], Ruleset], egress: Egress, *, agent: str):
+        self.admission = admission
+        self.rules = rules
+        self.egress = egress
+        self.agent = agent
+        self._agents: dict[str, str] = {}  # client connection id -> the agent that opened its tunnel
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Open a tunnel only to an allowed host and port, at an allowed address."""
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            agent = flow.request.headers.get(AGENT_HEADER, self.agent)
+            self._agents[flow.client_conn.id] = agent
+            action = await self.egress.resolved(tunnel_action(flow.request.host, flow.request.port, agent))
+            decision = self.rules().egress_decision(action)
+            if decision is not None and decision.refused:
+                answer = await self.admission.refuse(action, decision)
+                flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
+        except Exception:
+            # mitmproxy opens a tunnel whose hook raised: never let that happen undecided.
+            logger.exception("could not decide CONNECT %s", flow.request.pretty_url)
+            flow.response = answers.internal_error("airlock could not decide this tunnel; it was not opened")
+
+    async def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Let only HTTP (behind TLS or not) through; refuse and log any other protocol."""
+        chosen = nextlayer.layer
+        if chosen is None or _readable(chosen, nextlayer.data_client()):
+            return
+        context = nextlayer.context
+        host, port = _destination(context.server)
+        if isinstance(chosen, layers.DNSLayer):
+            protocol, decision = (
+                "dns",
+                refusal(
+                    DNS_RULE,
+                    f"DNS to {host}:{port} through a tunnel would bypass the rules, so it is refused; "
+                    "resolve names with the system resolver and connect by name through airlock",
+                ),
+            )
+        elif isinstance(chosen, (layers.HttpLayer, layers.TCPLayer)):
+            protocol, decision = "tcp", raw_tcp(host, port)
+        else:
+            kind = type(chosen).__name__.removesuffix("Layer")
+            protocol, decision = (
+                "tcp",
+                refusal(
+                    PROTOCOL_RULE,
+                    f"{kind} to {host}:{port} cannot be inspected, so it is refused; "
+                    "only HTTP and HTTPS (and WebSocket) pass through airlock",
+                ),
+            )
+        nextlayer.layer = Closed(context)
+        agent = self._agents.get(context.client.id, self.agent)
+        await self.admission.refuse(tunnel_action(host, port, agent, protocol), decision)
+
+    async def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        """Refuse raw TCP streams, should one start: only HTTP that the gate can read may pass."""
+        host, port = _destination(flow.server_conn)
+        decision = raw_tcp(host, port)
+        # Killing a TCP flow does not stop its connect; an error on the connection does.
+        flow.server_conn.error = decision.message
+        flow.kill()
+        agent = self._agents.get(flow.client_conn.id, self.agent)
+        await self.admission.refuse(tunnel_action(host, port, agent), decision)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """Forget the agent of a closed connection."""
+        self._agents.pop(client.id, None)
+
+
+def _readable(chosen: layer.Layer, data: bytes) -> bool:
+    """True for a layer that carries only what the gate reads."""
+    if isinstance(chosen, layers.HttpLayer) and chosen.mode is HTTPMode.transparent:
+        return looks_like_http(data)  # in a tunnel, or redirected: it must be HTTP to pass
+    return isinstance(chosen, READABLE + TLS)
+
+
+def _destination(server: connection.Server) -> tuple[str, int]:
+    host, port = server.address or ("unknown", 0)
+    return str(host), int(port)

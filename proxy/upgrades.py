@@ -1,0 +1,101 @@
+"""Protocol upgrades: only WebSocket, whose messages the gate reads, may follow an HTTP request.
+
+After `101 Switching Protocols` a connection carries whatever the two ends agreed on. Airlock
+reads WebSocket messages (proxy/websocket.py); any other protocol would be a byte stream nobody
+inspects. So a request asking for another protocol (`Upgrade: foo`) is refused before it goes
+upstream, and a 101 answer that is not a WebSocket handshake is never passed to the client:
+the flow is killed and both connections close (mitmproxy's `rawtcp`, which would relay such
+streams, is off as well).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ProxyMode
+
+from rules import Decision, Verdict
+
+from . import answers
+from .admission import Admission, Tracking
+from .gate import TRACK
+from .protocols.http import AGENT_HEADER, classify
+
+logger = logging.getLogger(__name__)
+
+UPGRADE_RULE = "upgrade"
+WEBSOCKET_VERSION = "13"
+
+
+def asked_protocol(request: http.Request) -> str | None:
+    """The protocol a request asks to switch to, other than WebSocket; None if it asks for none."""
+    if "upgrade" not in request.headers:
+        return None
+    asked = ", ".join(request.headers.get_all("upgrade")).strip()
+    return None if asked.lower() == "websocket" else asked or "(empty)"
+
+
+def is_websocket_handshake(flow: http.HTTPFlow) -> bool:
+    """True when a 101 answer completes a WebSocket handshake that mitmproxy will relay as one."""
+    assert flow.response is not None
+    switched: str = flow.response.headers.get("upgrade", "")
+    version: str = flow.request.headers.get("sec-websocket-version", "")
+    return switched.strip().lower() == "websocket" and version == WEBSOCKET_VERSION
+
+
+def refused_upgrade(protocol: str) -> Decision:
+    """The refusal of a request that asks to switch to `protocol`."""
+    return Decision(
+        Verdict.DENY,
+        UPGRADE_RULE,
+        f"the request asks to switch the connection to {protocol!r} (its Upgrade header); airlock "
+        "cannot inspect that protocol, so it is refused; only WebSocket upgrades pass",
+        "protocol_refused",
+    )
+
+
+class Upgrades:
+    """The mitmproxy addon that refuses upgrades to protocols the gate cannot read."""
+
+    def __init__(self, admission: Admission, upstreams: dict[ProxyMode, str], *, agent: str):
+        self.admission = admission
+        self.upstreams = upstreams
+        self.agent = agent
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Refuse, and log, a request that asks to switch to another protocol than WebSocket."""
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            protocol = asked_protocol(flow.request)
+            if protocol is None:
+                return
+            agent = flow.request.headers.get(AGENT_HEADER, self.agent)
+            upstream = self.upstreams.get(flow.client_conn.proxy_mode)
+            action = classify(flow, agent=agent, upstream=upstream)
+            answer = await self.admission.refuse(action, refused_upgrade(protocol))
+            flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
+        except Exception:
+            # mitmproxy forwards a flow whose hook raised: refuse instead.
+            logger.exception("could not decide the upgrade of %s", flow.request.pretty_url)
+            flow.response = answers.internal_error(
+                "airlock could not decide this upgrade; it was not forwarded"
+            )
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Kill a flow whose upstream switched to a protocol other than WebSocket."""
+        response = flow.response
+        if response is None or response.status_code != 101 or is_websocket_handshake(flow):
+            return
+        switched = response.headers.get("upgrade", "") or "(unnamed)"
+        why = (
+            f"the upstream answered 101 Switching Protocols to {switched!r}, which airlock cannot "
+            "inspect; the answer was not passed on and the connection was closed"
+        )
+        logger.warning("airlock: %s %s: %s", flow.request.method, flow.request.pretty_url, why)
+        tracking: Tracking | None = flow.metadata.pop(TRACK, None)
+        if tracking is not None:
+            self.admission.fail(tracking, why)
+        if flow.killable:
+            flow.kill()
