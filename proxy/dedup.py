@@ -21,8 +21,6 @@ from rules import Action, Decision
 from rules.dedup import StatusSet, Storm, fingerprint
 from store import Claim
 
-from .redact import Redactor
-
 KEY_HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 HOP_BY_HOP = frozenset(
@@ -105,14 +103,14 @@ def is_final(status: int | None) -> bool:
     return status is not None and status < 500
 
 
-def reply_of(response: http.Response, body: bytes | None, redactor: Redactor) -> dict[str, Any] | None:
-    """The reply to store for replays: status, headers minus hop-by-hop and secrets, body."""
+def reply_of(response: http.Response, body: bytes | None) -> dict[str, Any] | None:
+    """The reply to store for replays: status, headers minus hop-by-hop ones, body. It is kept
+    verbatim (cookies and tokens included) because a replay must give the client what the first
+    answer gave it; it lives in the keys database, never in the log's entries."""
     if body is None:
         return None
     headers = [
-        [name, value]
-        for name, value in response.headers.items(multi=True)
-        if name.lower() not in HOP_BY_HOP and name.lower() not in redactor.headers_secret
+        [name, value] for name, value in response.headers.items(multi=True) if name.lower() not in HOP_BY_HOP
     ]
     return {"status": response.status_code, "headers": headers, "body": base64.b64encode(body).decode()}
 

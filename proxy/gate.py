@@ -161,7 +161,7 @@ class Gate:
             meter(flow.response.raw_content)  # not streamed: the whole body is here
         reply = None
         if tracking.keyed is not None and error is None:
-            reply = dedup.reply_of(flow.response, meter.kept, self.admission.redactor)
+            reply = dedup.reply_of(flow.response, meter.kept)
         self.admission.finish(
             tracking,
             flow.response.status_code,

@@ -133,6 +133,8 @@ def verify_read(read: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     credential the log may not keep (in its URL, or a header not taken from the environment as
     `${NAME}`) is marked refused instead of being sent redacted."""
     out = dict(read)
+    if read.get("refused"):
+        out["refused"] = redact.text(read["refused"])
     if read.get("url") is not None:
         out["url"] = redactor.url(read["url"])
         if out["url"] != read["url"] and "refused" not in out:

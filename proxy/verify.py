@@ -5,6 +5,9 @@ rules) gets that read, after its delay: a status the rule counts as executed res
 action as executed (its key is spent), one it counts as not executed resolves it as not
 executed (its key is free for a retry), and anything else, or no answer, is logged as
 inconclusive and leaves the action for an operator. Every read is logged with what it found.
+A read goes only to its action's own origin and exactly to the URL stored with the intent; one
+that was refused when it was made, or that would go elsewhere, is not sent and is logged as
+inconclusive with the reason.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
-from rules.dedup import StatusSet
+from rules.dedup import StatusSet, origin
 from store import Log, Record, State, StoreError
 
 from . import records
@@ -51,12 +55,34 @@ def _headers(read: dict[str, Any]) -> dict[str, str]:
     return {name: _ENV.sub(value, template) for name, template in read.get("headers", {}).items()}
 
 
+def refusal(read: dict[str, Any]) -> str | None:
+    """Why a stored read must not be sent (None: it may): it was refused when its action was
+    logged, or its URL is not on the action's own origin (scheme, host and port)."""
+    if read.get("refused"):
+        return str(read["refused"])
+    url, own = read.get("url"), read.get("origin")
+    if not url or not own:
+        return "the read names no URL or no origin to keep it to"
+    there = origin(url)
+    if there is None or there != origin(own):
+        return f"{url} is not on the action's origin {own}"
+    return None
+
+
 async def check(session: aiohttp.ClientSession, action_id: int, read: dict[str, Any]) -> Record:
-    """Issue one verify read and say what it means for the action."""
-    method, url = read["method"], read["url"]
+    """Issue one verify read and say what it means for the action (a read that may not be sent
+    is logged as inconclusive, naming why)."""
+    method, url = read["method"], read.get("url")
     found: dict[str, Any] = {"method": method, "url": url}
+    if (why := refusal(read)) is not None:
+        found["error"] = f"not sent: {why}"
+        return records.unsettled(action_id, found=found)
+    assert url is not None
     try:
-        async with session.request(method, url, headers=_headers(read), allow_redirects=False) as r:
+        # Sent exactly as stored (encoded=True): no client-side re-quoting or dot-segment
+        # resolution may change the path the read was made for.
+        target = URL(url, encoded=True)
+        async with session.request(method, target, headers=_headers(read), allow_redirects=False) as r:
             found["status"] = r.status
     except LookupError as e:
         found["error"] = str(e)

@@ -17,7 +17,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit
 
 from .action import Action
 from .match import json_of, normalized_path
@@ -159,32 +159,181 @@ def fingerprint(action: Action) -> str:
     return h.hexdigest()
 
 
+class UnsafeRead(ValueError):
+    """A verify read that cannot be made safely for one action: a value cannot be put in its
+    place of the URL without changing which resource the URL names."""
+
+
+# The parts of a URL a template field can fill, in the order they come.
+_SCHEME, _AUTHORITY, _PATH, _QUERY = "scheme", "authority", "path", "query"
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?"
+)
+_IPV6 = re.compile(r"[0-9A-Fa-f:.]+")
+# Fields that are the action's own URL pieces, put in as they are (the action went there already).
+_OWN = {"url": _PATH, "path": _PATH, "query": _QUERY}
+
+
+class UrlTemplate:
+    """A verify read's URL template. Each field is encoded as the part of the URL it fills (a path
+    segment, a query value, the host or port), so no value can move the read to another path,
+    query or host; only `{scheme}`, `{host}` and `{port}` (the action's own) may fill the origin.
+    A template starting with `/` is relative to the action's origin."""
+
+    def __init__(self, text: str):
+        self.template = KeyTemplate(text)
+        self.text = text
+        self.relative = text.startswith("/")
+        self.places: list[str | None] = []
+        place = _PATH if self.relative else _SCHEME
+        for i, (literal, name) in enumerate(self.template.parts):
+            place = _advance(place, literal, text)
+            if name is None:
+                self.places.append(None)
+                continue
+            head = name.partition(".")[0]
+            if name == "url":
+                if i != 0 or literal:
+                    raise ValueError(f"verify url {text!r}: {{url}} can only begin the URL")
+                place = _PATH
+            elif place == _SCHEME and name != "scheme":
+                raise ValueError(
+                    f"verify url {text!r}: {{{name}}} cannot make the scheme; begin the URL with a scheme "
+                    "({scheme}:// or https://), {url}, or / (the action's own origin)"
+                )
+            elif place == _AUTHORITY and name not in ("host", "port"):
+                raise ValueError(
+                    f"verify url {text!r}: {{{name}}} cannot be part of the host: only {{host}} and {{port}} "
+                    "(the action's own) may, so the read stays on the action's origin"
+                )
+            elif head == "query" and name == "query" and place != _QUERY:
+                raise ValueError(f"verify url {text!r}: {{query}} belongs after `?`")
+            self.places.append(place)
+
+    def render(self, action: Action) -> str | None:
+        """The read's URL for one action (None when a field it names is missing); UnsafeRead when
+        a value cannot be encoded for its place."""
+        out = [f"{action.scheme}://{_netloc(action)}"] if self.relative else []
+        for (literal, name), place in zip(self.template.parts, self.places, strict=True):
+            out.append(literal)
+            if name is None or place is None:
+                continue
+            value = field_value(action, name)
+            if value is None:
+                return None
+            out.append(_encode(name, value, place))
+        return "".join(out)
+
+
+def _advance(place: str, literal: str, text: str) -> str:
+    """The part of the URL that follows `literal`, which begins in `place`."""
+    if "#" in literal:
+        raise ValueError(f"verify url {text!r}: a read has no fragment (`#`)")
+    if place == _SCHEME and "://" in literal:
+        place, literal = _AUTHORITY, literal.partition("://")[2]
+    if place == _AUTHORITY:
+        cut = min((i for i in (literal.find("/"), literal.find("?")) if i >= 0), default=-1)
+        authority = literal if cut < 0 else literal[:cut]
+        if "@" in authority:
+            raise ValueError(f"verify url {text!r}: user information (`@`) is not allowed in the host")
+        if cut < 0:
+            return place
+        place, literal = (_PATH if literal[cut] == "/" else _QUERY), literal[cut:]
+    if place == _PATH and "?" in literal:
+        place = _QUERY
+    return place
+
+
+def _netloc(action: Action) -> str:
+    host = f"[{action.host}]" if ":" in action.host else action.host
+    return f"{host}:{action.port}"
+
+
+def _encode(name: str, value: str, place: str) -> str:
+    if name in _OWN:
+        if place == _PATH:
+            _no_dot_segments(name, value)
+        return value
+    if place == _SCHEME:
+        if value not in ("http", "https"):
+            raise UnsafeRead(f"{{{name}}} is {value!r}, not http or https")
+        return value
+    if place == _AUTHORITY:
+        if name == "port":
+            if not value.isdigit():
+                raise UnsafeRead(f"{{port}} is {value!r}, not a port number")
+            return value
+        if _HOSTNAME.fullmatch(value):
+            return value
+        if ":" in value and _IPV6.fullmatch(value):
+            return f"[{value}]"
+        raise UnsafeRead(f"{{{name}}} is {value!r}, not a host name")
+    if place == _QUERY:
+        return quote_plus(value, safe="")
+    # A path segment: every reserved character is escaped, and a value that any server could
+    # read as a different path (a slash or backslash, once or twice decoded, or a dot segment)
+    # is refused rather than sent.
+    decoded = unquote(unquote(value))
+    if decoded in ("", ".", "..") or "/" in decoded or "\\" in decoded:
+        raise UnsafeRead(f"{{{name}}} is {value!r}, which would not stay one path segment")
+    return quote(value, safe="")
+
+
+def _no_dot_segments(name: str, value: str) -> None:
+    path = value.partition("?")[0].partition("://")[2].partition("/")[2] if name == "url" else value
+    for segment in unquote(unquote(path)).replace("\\", "/").split("/"):
+        if segment in (".", ".."):
+            raise UnsafeRead(f"{{{name}}} has a dot segment ({value!r}): the read would leave its path")
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """Scheme, host and port of an absolute http(s) URL without user information; None otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or "@" in parts.netloc or not parts.hostname or port is None:
+        return None
+    return parts.scheme, parts.hostname.lower(), port
+
+
 @dataclass(frozen=True)
 class VerifyRead:
     """The read that tells whether an in-doubt action took effect: which statuses say it ran,
     which say it did not; anything else leaves it in doubt. `url` is a template ({url}: the
-    action's own URL); header values may name environment variables as ${NAME}."""
+    action's own URL; each field is encoded for its place, and the read may only go to the
+    action's own origin); header values may name environment variables as ${NAME}."""
 
     method: str
-    url: KeyTemplate
+    url: UrlTemplate
     headers: dict[str, str]
     executed: StatusSet
     not_executed: StatusSet
     delay: float
 
     def request(self, action: Action) -> dict[str, Any] | None:
-        """The read for one action, as stored with its intent (None if the URL cannot be made)."""
-        url = self.url.render(action)
-        if url is None:
-            return None
-        return {
+        """The read for one action, as stored with its intent (None if the URL cannot be made
+        because a field is missing). A read that cannot be made safely, or that would leave the
+        action's origin, is stored with `refused` (why) and is never sent."""
+        own = (action.scheme, action.host.lower(), action.port)
+        read: dict[str, Any] = {
             "method": self.method,
-            "url": url,
+            "origin": f"{action.scheme}://{_netloc(action)}",
             "headers": self.headers,
             "executed": self.executed.items,
             "not_executed": self.not_executed.items,
             "delay": self.delay,
         }
+        try:
+            url = self.url.render(action)
+        except UnsafeRead as e:
+            return read | {"url": None, "refused": str(e)}
+        if url is None:
+            return None
+        if origin(url) != own:
+            return read | {"url": url, "refused": f"{url} is not on the action's origin {read['origin']}"}
+        return read | {"url": url}
 
 
 @dataclass(frozen=True)
@@ -234,11 +383,22 @@ def parse_dedup(rule: str, spec: str | dict[str, Any]) -> Dedup:
     )
 
 
+# A verify read is logged with its intent, so its credentials come from the environment.
+_CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|cookie|passw|session|signature", re.I)
+
+
 def _verify(spec: dict[str, Any]) -> VerifyRead:
+    headers = {str(k): str(v) for k, v in spec.get("headers", {}).items()}
+    for name, value in headers.items():
+        if _CREDENTIAL_HEADER.search(name) and "${" not in value:
+            raise ValueError(
+                f"verify header {name}: a credential is written into the log with the read; "
+                f'take it from the environment instead, e.g. {name}: "Bearer ${{ORDERS_TOKEN}}"'
+            )
     return VerifyRead(
         method=spec.get("method", "GET").upper(),
-        url=KeyTemplate(spec.get("url", "{url}")),
-        headers=dict(spec.get("headers", {})),
+        url=UrlTemplate(spec.get("url", "{url}")),
+        headers=headers,
         executed=StatusSet(spec.get("executed", ["2xx"])),
         not_executed=StatusSet(spec.get("not_executed", ["404", "410"])),
         delay=seconds(spec.get("delay", 2)),
