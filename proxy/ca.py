@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from mitmproxy.certs import CertStore
 
+from .datadir import keep_private
 from .errors import CAFileError
 
 BASENAME = "mitmproxy"  # mitmproxy looks for <confdir>/mitmproxy-ca.pem
@@ -24,6 +25,7 @@ def ensure_ca(directory: Path) -> Path:
     with open(directory / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         CertStore.from_store(directory, BASENAME, KEY_SIZE)
+        keep_private(directory)  # the data dir's files are its user's only, the certificate too
     return cert_path(directory)
 
 
@@ -56,7 +58,7 @@ def install_ca(directory: Path, source: Path) -> None:
         for stale in directory.glob(f"{BASENAME}-ca*"):
             stale.unlink()
         _write(key_file, pem, 0o600)
-        _write(cert_path(directory), cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write(cert_path(directory), cert.public_bytes(serialization.Encoding.PEM), 0o600)
 
 
 def _write(path: Path, content: bytes, mode: int) -> None:

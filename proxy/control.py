@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import json
@@ -10,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from rules import RulesError
-from store import Log, NoLog, State, StateError, StoreError, UnknownAction
+from store import Altered, Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
 
 from . import records
 from .reload import RulesReloader
@@ -48,6 +49,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except UnknownAction as e:
         return _error(404, "not_found", str(e))
+    except Altered as e:
+        return _error(500, "log_altered", str(e))
     except StateError as e:
         return _error(409, "conflict", str(e))
     except StoreError as e:
@@ -89,18 +92,33 @@ async def list_actions(request: web.Request) -> web.Response:
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise _bad_request(f"state must be one of {', '.join(sorted(STATES))}")
-    found = list(itertools.islice(request.app[LOG].actions(state, after=after), limit))
+    log = request.app[LOG]
+    # Each action is rebuilt from its entries: work that grows with `limit` stays off the loop.
+    found = await asyncio.to_thread(lambda: list(itertools.islice(log.actions(state, after=after), limit)))
     return web.json_response({"actions": found})
+
+
+def _action_id(request: web.Request) -> int:
+    action_id = int(request.match_info["id"])
+    if not 1 <= action_id <= MAX_ID:
+        raise UnknownAction(f"no action {action_id} in the log")
+    return action_id
 
 
 async def show_action(request: web.Request) -> web.Response:
     """GET /v1/actions/{id}: one action with all its entries."""
     log = request.app[LOG]
-    action_id = int(request.match_info["id"])
-    index = log.action(action_id)
+    action_id = _action_id(request)
+
+    def read() -> tuple[dict[str, object] | None, list[dict[str, object]]]:
+        index = log.action(action_id)
+        if index is None:
+            return None, []
+        return index, [e.as_dict() for seq in index["entries"] if (e := log.entry(seq)) is not None]
+
+    index, entries = await asyncio.to_thread(read)
     if index is None:
         raise UnknownAction(f"no action {action_id} in the log")
-    entries = [e.as_dict() for seq in index["entries"] if (e := log.entry(seq)) is not None]
     return web.json_response({"action": index, "entries": entries})
 
 
@@ -114,17 +132,31 @@ async def resolve_action(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError):
         return _error(400, "bad_request", 'send {"executed": true|false, "note": "..."}')
     record = records.resolution(
-        int(request.match_info["id"]), executed=executed, note=str(body.get("note", "")), by="control-api"
+        _action_id(request), executed=executed, note=str(body.get("note", "")), by="control-api"
     )
     entry = await request.app[LOG].append(record)
     return web.json_response({"entry": entry.as_dict()})
 
 
 async def verify(request: web.Request) -> web.Response:
-    """GET /v1/verify: check the hash chain."""
-    verdict = request.app[LOG].verify()
+    """GET /v1/verify?expect=SEQ:HASH: check the chain and every index against it, and the head
+    it ends at; with `expect`, also that the log still holds that entry."""
+    expect = None
+    if "expect" in request.query:
+        try:
+            expect = parse_head(request.query["expect"])
+        except ValueError as e:
+            raise _bad_request(f"expect: {e}") from None
+    # The check reads the whole log: in a thread, so the proxy and /healthz answer meanwhile.
+    verdict = await asyncio.to_thread(request.app[LOG].verify, expect)
     return web.json_response(
-        {"ok": verdict.ok, "checked": verdict.checked, "bad_seq": verdict.bad_seq, "reason": verdict.reason}
+        {
+            "ok": verdict.ok,
+            "checked": verdict.checked,
+            "bad_seq": verdict.bad_seq,
+            "reason": verdict.reason,
+            "head": {"seq": verdict.head_seq, "hash": verdict.head_hash},
+        }
     )
 
 

@@ -1,11 +1,19 @@
-"""The data directory: where the log, the CA and the control token live."""
+"""The data directory: where the log, the CA and the control token live, readable by
+airlock's user only (the log holds requests and stored replies, the CA its private key)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 
 class DataDirError(Exception):
@@ -22,9 +30,18 @@ class DataDir:
         self.token_file = self.root / "control.token"
 
     def prepare(self) -> None:
-        """Create the directory if needed and check that it is writable."""
+        """Create the directory if needed (mode 0700), tighten whatever in it others could
+        read, and check that it is writable."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            loosened = restrict(self.root, [self.log, self.ca, self.token_file])
+            if loosened:
+                logger.warning(
+                    "data dir %s: %s could be read by other users; tightened to owner only "
+                    "(directories 0700, files 0600)",
+                    self.root,
+                    ", ".join(loosened[:3]) + (f" and {len(loosened) - 3} more" if len(loosened) > 3 else ""),
+                )
             # A probe of its own: several commands may prepare the same directory at once.
             fd, probe = tempfile.mkstemp(dir=self.root, prefix=".write-probe-")
             os.close(fd)
@@ -55,3 +72,31 @@ class DataDir:
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
         return token
+
+
+def restrict(root: Path, parts: list[Path]) -> list[str]:
+    """Make `root` and its `parts` (with everything under them) accessible to their owner only
+    (directories 0700, files 0600); return what was looser (`path (mode)`), to say so. Other
+    files in `root` are not airlock's and are left alone, as are symbolic links and entries
+    owned by another user, which this process cannot change."""
+    loosened: list[str] = []
+    found = [root]
+    for part in parts:
+        found += [part, *part.rglob("*")] if part.is_dir() else [part]
+    for path in found:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue  # removed meanwhile (a probe, a lock)
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
+            continue
+        want = DIR_MODE if stat.S_ISDIR(st.st_mode) else FILE_MODE
+        if stat.S_IMODE(st.st_mode) & ~want:
+            loosened.append(f"{path} ({stat.S_IMODE(st.st_mode):04o})")
+            path.chmod(want)
+    return loosened
+
+
+def keep_private(directory: Path) -> None:
+    """Make `directory` and everything in it accessible to its owner only (see `restrict`)."""
+    restrict(directory, list(directory.iterdir()))

@@ -8,7 +8,7 @@ from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAc
 from .keys import Claim, KeyTaken, Settle
 from .log import ActionRef, Log, Record
 from .states import State
-from .verify import Verdict
+from .verify import Verdict, parse_head
 
 __all__ = [
     "ActionRef",
@@ -26,4 +26,5 @@ __all__ = [
     "StoreFull",
     "UnknownAction",
     "Verdict",
+    "parse_head",
 ]

@@ -13,6 +13,7 @@ is derived from the hashed entries, readers rebuild what they show from those en
 
 from __future__ import annotations
 
+import array
 import asyncio
 import concurrent.futures
 import contextlib
@@ -233,15 +234,41 @@ class Log:
                 for key, raw in cur:
                     yield _parsed(int.from_bytes(_b(key), "big"), _b(raw))
 
-    def action(self, action_id: int) -> dict[str, Any] | None:
+    def action(self, action_id: int, *, whole: bool = False) -> dict[str, Any] | None:
         """One action as its entries say: state, summary fields and entry numbers (the index
-        only finds the entries; Altered if it points at entries that are not the action's)."""
+        only finds the entries; Altered if it points at entries that are not the action's).
+
+        With `whole`, the chain from the action's first entry on is read as well, so that an
+        entry missing from the action's list is refused instead of passed over."""
         if not _in_range(action_id):
             return None
         with self._read() as txn:
-            return self._derived(txn, action_id)
+            found = self._derived(txn, action_id)
+            if found is None and 1 <= action_id < self._next_action(txn):
+                raise Altered(f"the actions index has no record of action {action_id}")
+            if found is not None and whole:
+                about = self._entries_about(txn, action_id, found["entries"][0])
+                if about != found["entries"]:
+                    missing = sorted(set(about) - set(found["entries"]))
+                    raise Altered(f"action {action_id}'s index does not list its entries {missing}")
+            return found
 
-    def _derived(self, txn: lmdb.Transaction, action_id: int) -> dict[str, Any] | None:
+    def _entries_about(self, txn: lmdb.Transaction, action_id: int, start: int) -> list[int]:
+        # Canonical JSON has no spaces: an entry about the action holds this exact text.
+        needle = b'"action":' + str(action_id).encode() + b","
+        found = []
+        cur = txn.cursor(db=self._dbs[b"entries"])
+        if cur.set_range(_key(start)):
+            for key, raw in cur:
+                if needle in raw:
+                    seq = int.from_bytes(_b(key), "big")
+                    if _parsed(seq, _b(raw)).action == action_id:
+                        found.append(seq)
+        return found
+
+    def _derived(
+        self, txn: lmdb.Transaction, action_id: int, chain: _ChainCount | None = None
+    ) -> dict[str, Any] | None:
         raw = txn.get(_key(action_id), db=self._dbs[b"actions"])
         if raw is None:
             return None
@@ -258,17 +285,28 @@ class Log:
             index = advance(index, entry)
         if index is None:
             raise Altered(f"action {action_id}'s index lists no entries")
+        if chain is not None:
+            chain.check(action_id, listed)
         return index
 
-    def actions(self, state: str | None = None, after: int = 0) -> Iterator[dict[str, Any]]:
+    def actions(
+        self, state: str | None = None, after: int = 0, *, whole: bool = False
+    ) -> Iterator[dict[str, Any]]:
         """Actions with id above `after`, oldest first, optionally in one state, each as its
-        entries say (see `action`); Altered where the indexes visibly disagree with the chain."""
+        entries say (see `action`); Altered where the indexes visibly disagree with the chain.
+
+        With `whole`, the chain is read first as well, so that an action missing from the
+        indexes, or an entry missing from an action's list, is refused instead of passed over
+        (memory: two numbers per action)."""
         after = max(after, 0)
         if after >= _MAX_KEY:
             return
         with self._read() as txn:
-            if state is None:
-                yield from self._all_actions(txn, after)
+            chain = _ChainCount.of(self, txn, after) if whole else None
+            if state is None or chain is not None:
+                for found in self._all_actions(txn, after, chain):
+                    if state is None or found["state"] == state:
+                        yield found
                 return
             prefix = state.encode() + b"\0"
             cur = txn.cursor(db=self._dbs[b"states"])
@@ -279,17 +317,19 @@ class Log:
                 if not key.startswith(prefix):
                     break
                 action_id = int.from_bytes(key[len(prefix) :], "big")
-                found = self._derived(txn, action_id)
-                if found is None:
+                derived = self._derived(txn, action_id)
+                if derived is None:
                     raise Altered(f"the states index lists action {action_id}, which the actions index lacks")
-                if found.get("state") != state:
+                if derived.get("state") != state:
                     raise Altered(
                         f"the states index lists action {action_id} as {state}, "
-                        f"its entries say {found.get('state')}"
+                        f"its entries say {derived.get('state')}"
                     )
-                yield found
+                yield derived
 
-    def _all_actions(self, txn: lmdb.Transaction, after: int) -> Iterator[dict[str, Any]]:
+    def _all_actions(
+        self, txn: lmdb.Transaction, after: int, chain: _ChainCount | None
+    ) -> Iterator[dict[str, Any]]:
         expected = after + 1
         cur = txn.cursor(db=self._dbs[b"actions"])
         if cur.set_range(_key(expected)):
@@ -298,11 +338,11 @@ class Log:
                 if action_id != expected:
                     # Ids are given out one by one: a gap is an index record someone removed.
                     raise Altered(f"the actions index has no record of action {expected}")
-                found = self._derived(txn, action_id)
+                found = self._derived(txn, action_id, chain)
                 assert found is not None
                 yield found
                 expected += 1
-        opened = self._next_action(txn) - 1
+        opened = chain.opened if chain is not None else self._next_action(txn) - 1
         if expected <= opened:
             raise Altered(f"the actions index has no record of action {expected} (the log has {opened})")
 
@@ -317,8 +357,11 @@ class Log:
     def verify(self, expect: tuple[int, str] | None = None) -> Verdict:
         """Check every entry's hash and link, the recorded head, and every index against the
         chain; with `expect` (seq, hash), also that the log still holds that entry unchanged."""
-        with self._read() as txn:
-            return check(txn, self._dbs, expect)
+        try:
+            with self._read() as txn:
+                return check(txn, self._dbs, expect)
+        except lmdb.Error as e:
+            raise StoreError(f"cannot read the log at {self.path}: {e}") from e
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -513,7 +556,6 @@ class Log:
                 continue
             seq, prev = entry.seq, entry.hash
             results.append(entry)
-        txn.put(_HEAD, canonical({"seq": seq, "hash": prev}), db=self._dbs[b"meta"])
         return results
 
     def _put(
@@ -580,6 +622,8 @@ class Log:
             opened.append(ref)
             txn.put(_NEXT_ACTION, _key(action_id + 1), db=meta)
         txn.put(_key(seq), stored, db=self._dbs[b"entries"])
+        # The head moves with each entry, so later records in this batch read a current one.
+        txn.put(_HEAD, canonical({"seq": seq, "hash": digest}), db=meta)
         if action_id is not None:
             if index is not None and entry.state is not None:
                 txn.delete(_state_key(index["state"], action_id), db=states_db)
@@ -739,6 +783,44 @@ class Log:
         finally:
             os.close(fd)
         return False
+
+
+class _ChainCount:
+    """How many entries each action has in the chain and which is its last: what a listing
+    checks each action's index against, so that a dropped entry or action is seen."""
+
+    def __init__(self, after: int):
+        self.after = after
+        self.opened = after
+        self.count: array.array[int] = array.array("Q")
+        self.last: array.array[int] = array.array("Q")
+
+    @classmethod
+    def of(cls, log: Log, txn: lmdb.Transaction, after: int) -> _ChainCount:
+        """Count the entries of every action above `after` in one pass over the chain."""
+        chain = cls(after)
+        for key, raw in txn.cursor(db=log._dbs[b"entries"]):
+            seq = int.from_bytes(_b(key), "big")
+            action = _parsed(seq, _b(raw)).action
+            if action is None or action <= after:
+                continue
+            slot = action - after - 1
+            while slot >= len(chain.count):
+                chain.count.append(0)
+                chain.last.append(0)
+            chain.count[slot] += 1
+            chain.last[slot] = seq
+            chain.opened = max(chain.opened, action)
+        return chain
+
+    def check(self, action_id: int, listed: list[int]) -> None:
+        """Refuse an action whose index does not list every entry the chain has about it."""
+        slot = action_id - self.after - 1
+        have = self.count[slot] if 0 <= slot < len(self.count) else 0
+        if have != len(listed) or (have and self.last[slot] != listed[-1]):
+            raise Altered(
+                f"action {action_id}'s index lists {len(listed)} of its {have} entries in the chain"
+            )
 
 
 def _forget(opened: list[ActionRef]) -> None:

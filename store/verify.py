@@ -268,3 +268,14 @@ def _keys(txn: lmdb.Transaction, dbs: dict[bytes, Any], expected: dict[str, dict
     if present:
         name, want = next(iter(present.items()))
         raise _Bad(f"keys: idempotency key {name!r} (claimed in entry {want['claimed']}) is missing")
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    """A head as `airlock verify` prints it, SEQ:HASH; ValueError saying what is wrong."""
+    seq_text, sep, digest = text.strip().partition(":")
+    if not sep or not seq_text.isdigit() or not 1 <= int(seq_text) < 1 << 64:
+        raise ValueError(f"{text!r} is not SEQ:HASH (an entry number, a colon, its 64-hex hash)")
+    digest = digest.lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"{text!r}: the hash must be the 64 hex digits `airlock verify` printed")
+    return int(seq_text), digest
