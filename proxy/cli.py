@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from rules import RulesError, Ruleset, default_path
-from store import Log, NoLog, State, StateError, StoreError, UnknownAction
+from store import Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
 
 from . import logview, records
 from .config import (
@@ -168,8 +168,15 @@ def build_parser() -> Parser:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_show)
 
-    verify = sub.add_parser("verify", help="check the log's hash chain; non-zero exit if altered")
+    verify = sub.add_parser(
+        "verify", help="check the log's hash chain and every index against it; exit 1 if altered"
+    )
     _data_arg(verify)
+    verify.add_argument(
+        "--expect",
+        metavar="SEQ:HASH",
+        help="a head printed by an earlier verify and kept elsewhere: fail if the log no longer holds it",
+    )
     verify.set_defaults(func=cmd_verify)
 
     resolve = sub.add_parser("resolve", help="settle an in_doubt action")
@@ -291,7 +298,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     log = _open_log(args)
     fmt = logview.as_json if args.json else logview.as_line
     last, _ = log.head()  # taken first, so nothing written while listing is missed
-    for index in log.actions(args.state):
+    for index in log.actions(args.state, whole=True):
         print(fmt(index), flush=False)
     sys.stdout.flush()
     if not args.follow:
@@ -313,7 +320,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """Print one action and every entry about it."""
     log = _open_log(args)
-    found = log.action(args.id)
+    found = log.action(args.id, whole=True)
     if found is None:
         raise UserError(f"no action {args.id} in the log at {args.data}")
     index = found
@@ -326,12 +333,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check the chain; exit 1 naming the first bad entry."""
-    verdict = _open_log(args).verify()
+    """Check the chain and every index against it; print the head verified, or exit 1 naming
+    the first disagreement."""
+    expect = None
+    if args.expect is not None:
+        try:
+            expect = parse_head(args.expect)
+        except ValueError as e:
+            raise UserError(f"--expect {e}") from None
+    verdict = _open_log(args).verify(expect)
     if verdict.ok:
-        print(f"ok: {verdict.checked} entries verified")
+        print(f"ok: {verdict.checked} entries verified; head {verdict.head_seq}:{verdict.head_hash}")
         return 0
-    print(f"altered: {verdict.reason} ({verdict.checked} entries before it verified)")
+    before = f" ({verdict.checked} entries before it verified)" if verdict.bad_seq is not None else ""
+    print(f"altered: {verdict.reason}{before}")
     return 1
 
 
