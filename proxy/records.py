@@ -164,7 +164,7 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         "url": url,
         "host": action.host,
         "port": action.port,
-        "path": action.path,
+        "path": redact.text(action.path),
         "effect": action.effect.value,
         "headers": redactor.headers(action.headers),
         "body": body_excerpt(action.body, bodies, content_type=action.headers.get("content-type", "")),

@@ -153,8 +153,8 @@ SHAPES = (
     _shape("_live_ _test_ whsec_", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|\bwhsec_[A-Za-z0-9]{10,}"),
     _shape("sk-", r"\bsk-[A-Za-z0-9_-]{20,}"),
     _shape("AIza", r"\bAIza[0-9A-Za-z_-]{35}"),
-    _shape(":AA", r"\b[0-9]{8,10}:AA[A-Za-z0-9_-]{33}"),  # Telegram bot tokens
-    _shape("@", r"(://)[^/?#\s@\"'<>]{1,256}@(?=[A-Za-z0-9\[])"),  # userinfo in a URL
+    _shape(":AA", r"(?<![0-9])[0-9]{8,10}:AA[A-Za-z0-9_-]{33}"),  # Telegram bot tokens
+    _shape("@", r"(://)[^/?#\s@\"'<>]{1,256}(?=@[A-Za-z0-9\[])"),  # userinfo in a URL
 )
 
 # `name=value` and `name: value` in free text are found from the credential words in their names
@@ -206,7 +206,9 @@ EVERYTHING = Look(SHAPES, True)
 
 
 # Short strings (headers, URL parts, most JSON strings) get one look for any anchor or stem.
-_ANY = re.compile("|".join(sorted(re.escape(a.lower()) for a in {*(a for s in SHAPES for a in s.anchors), *_STEMS})))
+_ANY = re.compile(
+    "|".join(sorted(re.escape(a.lower()) for a in {*(a for s in SHAPES for a in s.anchors), *_STEMS}))
+)
 _SHORT = 512
 
 
