@@ -31,7 +31,7 @@ from .config import (
     parse_upstream,
 )
 from .datadir import DataDir, DataDirError
-from .environ import agent_environment, captured_environment
+from .environ import agent_environment
 from .errors import CAFileError, StartupError
 
 
@@ -232,7 +232,28 @@ def build_parser() -> Parser:
         "(Linux, root); proxy variables are then not needed",
     )
     _address_arg(ex, "--transparent", TRANSPARENT, "with --isolate: the proxy's --transparent address")
-    ex.add_argument("--user", help="with --isolate: run the command as this user (name or UID)")
+    ex.add_argument(
+        "--user",
+        help="with --isolate: run the command as this unprivileged user (name or UID; default nobody; "
+        "never root, nor a user who could change airlock's files)",
+    )
+    ex.add_argument(
+        "--rules",
+        type=Path,
+        default=default_path(),
+        metavar="PATH",
+        help="with --isolate: the rule file or directory `airlock run` uses, hidden from the command "
+        "(default: the shipped rules/default.yaml)",
+    )
+    ex.add_argument(
+        "--hide",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with --isolate: another path of airlock's to hide from the command, e.g. the --ca or "
+        "--control-token file of `airlock run` (repeatable; --data and --rules are always hidden)",
+    )
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="command to run")
     ex.set_defaults(func=cmd_exec)
 
@@ -461,12 +482,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
     data.prepare()
     cert = ensure_ca(data.ca)
     if args.isolate:
-        from .isolate import IsolateError, run_isolated
+        from .isolate import IsolateError, Isolation, run_isolated
 
+        private = (data.root.resolve(), args.rules.resolve(), *(p.resolve() for p in args.hide))
+        isolation = Isolation(args.transparent, cert, private, args.user)
         try:
-            return asyncio.run(
-                run_isolated(cmd, captured_environment(os.environ, cert), args.transparent, args.user)
-            )
+            return asyncio.run(run_isolated(cmd, os.environ, isolation))
         except IsolateError as e:
             raise UserError(str(e)) from e
     env = agent_environment(os.environ, f"http://{args.listen}", cert)

@@ -37,3 +37,8 @@ def captured_environment(base: Mapping[str, str], ca_cert: Path) -> dict[str, st
     env = {k: v for k, v in base.items() if k not in BYPASS_VARS and k not in PROXY_VARS}
     env.update({k: str(ca_cert) for k in CA_VARS})
     return env
+
+
+def for_user(env: Mapping[str, str], name: str, home: str) -> dict[str, str]:
+    """`env` for a command run as user `name`, whose home is `home`."""
+    return {**env, "USER": name, "LOGNAME": name, "HOME": home}

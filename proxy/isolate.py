@@ -1,17 +1,21 @@
-"""`airlock exec --isolate`: run a command in a network namespace whose only way out is airlock.
+"""`airlock exec --isolate`: run a command in a network namespace whose only way out is airlock,
+as a user who can neither read nor change anything of airlock's.
 
-The namespace has loopback and one veth link to the host. On the host side of the link:
+The namespace has loopback and one veth link to the host, and no IPv6 at all. On the host side
+of the link:
 
 - every TCP connection from the namespace is redirected (DNAT) to airlock's transparent
   listener on the host's loopback, which recovers the original destination and applies the
   rules as for any other request;
 - DNS queries (UDP port 53 to the host end of the link, which is the namespace's only
   nameserver) are relayed to the host's own resolver by this process;
-- everything else from the namespace (other UDP, ICMP, forwarding) is dropped.
+- everything else from the namespace (other UDP, ICMP, IPv6, forwarding) is dropped.
 
-The command runs without capabilities (an empty bounding set), so even as root it cannot
-change the namespace's network or enter the host's. Everything made here is removed when the
-command ends, whatever way it ends.
+The command runs as an unprivileged user (`nobody` unless `--user` says another; never root,
+nor any user who could change airlock's files), without capabilities, in mount, PID and IPC
+namespaces where airlock's paths are covered and the host's sockets are out of sight
+(`proxy/confine.py`). Everything made here is removed when the command ends, whatever way it
+ends.
 """
 
 from __future__ import annotations
@@ -22,20 +26,33 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import rules
+import store
+
 from .capture import resolvers
 from .config import Address
+from .confine import CA_INSIDE, Confinement
+from .environ import captured_environment, for_user
 
-NETNS_ETC = Path("/etc/netns")
 DNS_PORT = 53
+DEFAULT_USER = "nobody"
+NOBODY = 65534  # nobody's UID and GID where the passwd file has no entry for it
+TOOLS = {"ip": "iproute2", "iptables": "iptables", "setpriv": "util-linux", "sysctl": "procps"}
+IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # passed on to the command
+# Whoever can change airlock's code changes airlock: the command must not be able to.
+CODE = tuple(Path(p).parent for p in (__file__, rules.__file__, store.__file__))
 
 
 class IsolateError(RuntimeError):
-    """The namespace could not be made; the message says what is missing."""
+    """The namespace could not be made, or the command could reach airlock's files; the message
+    says what is missing or wrong."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,104 @@ class Link:
         )
 
 
+@dataclass(frozen=True)
+class Isolation:
+    """What `airlock exec --isolate` was asked for."""
+
+    transparent: Address
+    ca_cert: Path
+    private: tuple[Path, ...]  # airlock's paths (data dir, rules, ...), hidden from the command
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The user the isolated command runs as."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def identity(user: str | None) -> Identity:
+    """`user` (a name or UID; `nobody` if None) as an Identity; root is refused."""
+    given = user or DEFAULT_USER
+    try:
+        entry = pwd.getpwuid(int(given)) if given.isdigit() else pwd.getpwnam(given)
+    except KeyError:
+        if given.isdigit():
+            found = Identity(given, int(given), int(given), "/tmp")
+        elif given == DEFAULT_USER:
+            found = Identity(given, NOBODY, NOBODY, "/tmp")
+        else:
+            raise IsolateError(f"--user {given}: no such user") from None
+    else:
+        home = entry.pw_dir if Path(entry.pw_dir).is_dir() else "/tmp"
+        found = Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, home)
+    if found.uid == 0 or found.gid == 0:
+        raise IsolateError(
+            f"--user {given}: root owns airlock's files and the host's, capabilities or not; "
+            f"run the command as an unprivileged user (the default is {DEFAULT_USER})"
+        )
+    return found
+
+
+def _why_changeable(who: Identity, st: os.stat_result, *, holds: bool) -> str | None:
+    """Why `who` could change a file with status `st` (for a directory that `holds` a path of
+    airlock's: replace that path), or None."""
+    if st.st_uid == who.uid:
+        return f"uid {who.uid} owns it"
+    if stat.S_ISSOCK(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        return None  # a socket's mode says who may connect, a link's nothing: neither can be changed
+    if holds and st.st_mode & stat.S_ISVTX:
+        return None  # sticky: only an entry's owner may rename or remove it
+    if st.st_gid == who.gid and st.st_mode & stat.S_IWGRP:
+        return f"its group {st.st_gid} may write it"
+    if st.st_mode & stat.S_IWOTH:
+        return "anyone may write it"
+    return None
+
+
+def _governing(path: Path) -> Iterator[tuple[Path, bool, str]]:
+    """`path`, everything under it, and the directory holding it (which could replace it), each
+    with whether it holds the path and how it relates to the path."""
+    real = Path(os.path.realpath(path))
+    yield real.parent, True, f"which holds airlock's {path}"
+    yield real, False, "one of airlock's paths"
+    if real.is_dir():
+        for top, dirs, files in os.walk(real):
+            for name in dirs + files:
+                yield Path(top, name), False, f"inside airlock's {path}"
+
+
+def check_out_of_reach(who: Identity, paths: Iterable[Path]) -> None:
+    """Refuse to run as `who` if it could change any of `paths` (or what they hold)."""
+    for path in paths:
+        for target, holds, relation in _governing(path):
+            try:
+                st = os.lstat(target)
+            except FileNotFoundError:
+                continue
+            why = _why_changeable(who, st, holds=holds)
+            if why is not None:
+                raise IsolateError(
+                    f"--user {who.name} could change {target} ({why}), {relation}: "
+                    "run the command as another user, or fix that owner and mode"
+                )
+
+
+def require_host(transparent: Address) -> None:
+    """Check that this host can isolate a command: root, the tools, airlock on loopback."""
+    if os.geteuid() != 0:
+        raise IsolateError("--isolate needs root (namespaces, mounts and iptables)")
+    for tool, package in TOOLS.items():
+        if shutil.which(tool) is None:
+            raise IsolateError(f"--isolate needs {tool}: install it (apt-get install {package})")
+    if transparent.host != "127.0.0.1":
+        raise IsolateError(f"--transparent {transparent}: --isolate reaches airlock on 127.0.0.1 only")
+
+
 def _ip(*args: str) -> None:
     done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode != 0:
@@ -86,42 +201,55 @@ def _host_rules(link: Link, transparent: Address) -> list[list[str]]:
     ]  # fmt: skip
 
 
+def _host_rules_v6(link: Link) -> list[list[str]]:
+    # The namespace has no IPv6; should it get some, the host takes nothing from the link.
+    if shutil.which("ip6tables") is None or not IPV6_CONF.is_dir():
+        return []
+    return [
+        ["-t", "filter", "-I", "INPUT", "-i", link.host_if, "-j", "DROP"],
+        ["-t", "filter", "-I", "FORWARD", "-i", link.host_if, "-j", "DROP"],
+    ]
+
+
+def _without(args: list[str]) -> list[str]:
+    return [("-D" if a == "-I" else a) for a in args]
+
+
 @contextlib.contextmanager
 def namespace(link: Link, transparent: Address) -> Iterator[None]:
     """Make the namespace, its link and the host's rules; remove them all on the way out."""
-    if os.geteuid() != 0:
-        raise IsolateError("--isolate needs root (network namespaces and iptables)")
-    for tool in ("ip", "iptables"):
-        if shutil.which(tool) is None:
-            raise IsolateError(f"--isolate needs {tool}: install it (apt-get install iproute2 iptables)")
-    if transparent.host != "127.0.0.1":
-        raise IsolateError(f"--transparent {transparent}: --isolate reaches airlock on 127.0.0.1 only")
-    rules = _host_rules(link, transparent)
-    etc = NETNS_ETC / link.name
+    require_host(transparent)
+    v4, v6 = _host_rules(link, transparent), _host_rules_v6(link)
     try:
         _ip("ip", "netns", "add", link.name)
         _ip("ip", "link", "add", link.host_if, "type", "veth", "peer", "name", link.ns_if)
+        inside = ["ip", "netns", "exec", link.name]
+        if IPV6_CONF.is_dir():
+            # No IPv6 on either end: no link-local address, no neighbour to find with ff02::1.
+            (IPV6_CONF / link.host_if / "disable_ipv6").write_text("1")
+            _ip(*inside, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1")  # fmt: skip
         _ip("ip", "link", "set", link.ns_if, "netns", link.name)
         _ip("ip", "addr", "add", f"{link.host_ip}/30", "dev", link.host_if)
         _ip("ip", "link", "set", link.host_if, "up")
-        inside = ["ip", "netns", "exec", link.name]
         _ip(*inside, "ip", "link", "set", "lo", "up")
         _ip(*inside, "ip", "addr", "add", f"{link.ns_ip}/30", "dev", link.ns_if)
         _ip(*inside, "ip", "link", "set", link.ns_if, "up")
         _ip(*inside, "ip", "route", "add", "default", "via", link.host_ip)
         # Redirecting to the host's loopback needs the link to accept such destinations.
         Path(f"/proc/sys/net/ipv4/conf/{link.host_if}/route_localnet").write_text("1")
-        for args in rules:
+        for args in v4:
             _ip("iptables", "-w", *args)
-        etc.mkdir(parents=True, exist_ok=True)
-        (etc / "resolv.conf").write_text(f"nameserver {link.host_ip}\n")
+        for args in v6:
+            _ip("ip6tables", "-w", *args)
         yield
     finally:
-        for args in rules:
-            _quiet("iptables", "-w", *[("-D" if a == "-I" else a) for a in args])
+        for args in v4:
+            _quiet("iptables", "-w", *_without(args))
+        for args in v6:
+            _quiet("ip6tables", "-w", *_without(args))
         _quiet("ip", "link", "del", link.host_if)
         _quiet("ip", "netns", "del", link.name)
-        shutil.rmtree(etc, ignore_errors=True)
 
 
 class DnsRelay(asyncio.DatagramProtocol):
@@ -161,39 +289,40 @@ class DnsRelay(asyncio.DatagramProtocol):
             transport.close()
 
 
-def _identity(user: str) -> tuple[int, int]:
-    """A user name or UID as (uid, gid); a UID with no passwd entry gets the same GID."""
-    try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except KeyError:
-        if user.isdigit():
-            return int(user), int(user)
-        raise IsolateError(f"--user {user}: no such user") from None
-    return entry.pw_uid, entry.pw_gid
-
-
-async def run_isolated(cmd: list[str], env: dict[str, str], transparent: Address, user: str | None) -> int:
+async def run_isolated(cmd: list[str], environ: Mapping[str, str], isolation: Isolation) -> int:
     """Run `cmd` in a fresh isolated namespace; its exit code (128+signal if killed)."""
+    require_host(isolation.transparent)
+    who = identity(isolation.user)
+    for path in isolation.private:
+        if not path.exists():
+            raise IsolateError(
+                f"{path}: no such file or directory (airlock's paths: --data, --rules, --hide)"
+            )
+    check_out_of_reach(who, [*isolation.private, isolation.ca_cert, *CODE])
     link = Link.for_process(os.getpid())
     servers = [s for s in resolvers() if ":" not in s]
     if not servers:
         raise IsolateError("no IPv4 nameserver in /etc/resolv.conf for the namespace's DNS relay")
-    with namespace(link, transparent):
+    confinement = Confinement(link.name, who.uid, who.gid, isolation.ca_cert, link.host_ip, isolation.private)
+    env = for_user(captured_environment(environ, CA_INSIDE), who.name, who.home)
+    with namespace(link, isolation.transparent):
         loop = asyncio.get_running_loop()
         relay, _ = await loop.create_datagram_endpoint(
             lambda: DnsRelay((servers[0], DNS_PORT)), local_addr=(link.host_ip, DNS_PORT)
         )
-        drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
-        if user is not None:
-            uid, gid = _identity(user)
-            drop += [f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        # Signals are caught from before the command starts, and passed on once it has.
+        caught: list[int] = []
+        for sig in STOPPING:
+            loop.add_signal_handler(sig, caught.append, sig)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", link.name, *drop, "--", *cmd, env=env
-            )
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            proc = await asyncio.create_subprocess_exec(*confinement.command(cmd), env=env)
+            for sig in STOPPING:
                 loop.add_signal_handler(sig, proc.send_signal, sig)
+            for early in caught:
+                proc.send_signal(early)
             code = await proc.wait()
         finally:
             relay.close()
+            for sig in STOPPING:
+                loop.remove_signal_handler(sig)
         return 128 - code if code < 0 else code
