@@ -2,20 +2,25 @@
 
 A refused action is logged and answered. An action in a retry storm is stopped. A keyed action
 claims its dedup key with its intent, or is answered as the key's holder allows (replay, wait,
-409, 422). Any other action gets its intent written, durably first when it mutates. The
-transport (the HTTP gate, the MCP adapters) turns an `Answer` into its own terms and reports
-the outcome back with `finish` or `fail`.
+409, 422). Any other action, reads included, gets its intent written durably before it may go
+(concurrent intents share one commit). An intent the log cannot hold (a value it cannot encode)
+is refused; when the log cannot be written at all, nothing goes, unless the operator let reads
+pass unlogged. The transport (the HTTP gate, the MCP adapters) turns an `Answer` into its own
+terms and reports the outcome back with `finish` or `fail`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from rules import Action, Decision, Ruleset, Verdict
 from rules.dedup import Storm, fingerprint
@@ -74,6 +79,7 @@ class Tracking:
     repeat_of: Action | None = None  # an unkeyed mutation: the breaker knows it by fingerprint
     started: float = field(default_factory=time.monotonic)
     meter: Meter = field(default_factory=Meter)
+    logged: bool = True  # False: a read let through while the log was down; no outcome is due
     _repeat: str | None = None
 
     def repeat(self) -> str | None:
@@ -108,18 +114,43 @@ class Answer:
 
 
 def unavailable(message: str) -> Answer:
-    """503 when the log cannot record an action: nothing mutating goes out unlogged."""
+    """503 when the log cannot record an action: nothing goes out unlogged."""
     decision = Decision(Verdict.DENY, None, message, "log_unavailable")
     return Answer(decision, None, 503, {"Retry-After": "30"})
+
+
+class Unloggable(ValueError):
+    """An intent the log cannot encode (an integer past 64 bits, nesting too deep): the action
+    is refused rather than forwarded unlogged. The message says what could not be encoded."""
+
+
+def unloggable(record: Record) -> str | None:
+    """Why the log could not encode a record, or None when it can."""
+    try:
+        orjson.dumps(record.data)
+        orjson.dumps(record.summary)
+    except orjson.JSONEncodeError as e:
+        return str(e) or type(e).__name__
+    return None
 
 
 class Admission:
     """Logs and admits decided actions; one per proxy process, shared by every transport."""
 
-    def __init__(self, log: Log, ruleset: Ruleset, *, bodies: records.BodyPolicy, policy: DedupPolicy):
+    def __init__(
+        self,
+        log: Log,
+        ruleset: Ruleset,
+        *,
+        bodies: records.BodyPolicy,
+        policy: DedupPolicy,
+        reads_pass_unlogged: bool = False,
+    ):
         self.log = log
         self.bodies = bodies
         self.policy = policy
+        # Fail closed by default: a read can carry data out, and the trail is the product.
+        self.reads_pass_unlogged = reads_pass_unlogged
         self.breaker = Breaker()
         self.use_rules(ruleset)
 
@@ -128,8 +159,8 @@ class Admission:
         self.ruleset, self.redactor = ruleset, Redactor(ruleset.secret_headers)
 
     def intent(self, action: Action, decision: Decision, ref: ActionRef, **kw: Any) -> Record:
-        """The intent record of an action."""
-        return records.intent(
+        """The intent record of an action; Unloggable if the log could not encode it."""
+        record = records.intent(
             action,
             decision,
             ref,
@@ -138,6 +169,9 @@ class Admission:
             rules_digest=self.ruleset.digest,
             **kw,
         )
+        if (problem := unloggable(record)) is not None:
+            raise Unloggable(problem)
+        return record
 
     async def admit(self, action: Action, decision: Decision, *, keep: int = 0) -> Tracking | Answer:
         """Log the action and let it go (a Tracking), or answer it instead (an Answer).
@@ -154,27 +188,48 @@ class Admission:
         )
         if (wait := self._storm_wait(tracking, storm)) is not None:
             return await self._storm(action, storm, wait)
-        if keyed is not None:
-            tracking.meter = Meter(keep=keep)
-            return await self._admit_keyed(action, decision, tracking, keyed)
-        intent = self.intent(action, decision, tracking.ref)
-        if action.effect.mutating:
-            try:
-                await self.log.append(intent)
-            except StoreError as e:
+        try:
+            if keyed is not None:
+                tracking.meter = Meter(keep=keep)
+                return await self._admit_keyed(action, decision, tracking, keyed)
+            intent = self.intent(action, decision, tracking.ref)
+        except Unloggable as e:
+            return await self._unloggable(action, str(e))
+        try:
+            await self.log.append(intent)
+        except StoreError as e:
+            if action.effect.mutating or not self.reads_pass_unlogged:
                 return unavailable(f"{e}; the request was not forwarded")
-        else:
-            self.post(intent)
+            logger.warning(
+                "the log is down: a read passes unlogged (%s %s): %s", action.method, action.url, e
+            )
+            tracking.logged = False
         return tracking
+
+    async def _unloggable(self, action: Action, problem: str) -> Answer:
+        """Refuse an action the log cannot encode, logging it without its arguments."""
+        decision = Decision(
+            Verdict.DENY,
+            None,
+            f"airlock cannot write this request to its log ({problem}), so it was not forwarded; "
+            "send values the log can hold (integers within 64 bits, nesting under 255 levels)",
+            "unloggable",
+        )
+        stripped = dataclasses.replace(action, args=f"(not logged: {problem})")
+        return await self.refuse(stripped, decision, 400)
 
     async def refuse(
         self, action: Action, decision: Decision, status: int = 403, headers: dict[str, str] | None = None
     ) -> Answer:
-        """Log a refused action and say so."""
+        """Log a refused action and say so (without its arguments if the log cannot encode them)."""
         ref = ActionRef()
         try:
-            await self.log.append(self.intent(action, decision, ref))
-        except StoreError as e:
+            try:
+                intent = self.intent(action, decision, ref)
+            except Unloggable as e:
+                intent = self.intent(dataclasses.replace(action, args=f"(not logged: {e})"), decision, ref)
+            await self.log.append(intent)
+        except (StoreError, Unloggable) as e:
             logger.error("a refusal was not logged: %s", e)
         return Answer(decision, ref.id, status, headers or {})
 
@@ -268,7 +323,7 @@ class Admission:
         decision = Decision(Verdict.ALLOW, KEY_RULE, f"replayed from action {taken.holder_id}")
         try:
             await self.log.append(self.intent(action, decision, ref, replay_of=taken.holder_id))
-        except StoreError as e:
+        except (StoreError, Unloggable) as e:
             logger.error("a replay was not logged: %s", e)
         return Answer(decision, ref.id, 200, reply=taken.reply, replay_of=taken.holder_id)
 
@@ -302,6 +357,8 @@ class Admission:
         error: str | None = None,
     ) -> None:
         """Write the outcome of an action that got an answer (`reply`: what to replay)."""
+        if not tracking.logged:
+            return
         final = self._count(tracking, status)
         settle = None
         if tracking.keyed is not None:
@@ -320,6 +377,8 @@ class Admission:
 
     def fail(self, tracking: Tracking, error: str) -> None:
         """Write the outcome of an action that got no answer."""
+        if not tracking.logged:
+            return
         final = self._count(tracking, None)
         record = records.failure(tracking.ref, error=error, duration_ms=tracking.elapsed_ms(), keep_key=final)
         self.post(record)

@@ -124,7 +124,14 @@ def build_parser() -> Parser:
         type=_typed(parse_size),
         default=64 << 30,
         metavar="SIZE",
-        help="largest the log may grow before mutating requests get 503 (default 64GiB)",
+        help="largest the log may grow before requests get 503 (default 64GiB)",
+    )
+    run.add_argument(
+        "--reads-when-log-down",
+        choices=["refuse", "pass"],
+        default="refuse",
+        help="when the log cannot be written: refuse reads too (default; a read can carry data out, "
+        "and the trail is the product), or let them pass unlogged",
     )
     _rules_poll_arg(
         run, "how often to check the rule files for changes (default 1; 0: only SIGHUP and the API reload)"
@@ -197,13 +204,23 @@ def build_parser() -> Parser:
     explain.add_argument(
         "--rules", type=Path, default=default_path(), metavar="PATH", help="file or directory"
     )
-    explain.add_argument("--method", default="GET", help="HTTP method (default GET)")
+    explain.add_argument("--method", help="HTTP method (default GET, or POST with --tool)")
     explain.add_argument("--url", required=True, help="full URL, e.g. https://api.example.com/v1/items")
     explain.add_argument("--header", action="append", default=[], metavar="K:V", help="a header (repeatable)")
     explain.add_argument("--body", metavar="@FILE|TEXT", help="request body, or @FILE to read it")
     explain.add_argument("--tool", help="an MCP tool call: the tool's name")
     explain.add_argument("--args", metavar="JSON", help="an MCP tool call: its arguments")
-    explain.add_argument("--effect", choices=["read", "write", "destructive"], help="override the effect")
+    explain.add_argument(
+        "--effect",
+        choices=["read", "write", "destructive"],
+        help="the effect the method (or with --tool, the server's annotations) would give",
+    )
+    explain.add_argument(
+        "--mcp",
+        action="store_true",
+        help="the server has shown it is MCP (answered initialize) and issued any Mcp-Session-Id given: "
+        "the body is read as MCP messages, as the proxy reads them then",
+    )
     explain.add_argument("--agent", default=os.environ.get("AIRLOCK_AGENT", "agent"), help="agent name")
     explain.add_argument("--json", action="store_true", help="print JSON")
     explain.set_defaults(func=cmd_rules_explain)
@@ -297,6 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         transparent=args.transparent,
         ca=args.ca,
         control_token=args.control_token,
+        reads_when_log_down=args.reads_when_log_down,
     )
     ports = [cfg.listen.port, cfg.control.port, *(u.port for u in cfg.upstreams)]
     ports += [cfg.transparent.port] if cfg.transparent else []
@@ -407,12 +425,13 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
-    """Print the normalized action, every rule that matched, and the decision with its reason."""
-    from .explain import ExplainError, body_argument, build_action, header_arguments, render
+    """Print how the proxy would read the request, every rule that matched, and the decision."""
+    from .explain import ExplainError, body_argument, explain_request, header_arguments, render
 
     ruleset = Ruleset.load(args.rules)
     try:
-        action = build_action(
+        read = explain_request(
+            ruleset,
             method=args.method,
             url=args.url,
             headers=header_arguments(args.header),
@@ -421,10 +440,11 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
             tool=args.tool,
             args=args.args,
             effect=args.effect,
+            is_mcp=args.mcp,
         )
     except ExplainError as e:
         raise UserError(str(e)) from e
-    print(render(ruleset.explain(action), ruleset, as_json=args.json))
+    print(render(read, ruleset, as_json=args.json))
     return 0
 
 

@@ -57,6 +57,7 @@ class RunConfig:
     transparent: Address | None = None  # listener for connections redirected by iptables
     ca: Path | None = None  # a CA (key and certificate PEM) to install instead of minting one
     control_token: Path | None = None  # a file holding the control token
+    reads_when_log_down: str = "refuse"  # "pass": reads go out unlogged while the log cannot be written
 
 
 def default_data() -> str:

@@ -1,4 +1,10 @@
-"""`airlock rules explain`: build an action from the command line and show how the rules decide it."""
+"""`airlock rules explain`: build a request from the command line and show how the rules decide it.
+
+The request takes the proxy's own path from request to decision (triage): the same readings,
+the same evidence rules for MCP, the same effect rules and egress by name. Only what the proxy
+learns live is given here instead: `--mcp` says the server has shown it is MCP (and issued any
+session id given), `--effect` stands for a tool's annotations or the method's effect.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,12 @@ from mitmproxy import http
 
 from rules import Effect, Explanation, Rule, Ruleset
 
+from .mcp_evidence import Evidence
+from .protocols import mcp
 from .protocols.http import from_request
 from .records import BodyPolicy, describe
 from .redact import Redactor
+from .triage import Triage, triage
 
 
 class ExplainError(ValueError):
@@ -43,9 +52,10 @@ def header_arguments(pairs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def build_action(
+def explain_request(
+    ruleset: Ruleset,
     *,
-    method: str,
+    method: str | None,
     url: str,
     headers: list[tuple[str, str]],
     body: bytes,
@@ -53,30 +63,46 @@ def build_action(
     tool: str | None = None,
     args: str | None = None,
     effect: str | None = None,
-) -> Any:
-    """The Action the proxy would see for this request (or MCP tool call)."""
+    is_mcp: bool = False,
+) -> Triage:
+    """Decide a request as the proxy would. `tool` (with `args`) makes it an MCP `tools/call` to
+    a server that has shown it is MCP, as does `is_mcp` for the body given."""
+    catalog = mcp.ToolCatalog()
+    if tool is not None:
+        try:
+            arguments = json.loads(args) if args is not None else {}
+        except ValueError as e:
+            raise ExplainError(f"--args is not JSON: {e}") from e
+        call = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": mcp.CALL,
+            "params": {"name": tool, "arguments": arguments},
+        }
+        body, is_mcp = json.dumps(call).encode(), True
+    elif args is not None:
+        raise ExplainError("--args needs --tool: they are the tool call's arguments")
     try:
         fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        req = http.Request.make(method.upper(), url, body, http.Headers(fields))
+        default = "POST" if tool is not None else "GET"
+        req = http.Request.make((method or default).upper(), url, body, http.Headers(fields))
     except ValueError as e:
         raise ExplainError(f"--url {url!r}: {e}") from e
     action = from_request(req, agent=agent)
-    changes: dict[str, Any] = {}
-    if tool is not None:
-        changes.update(protocol="mcp", tool=tool)
-    if args is not None:
-        try:
-            changes["args"] = json.loads(args)
-        except ValueError as e:
-            raise ExplainError(f"--args is not JSON: {e}") from e
     if effect is not None:
-        changes["effect"] = Effect(effect)
-    return dataclasses.replace(action, **changes) if changes else action
+        if tool is not None:
+            catalog.effects[f"{action.host}:{action.port}"] = {tool: Effect(effect)}
+        else:
+            action = dataclasses.replace(action, effect=Effect(effect))
+    return triage(action, ruleset, evidence=Evidence(assume=is_mcp), catalog=catalog, complete=True)
 
 
-def render(explanation: Explanation, ruleset: Ruleset, *, as_json: bool) -> str:
-    """The explanation as text for people, or as one JSON document."""
+def render(read: Triage, ruleset: Ruleset, *, as_json: bool) -> str:
+    """How the request was read and decided, as text for people, or as one JSON document: the
+    reading whose decision holds in full, and every reading in brief."""
+    explanation = read.deciding
     action = describe(explanation.action, redactor=Redactor(ruleset.secret_headers), bodies=BodyPolicy())
+    readings = [_reading(r) for r in read.readings]
     decision = explanation.decision
     matched = [
         {
@@ -102,11 +128,13 @@ def render(explanation: Explanation, ruleset: Ruleset, *, as_json: bool) -> str:
                 },
                 "reason": explanation.reason,
                 "repeats": repeats,
+                "route": read.route.value,
+                "readings": readings,
                 "rules": ruleset.digest,
             },
             indent=2,
         )
-    lines = ["action:"]
+    lines = [f"read as: {_route(read)}", "action:"]
     lines += [f"  {line}" for line in json.dumps(action, indent=2).splitlines()]
     lines.append(f"egress: {explanation.egress}")
     lines.append("matching rules:" if matched else "matching rules: none")
@@ -122,7 +150,34 @@ def render(explanation: Explanation, ruleset: Ruleset, *, as_json: bool) -> str:
         lines.append(f"message to the agent: {decision.message}")
     for name, value in repeats.items():
         lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
+    if len(readings) > 1:
+        lines.append("readings (the strictest decides):")
+        for r in readings:
+            what = " ".join(str(r[k]) for k in ("protocol", "operation", "tool") if r.get(k))
+            by = f" by {r['rule']}" if r["rule"] else ""
+            lines.append(f"  {what}, {r['effect']}: {r['verdict']}{by}")
     return "\n".join(lines)
+
+
+def _route(read: Triage) -> str:
+    if read.route.value == "mcp":
+        return "MCP messages to a server that has shown it is MCP"
+    if len(read.readings) > 1:
+        return "JSON-RPC to a server not shown to be MCP: decided as HTTP and as MCP, the strictest holds"
+    return f"{read.action.protocol} request"
+
+
+def _reading(r: Explanation) -> dict[str, Any]:
+    a, d = r.action, r.decision
+    return {
+        "protocol": a.protocol,
+        "operation": a.operation,
+        "tool": a.tool,
+        "effect": a.effect.value,
+        "verdict": d.verdict.value,
+        "rule": d.rule,
+        "refused": d.refused,
+    }
 
 
 def _modifies(rule: Rule) -> str:

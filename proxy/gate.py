@@ -7,28 +7,32 @@ the response has passed through in full.
 
 from __future__ import annotations
 
+import json
 import logging
 
-from mitmproxy import http, tcp
+from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ProxyMode, TransparentMode
 
-from rules import Action, Decision, Effect, Ruleset, Verdict
+from rules import Action, Decision, Ruleset, Verdict
 from store import Log
 
 from . import answers, dedup, records
 from .admission import Admission, Answer, Tracking
 from .dedup import DedupPolicy
 from .egress import Egress
+from .mcp_evidence import SESSION_HEADER, Evidence, Introduction
 from .mcp_http import EventStream, Exchange, json_answer, server_of, settle_json
 from .protocols import mcp
 from .protocols.http import AGENT_HEADER, classify, header_map
 from .toolcalls import ToolCalls
+from .triage import Route, Triage, triage
 
 logger = logging.getLogger(__name__)
 
 TRACK = "airlock.tracking"
 MCP = "airlock.mcp"
+INTRODUCTION = "airlock.introduction"  # `initialize` requests to a server not yet shown to be MCP
 STREAM_ABOVE = 256 * 1024
 
 
@@ -44,12 +48,20 @@ class Gate:
         bodies: records.BodyPolicy,
         upstreams: dict[ProxyMode, str] | None = None,
         dedup: DedupPolicy | None = None,
+        reads_pass_unlogged: bool = False,
     ):
         self.agent = agent
         self.upstreams = upstreams or {}
-        self.admission = Admission(log, ruleset, bodies=bodies, policy=dedup or DedupPolicy())
+        self.admission = Admission(
+            log,
+            ruleset,
+            bodies=bodies,
+            policy=dedup or DedupPolicy(),
+            reads_pass_unlogged=reads_pass_unlogged,
+        )
         self.calls = ToolCalls(self.admission)
         self.egress = Egress(lambda: self.ruleset)
+        self.evidence = Evidence()  # which servers have shown they are MCP
         self.legacy: set[str] = set()  # URLs legacy SSE sessions POST to (their channels)
 
     @property
@@ -60,6 +72,10 @@ class Gate:
     def use_rules(self, ruleset: Ruleset) -> None:
         """Decide from now on with `ruleset`."""
         self.admission.use_rules(ruleset)
+
+    def triage(self, action: Action) -> Triage:
+        """What a request is and how the rules decide it (the path `rules explain` takes too)."""
+        return triage(action, self.ruleset, evidence=self.evidence, catalog=self.calls.catalog)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Decide and log a request before it may go upstream; on any failure, refuse it."""
@@ -73,40 +89,41 @@ class Gate:
             flow.request.headers.pop(AGENT_HEADER, None)
             if upstream is None:
                 action = await self.egress.resolved(action)  # egress checks the addresses too
-            if (session := mcp.session_action(action)) is not None:
-                action = session
-            elif action.method == "POST" and await self._mcp(flow, action):
+            read = self.triage(action)
+            if read.route is Route.MCP:
+                await self._mcp(flow, read)
                 return
-            action, decision = self.ruleset.decide(action)
-            admitted = await self.admission.admit(action, decision, keep=self.admission.policy.reply_limit)
+            if read.route is Route.MALFORMED:
+                answer = await self.admission.refuse(read.action, read.decision, 400)
+                error = mcp.rpc_error(None, mcp.INVALID_REQUEST, f"{answer.decision.message} (airlock)")
+                flow.response = json_answer([error], batch=False, status=400)
+                return
+            keep = self.admission.policy.reply_limit
+            admitted = await self.admission.admit(read.action, read.decision, keep=keep)
             if isinstance(admitted, Answer):
                 flow.response = _http_answer(admitted)
-            else:
-                flow.metadata[TRACK] = admitted
+                return
+            flow.metadata[TRACK] = admitted
+            if read.introduction is not None:
+                flow.metadata[INTRODUCTION] = read.introduction
         except Exception:
             # mitmproxy forwards a flow whose hook raised: never let that happen unlogged.
             logger.exception("could not decide %s %s", flow.request.method, flow.request.pretty_url)
-            flow.metadata.pop(TRACK, None)
+            _fail_tracked(self.admission, flow, "airlock could not decide this request")
             flow.response = answers.internal_error(
                 "airlock could not decide or log this request; it was not forwarded"
             )
 
-    async def _mcp(self, flow: http.HTTPFlow, action: Action) -> bool:
-        """Gate a POST of JSON-RPC messages as MCP; False if the body is not JSON-RPC."""
-        try:
-            messages = mcp.messages(action.body)
-        except mcp.NotJsonRpc as e:
-            decision = Decision(Verdict.DENY, None, f"{e}; nothing was forwarded", "invalid_jsonrpc")
-            answer = await self.admission.refuse(action, decision, 400)
-            error = mcp.rpc_error(None, mcp.INVALID_REQUEST, f"{answer.decision.message} (airlock)")
-            flow.response = json_answer([error], batch=False, status=400)
-            return True
-        if messages is None:
-            return False
+    async def _mcp(self, flow: http.HTTPFlow, read: Triage) -> None:
+        """Gate a POST of JSON-RPC messages to a server shown to be MCP."""
+        assert read.messages is not None
+        action = read.action
         url = flow.request.url
         legacy = url in self.legacy
         exchange = Exchange(url if legacy else f"flow:{flow.id}", server_of(action), action, not legacy)
-        answers = await self.calls.send(messages, action, channel=exchange.channel, server=exchange.server)
+        answers = await self.calls.send(
+            read.messages, action, channel=exchange.channel, server=exchange.server, readings=read.readings
+        )
         if answers is None:
             flow.metadata[MCP] = exchange
         elif legacy and answers:
@@ -115,15 +132,25 @@ class Gate:
             flow.request.content = self.calls.stand_in(exchange.channel, answers)
         else:
             flow.response = json_answer(answers, batch=(action.body or b"").lstrip()[:1] == b"[")
-        return True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Stream large or open-ended response bodies through a meter instead of buffering them;
-        read MCP event streams on the way."""
+        read MCP event streams on the way. Any failure here still writes an outcome."""
+        try:
+            self._responseheaders(flow)
+        except Exception as e:
+            logger.exception("could not read the response headers of %s", flow.request.pretty_url)
+            self._settle_broken(flow, f"airlock could not read the response headers: {e!r}")
+
+    def _responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None:
             return
         tracking = flow.metadata.get(TRACK)
         exchange: Exchange | None = flow.metadata.get(MCP)
+        introduction: Introduction | None = flow.metadata.get(INTRODUCTION)
+        session = flow.response.headers.get(SESSION_HEADER)
+        if exchange is not None and session:
+            self.evidence.session(exchange.action, session)  # a server shown to be MCP issued it
         if "text/event-stream" in flow.response.headers.get("content-type", ""):
             if exchange is not None or tracking is not None:
                 flow.response.stream = EventStream(
@@ -132,6 +159,8 @@ class Gate:
                     action=exchange.action if exchange else classify(flow, agent=self.agent),
                     channel=exchange.channel if exchange else None,
                     legacy=self.legacy,
+                    evidence=self.evidence,
+                    introduction=(introduction, session) if introduction is not None else None,
                     meter=tracking.meter if tracking else None,
                 )
             return
@@ -139,20 +168,48 @@ class Gate:
             return
         length = flow.response.headers.get("content-length", "")
         # Small bodies of known length pass whole: streaming them costs more than it saves.
-        if not length.isdigit() or int(length) > STREAM_ABOVE:
+        # A body that may prove a server is MCP is read whole (it is a small JSON answer).
+        if introduction is None and (not length.isdigit() or int(length) > STREAM_ABOVE):
             flow.response.stream = tracking.meter
 
     def response(self, flow: http.HTTPFlow) -> None:
-        """Write the outcome once the whole response has passed."""
-        exchange: Exchange | None = flow.metadata.pop(MCP, None)
+        """Write the outcome once the whole response has passed; any failure reading the
+        response still writes one (an error outcome naming the failure)."""
+        try:
+            self._response(flow)
+        except Exception as e:
+            logger.exception("could not record the response of %s", flow.request.pretty_url)
+            self._settle_broken(flow, f"airlock could not read the response: {e!r}")
+
+    def _response(self, flow: http.HTTPFlow) -> None:
+        introduction: Introduction | None = flow.metadata.pop(INTRODUCTION, None)
+        if introduction is not None and flow.response is not None and not flow.response.stream:
+            _introduce(introduction, flow.response)
+        exchange: Exchange | None = flow.metadata.get(MCP)
         if exchange is not None and flow.response is not None:
             settle_json(self.calls, exchange, flow.response)
+            flow.metadata.pop(MCP, None)
             if exchange.scoped:
                 status = flow.response.status_code
                 self.calls.close(exchange.channel, f"the server answered {status} without a response")
-        tracking: Tracking | None = flow.metadata.pop(TRACK, None)
+        tracking: Tracking | None = flow.metadata.get(TRACK)
         if tracking is not None and flow.response is not None:
             self._record_response(flow, tracking)
+            flow.metadata.pop(TRACK, None)
+
+    def _settle_broken(self, flow: http.HTTPFlow, error: str) -> None:
+        """Write an error outcome for whatever this flow still owes: its action, and the calls
+        it carried. The answer itself passes on as the server sent it."""
+        flow.metadata.pop(INTRODUCTION, None)
+        try:
+            exchange: Exchange | None = flow.metadata.pop(MCP, None)
+            if exchange is not None and exchange.scoped:
+                self.calls.close(exchange.channel, error)
+        finally:
+            tracking: Tracking | None = flow.metadata.pop(TRACK, None)
+            if tracking is not None:
+                status = flow.response.status_code if flow.response is not None else None
+                _finish_broken(self.admission, tracking, status, error)
 
     def _record_response(self, flow: http.HTTPFlow, tracking: Tracking, error: str | None = None) -> None:
         assert flow.response is not None
@@ -171,63 +228,65 @@ class Gate:
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
-        """Write a failure outcome for a request that got no response."""
+        """Write a failure outcome for a request that got no response (or whose response broke)."""
         message = flow.error.msg if flow.error else "unknown error"
+        try:
+            self._error(flow, message)
+        except Exception as e:
+            logger.exception("could not record the failure of %s", flow.request.pretty_url)
+            self._settle_broken(flow, f"{message}; airlock could not record it in full: {e!r}")
+
+    def _error(self, flow: http.HTTPFlow, message: str) -> None:
+        flow.metadata.pop(INTRODUCTION, None)
         exchange: Exchange | None = flow.metadata.pop(MCP, None)
         if exchange is not None and exchange.scoped:
             self.calls.close(exchange.channel, message)
-        tracking: Tracking | None = flow.metadata.pop(TRACK, None)
+        tracking: Tracking | None = flow.metadata.get(TRACK)
         if tracking is None:
             return
         if flow.response is not None:
             # The upstream answered, then the stream broke: the action did reach it.
             self._record_response(flow, tracking, error=message)
+        else:
+            if flow.server_conn.timestamp_tcp_setup is not None:
+                message += " (after connecting to the upstream)"
+            self.admission.fail(tracking, message)
+        flow.metadata.pop(TRACK, None)
+
+
+def _introduce(introduction: Introduction, response: http.Response) -> None:
+    """Read a whole JSON answer for an InitializeResult that shows the server is MCP."""
+    if "application/json" not in response.headers.get("content-type", ""):
+        return
+    try:
+        body = json.loads(response.get_content(strict=False) or b"")
+    except ValueError:
+        return  # not JSON: shows nothing
+    session = response.headers.get(SESSION_HEADER)
+    for message in body if isinstance(body, list) else [body]:
+        introduction.answered(message, session)
+
+
+def _finish_broken(admission: Admission, tracking: Tracking, status: int | None, error: str) -> None:
+    """The outcome of an action whose response could not be read: as answered if it was, else
+    as failed; if even that cannot be written, the failure is said in the process log."""
+    try:
+        if status is not None:
+            admission.finish(tracking, status, headers={}, error=error)
             return
-        if flow.server_conn.timestamp_tcp_setup is not None:
-            message += " (after connecting to the upstream)"
-        self.admission.fail(tracking, message)
+    except Exception:
+        logger.exception("the outcome of an action could not be written as answered")
+    try:
+        admission.fail(tracking, error)
+    except Exception:
+        logger.exception("the outcome of an action was not written")
 
-    def _tunnel(self, host: str, port: int, agent: str) -> Action:
-        """A byte stream to `host:port`, as an action."""
-        return Action(
-            method="CONNECT",
-            scheme="tcp",
-            host=host.lower(),
-            port=port,
-            path="",
-            effect=Effect.WRITE,
-            protocol="tcp",
-            agent=agent,
-        )
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
-        """Open a tunnel only to an allowed host and port, at an allowed address."""
-        if flow.response or flow.error or not flow.live:
-            return
-        try:
-            agent = flow.request.headers.get(AGENT_HEADER, self.agent)
-            action = await self.egress.resolved(self._tunnel(flow.request.host, flow.request.port, agent))
-            decision = self.ruleset.egress_decision(action)
-            if decision is not None and decision.refused:
-                flow.response = _http_answer(await self.admission.refuse(action, decision))
-        except Exception:
-            logger.exception("could not decide CONNECT %s", flow.request.pretty_url)
-            flow.response = answers.internal_error("airlock could not decide this tunnel; it was not opened")
-
-    async def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        """Refuse raw TCP streams: only HTTP(S) that the gate can read may pass."""
-        host, port = flow.server_conn.address or ("unknown", 0)
-        action = self._tunnel(str(host), port, self.agent)
-        decision = Decision(
-            Verdict.DENY,
-            "raw-tcp",
-            f"raw TCP to {host}:{port} cannot be inspected, so it is refused; "
-            "only HTTP and HTTPS pass through airlock",
-            "protocol_refused",
-        )
-        # Killing a TCP flow does not stop its connect; an error on the connection does.
-        flow.server_conn.error = decision.message
-        await self.admission.refuse(action, decision)
+def _fail_tracked(admission: Admission, flow: http.HTTPFlow, error: str) -> None:
+    """A request refused after its intent was written: its action failed without going out."""
+    tracking: Tracking | None = flow.metadata.pop(TRACK, None)
+    if tracking is not None:
+        _finish_broken(admission, tracking, None, f"{error}; it was not forwarded")
 
 
 def _name_by_host_header(flow: http.HTTPFlow) -> None:

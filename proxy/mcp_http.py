@@ -10,6 +10,7 @@ POSTs to, and that URL is the channel its responses settle).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
@@ -19,8 +20,11 @@ from mitmproxy import http
 from rules import Action
 
 from .admission import Meter
+from .mcp_evidence import Evidence, Introduction
 from .protocols import mcp
 from .toolcalls import ToolCalls
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,7 +72,9 @@ class EventStream:
     """A text/event-stream passed on as it arrives, its JSON-RPC messages read on the way.
 
     Events are passed on unchanged, chunk by chunk, except while a response that will be
-    rewritten is due on the channel: then whole events are passed on, so that it can be.
+    rewritten is due on the channel: then whole events are passed on, so that it can be. If
+    reading the stream fails, the calls due on its channel get an error outcome, and the rest
+    of the stream passes on unread.
     """
 
     def __init__(
@@ -79,9 +85,14 @@ class EventStream:
         action: Action,
         channel: str | None,
         legacy: set[str],
+        evidence: Evidence | None = None,
+        introduction: tuple[Introduction, str | None] | None = None,
         meter: Meter | None = None,
     ):
         self.calls = calls
+        self.evidence = evidence
+        self.introduction = introduction  # `initialize` requests answered here, and the session id
+        self.broken = False
         self.url = url
         self.action = action
         self.server = server_of(action)
@@ -93,7 +104,23 @@ class EventStream:
     def __call__(self, chunk: bytes) -> bytes:
         if self.meter is not None:
             self.meter(chunk)
-        rewrite = self.channel is not None and self.calls.rewrites_due(self.channel)
+        if self.broken:
+            return chunk
+        # What was held back and not passed on yet: on a failure it goes on as it came.
+        held = self.splitter.unsent()
+        try:
+            return self._pass(chunk)
+        except Exception as e:
+            logger.exception("airlock: could not read an event stream from %s", self.url)
+            self.broken = True
+            self.end(f"airlock could not read the event stream: {e!r}")
+            return held + chunk
+
+    def _rewriting(self) -> bool:
+        return self.channel is not None and self.calls.rewrites_due(self.channel)
+
+    def _pass(self, chunk: bytes) -> bytes:
+        rewrite = self._rewriting()
         # Held back while a rewrite was due, and not passed on yet: it goes first.
         unsent = b"" if rewrite else self.splitter.unsent()
         out = []
@@ -114,9 +141,17 @@ class EventStream:
         event = mcp.SseEvent.parse(raw)
         if event.event == "endpoint":
             # Legacy SSE: this session POSTs to the URL the event names; its answers come here.
-            self.channel = urljoin(self.url, event.data.strip())
+            posts_to = urljoin(self.url, event.data.strip())
+            if self.evidence is not None and not self.evidence.announce(self.url, posts_to):
+                return None  # another origin: this stream cannot vouch for it
+            self.channel = posts_to
             self.legacy.add(self.channel)
             return None
+        if self.introduction is not None:
+            introduction, session = self.introduction
+            message = event.json()
+            for m in message if isinstance(message, list) else [message]:
+                introduction.answered(m, session)
         if self.channel is None:
             return None
         message = event.json()

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules import Action, Decision, Verdict
+from rules import Action, Decision, Explanation, Verdict
 
 from .admission import Admission, Answer, Tracking
 from .protocols import mcp
+from .triage import decide_messages
 
 logger = logging.getLogger(__name__)
 
@@ -61,26 +63,41 @@ class ToolCalls:
     # ---- client to server ----------------------------------------------------------------
 
     async def send(
-        self, messages: list[dict[str, Any]], base: Action, *, channel: str, server: str
+        self,
+        messages: list[dict[str, Any]],
+        base: Action,
+        *,
+        channel: str,
+        server: str,
+        readings: Sequence[Explanation] | None = None,
     ) -> list[dict[str, Any]] | None:
-        """Decide and log the client's messages. None: forward them all. A list: the answers
-        the client gets instead, and nothing is forwarded."""
-        ruleset = self.admission.ruleset
-        decided = [ruleset.decide(mcp.action_of(m, base, self.catalog, server)) for m in messages]
-        actions = [action for action, _ in decided]
-        decisions = [decision for _, decision in decided]
+        """Decide and log the client's messages (`readings`: their decisions, if already made).
+        None: forward them all. A list: the answers the client gets instead, and nothing is
+        forwarded."""
+        if readings is None:
+            readings = decide_messages(messages, base, self.admission.ruleset, self.catalog)
+        actions = [r.action for r in readings]
+        decisions = [r.decision for r in readings]
+        if (reused := self._reused_id(messages, channel)) is not None:
+            return await self._refuse_reused(messages, actions, reused)
         if len(messages) > 1 and any(d.refused or d.dedup is not None for d in decisions):
             return await self._refuse_batch(messages, actions, decisions)
         answers: list[dict[str, Any]] = []
         admitted: list[tuple[dict[str, Any], Tracking]] = []
         keep = self.admission.policy.reply_limit
-        for message, action, decision in zip(messages, actions, decisions, strict=True):
-            outcome = await self.admission.admit(action, decision, keep=keep)
-            if isinstance(outcome, Answer):
-                if mcp.is_request(message):
-                    answers.append(self.answer(message, outcome))
-                continue
-            admitted.append((message, outcome))
+        try:
+            for message, action, decision in zip(messages, actions, decisions, strict=True):
+                outcome = await self.admission.admit(action, decision, keep=keep)
+                if isinstance(outcome, Answer):
+                    if mcp.is_request(message):
+                        answers.append(self.answer(message, outcome))
+                    continue
+                admitted.append((message, outcome))
+        except BaseException:
+            # Nothing of the batch goes on: what was logged so far must not stay pending.
+            for _, tracking in admitted:
+                self.admission.fail(tracking, "airlock could not decide the rest of its batch; not forwarded")
+            raise
         if len(admitted) < len(messages):
             # Something was answered here (a refused notification gets no answer): nothing goes on.
             for _, tracking in admitted:
@@ -89,12 +106,43 @@ class ToolCalls:
         for message, tracking in admitted:
             if mcp.is_request(message):
                 due = self.channels.setdefault(channel, Channel())
-                due.pending[_id(message["id"])] = Pending(str(message["method"]), tracking)
+                due.pending[mcp.message_key(message["id"])] = Pending(str(message["method"]), tracking)
                 due.lists += message["method"] == mcp.LIST
             else:
                 # Notifications and responses get no answer: they are done once passed on.
                 self.admission.finish(tracking, 202, headers={})
         return None
+
+    def _reused_id(self, messages: list[dict[str, Any]], channel: str) -> str | None:
+        """Why a request's id cannot be told apart from another's, if one's cannot: answers are
+        matched to requests by id, so two requests awaiting answers under one id on one channel
+        would leave one of them unanswered and its action pending."""
+        due = self.channels.get(channel)
+        seen: set[str] = set()
+        for m in messages:
+            if not mcp.is_request(m):
+                continue
+            key = mcp.message_key(m["id"])
+            if key in seen:
+                return f"the JSON-RPC id {key} is used by two requests in this batch"
+            if due is not None and (key in due.pending or key in due.stand_ins):
+                return f"the JSON-RPC id {key} is used by a request that is still awaiting its answer"
+            seen.add(key)
+        return None
+
+    async def _refuse_reused(
+        self, messages: list[dict[str, Any]], actions: list[Action], why: str
+    ) -> list[dict[str, Any]]:
+        """Refuse every message of a send that reuses an id: nothing of it is forwarded."""
+        decision = Decision(
+            Verdict.DENY, None, f"{why}; give every request its own id and send it again", "duplicate_id"
+        )
+        answers = []
+        for message, action in zip(messages, actions, strict=True):
+            answer = await self.admission.refuse(action, decision, 400)
+            if mcp.is_request(message):
+                answers.append(mcp.rpc_error(message["id"], mcp.INVALID_REQUEST, _text(answer)))
+        return answers
 
     async def _refuse_batch(
         self, messages: list[dict[str, Any]], actions: list[Action], decisions: list[Decision]
@@ -137,7 +185,7 @@ class ToolCalls:
         pings = []
         due = self.channels.setdefault(channel, Channel())
         for answer in answers:
-            due.stand_ins[_id(answer["id"])] = answer
+            due.stand_ins[mcp.message_key(answer["id"])] = answer
             pings.append({"jsonrpc": "2.0", "id": answer["id"], "method": "ping"})
         return json.dumps(pings if len(pings) > 1 else pings[0]).encode()
 
@@ -161,7 +209,7 @@ class ToolCalls:
         due = self.channels.get(channel)
         if due is None:
             return message
-        key = _id(message["id"])
+        key = mcp.message_key(message["id"])
         if (stand_in := due.stand_ins.pop(key, None)) is not None:
             return stand_in
         pending = due.pending.pop(key, None)
@@ -194,8 +242,3 @@ class ToolCalls:
         due = self.channels.pop(channel, None)
         for pending in due.pending.values() if due is not None else ():
             self.admission.fail(pending.tracking, error)
-
-
-def _id(value: Any) -> str:
-    """A JSON-RPC id as a key: 1 and "1" are different ids."""
-    return json.dumps(value)

@@ -29,12 +29,14 @@ def _rules(tmp_path: Path, cls: type[Ruleset] = Ruleset) -> Ruleset:
     return loaded
 
 
-def _run(tmp_path: Path, rules: Ruleset, method: str, *, writer: bool) -> tflow.HTTPFlow:
+def _run(
+    tmp_path: Path, rules: Ruleset, method: str, *, writer: bool, reads_pass: bool = False
+) -> tflow.HTTPFlow:
     async def go() -> tflow.HTTPFlow:
         log = Log.open(tmp_path / "log")
         if writer:
             log.start()
-        gate = Gate(log, rules, agent="t", bodies=BodyPolicy())
+        gate = Gate(log, rules, agent="t", bodies=BodyPolicy(), reads_pass_unlogged=reads_pass)
         try:
             with taddons.context(gate) as tctx:
                 try:
@@ -57,11 +59,16 @@ def test_a_failing_rule_evaluation_refuses_the_request(tmp_path: Path) -> None:
     assert TRACK not in flow.metadata
 
 
-def test_no_log_means_no_mutation_but_reads_may_pass(tmp_path: Path) -> None:
-    post = _run(tmp_path, _rules(tmp_path), "POST", writer=False)
+def test_no_log_means_nothing_goes_unless_reads_may_pass_unlogged(tmp_path: Path) -> None:
+    for method in ("POST", "GET", "DELETE"):
+        refused = _run(tmp_path, _rules(tmp_path), method, writer=False)
+        assert refused.response is not None and refused.response.status_code == 503
+        assert b"log_unavailable" in refused.response.content and TRACK not in refused.metadata
+    post = _run(tmp_path, _rules(tmp_path), "POST", writer=False, reads_pass=True)
     assert post.response is not None and post.response.status_code == 503
-    get = _run(tmp_path, _rules(tmp_path), "GET", writer=False)
+    get = _run(tmp_path, _rules(tmp_path), "GET", writer=False, reads_pass=True)
     assert get.response is None and TRACK in get.metadata  # forwarded; its entry could not be written
+    assert not get.metadata[TRACK].logged  # and no outcome will be written for it
 
 
 def test_an_allowed_mutation_is_durable_before_the_hook_returns(tmp_path: Path) -> None:

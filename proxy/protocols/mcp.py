@@ -5,8 +5,9 @@ A `tools/call` is an action with the tool's name and arguments; its effect comes
 annotations the server gave the tool in its last `tools/list` (readOnlyHint: read,
 destructiveHint: destructive, else write; a tool not listed yet counts as a write). Every
 other request (`initialize`, `tools/list`, `resources/read`, ...) and every notification is a
-read. Refusals are tool results with `isError: true` that the model reads; malformed
-JSON-RPC gets JSON-RPC errors.
+read. Which requests are MCP at all is the server's to show (see proxy/mcp_evidence.py): a
+body shaped like JSON-RPC is not enough. Refusals are tool results with `isError: true` that
+the model reads; malformed JSON-RPC gets JSON-RPC errors.
 """
 
 from __future__ import annotations
@@ -260,12 +261,19 @@ def _event_end(buffer: bytearray, start: int) -> tuple[int, int] | None:
     return min(found) if found else None
 
 
-def session_action(action: Action) -> Action | None:
-    """An MCP session's own HTTP requests, as reads: the GET that opens a server-sent stream,
-    and the DELETE that ends a session (not a destructive action on the world)."""
-    session = "mcp-session-id" in action.headers
-    if action.method == "DELETE" and session:
+def session_action(action: Action, *, proven: bool, issued: Callable[[str], bool]) -> Action | None:
+    """An MCP session's own HTTP requests, as reads: the GET that opens a server-sent stream
+    from a server `proven` to be MCP, and the DELETE that ends a session the server `issued`
+    (not a destructive action on the world). Anything else keeps its method's effect."""
+    session = action.headers.get("mcp-session-id")
+    if action.method == "DELETE" and session and issued(session):
         return dataclasses.replace(action, protocol="mcp", operation="session/end", effect=Effect.READ)
-    if action.method == "GET" and "text/event-stream" in action.headers.get("accept", ""):
+    accepts_stream = "text/event-stream" in action.headers.get("accept", "")
+    if action.method == "GET" and proven and accepts_stream:
         return dataclasses.replace(action, protocol="mcp", operation="session/stream", effect=Effect.READ)
     return None
+
+
+def message_key(value: Any) -> str:
+    """A JSON-RPC id as a key: 1 and "1" are different ids."""
+    return json.dumps(value)
