@@ -76,7 +76,8 @@ class DataDir:
 
 def restrict(root: Path, parts: list[Path]) -> list[str]:
     """Make `root` and its `parts` (with everything under them) accessible to their owner only
-    (directories 0700, files 0600); return what was looser (`path (mode)`), to say so. Other
+    (directories 0700, files 0600); return what was looser (`path (mode)`, relative to
+    `root`), to say so. Other
     files in `root` are not airlock's and are left alone, as are symbolic links and entries
     owned by another user, which this process cannot change."""
     loosened: list[str] = []
@@ -92,7 +93,9 @@ def restrict(root: Path, parts: list[Path]) -> list[str]:
             continue
         want = DIR_MODE if stat.S_ISDIR(st.st_mode) else FILE_MODE
         if stat.S_IMODE(st.st_mode) & ~want:
-            loosened.append(f"{path} ({stat.S_IMODE(st.st_mode):04o})")
+            loosened.append(
+                f"{path.relative_to(root) if path != root else '.'} ({stat.S_IMODE(st.st_mode):04o})"
+            )
             path.chmod(want)
     return loosened
 
