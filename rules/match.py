@@ -108,9 +108,16 @@ def compile_match(spec: dict[str, Any], *, widen: bool = False) -> Predicate:
 
 def _agent(v: Any, widen: bool) -> Predicate:
     t = globs(strings(v), fold=False)
-    if widen:
-        return lambda a: any(t(name) for name in readings_of(a).agents)
-    return lambda a: all(t(name) for name in readings_of(a).agents)
+
+    def widened(a: Action) -> bool:
+        if a.configured_agent is None:
+            return t(a.agent)  # one reading: the name is not a claim
+        return any(t(name) for name in readings_of(a).agents)
+
+    def strict(a: Action) -> bool:
+        return t(a.agent) and (a.configured_agent is None or t(a.configured_agent))
+
+    return widened if widen else strict
 
 
 def _agent_claimed(v: Any, widen: bool) -> Predicate:
@@ -147,15 +154,19 @@ def method_test(methods: frozenset[str], widen: bool) -> Predicate:
 
 def _path_field(v: Any, widen: bool) -> Predicate:
     exact = _path(v, fold=False)
-    if not widen:
-        return lambda a: all(exact(p) for p in readings_of(a).paths)
-    folded = _path(v, fold=True)
+    folded = _path(v, fold=True)  # matches whatever `exact` matches, and more
 
     def widened(a: Action) -> bool:
         r = readings_of(a)
-        return any(exact(p) or (r.fold_paths and folded(p)) for p in r.paths)
+        test = folded if r.fold_paths else exact
+        paths = r.paths
+        return test(paths[0]) or any(test(p) for p in paths[1:])
 
-    return widened
+    def strict(a: Action) -> bool:
+        paths = readings_of(a).paths
+        return exact(paths[0]) and all(exact(p) for p in paths[1:])
+
+    return widened if widen else strict
 
 
 def _query(v: Any, widen: bool) -> Predicate:
@@ -192,6 +203,8 @@ def _operation(v: Any, widen: bool) -> Predicate:
 
 
 def _unknown_args(a: Action) -> bool:
+    if not a.body:
+        return False
     r = readings_of(a)
     return r.unknown() and r.args_problem is not None
 
@@ -200,7 +213,7 @@ def _tool(v: Any, widen: bool) -> Predicate:
     t = globs(strings(v), fold=False)
     if widen:
         return lambda a: t(a.tool) or _unknown_args(a)
-    return lambda a: t(a.tool) and readings_of(a).args_problem is None
+    return lambda a: t(a.tool) and (not a.body or readings_of(a).args_problem is None)
 
 
 def _effect(v: Any, widen: bool) -> Predicate:
@@ -212,12 +225,16 @@ def _body(v: Any, widen: bool) -> Predicate:
     valid = _schema(v)
 
     def widened(a: Action) -> bool:
+        if not a.body:
+            return False
         r = readings_of(a)
         if r.problem is not None:
             return r.unknown()
         return any(valid(doc) for doc in r.documents)
 
     def strict(a: Action) -> bool:
+        if not a.body:
+            return False
         r = readings_of(a)
         docs = r.documents
         return r.problem is None and bool(docs) and all(valid(doc) for doc in docs)
@@ -229,19 +246,25 @@ def _args(v: Any, widen: bool) -> Predicate:
     valid = _schema(v)
     if widen:
         return lambda a: (a.args is not None and valid(a.args)) or _unknown_args(a)
-    return lambda a: a.args is not None and valid(a.args) and readings_of(a).args_problem is None
+    return lambda a: (
+        a.args is not None and valid(a.args) and (not a.body or readings_of(a).args_problem is None)
+    )
 
 
 def _text(v: Any, widen: bool) -> Predicate:
     search = re.compile(v).search
 
     def widened(a: Action) -> bool:
+        if not a.body:
+            return False
         r = readings_of(a)
         if r.problem is not None:
             return r.unknown()
         return any(search(t) is not None for t in r.texts)
 
     def strict(a: Action) -> bool:
+        if not a.body:
+            return False
         r = readings_of(a)
         texts = r.texts
         return r.problem is None and bool(texts) and all(search(t) is not None for t in texts)

@@ -33,6 +33,7 @@ class Readings:
     __slots__ = (
         "_action",
         "_agents",
+        "_decoded",
         "_documents",
         "_forms",
         "_json",
@@ -40,6 +41,7 @@ class Readings:
         "_paths",
         "_problem",
         "_texts",
+        "_type",
         "assume_unknown",
         "only",
     )
@@ -53,14 +55,29 @@ class Readings:
         self._forms: tuple[Any, ...] | None = None
         self._texts: tuple[str, ...] | None = None
         self._json: bodies.ParsedJson | None = None
+        self._type: tuple[str, dict[str, str]] | None = None
+        self._decoded: list[str] | None = None
         self._problem: str | bool | None = False  # False: not computed yet
         # While explaining: the kinds allowed more than their first reading (None: all), and
         # whether an unreadable body may count as matching.
         self.only: frozenset[str] | None = None
         self.assume_unknown = True
 
+    def several(self) -> bool:
+        """True when some reading computed so far has more than one value, or the body has a
+        problem: only then can a rule have matched anything but the action as sent."""
+        if self._problem not in (False, None):
+            return True
+        computed = (self._methods, self._paths, self._agents, self._documents, self._texts)
+        if any(values is not None and len(values) > 1 for values in computed):
+            return True
+        # A path with capitals may have matched without case.
+        return self._paths is not None and self._paths[0] != self._paths[0].lower()
+
     def _first(self, kind: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        return values if self.only is None or kind in self.only else values[:1]
+        if self.only is None:
+            return values
+        return values if kind in self.only else values[:1]
 
     # ---- methods -------------------------------------------------------------------------
 
@@ -99,7 +116,9 @@ class Readings:
     # ---- the body ------------------------------------------------------------------------
 
     def _media(self) -> tuple[str, dict[str, str]]:
-        return bodies.media_type(self._action.headers.get("content-type"))
+        if self._type is None:
+            self._type = bodies.media_type(self._action.headers.get("content-type"))
+        return self._type
 
     def _parsed(self) -> bodies.ParsedJson | None:
         body = self._action.body
@@ -165,20 +184,36 @@ class Readings:
         kind, params = self._media()
         if kind == "multipart/form-data":
             return tuple(bodies.field_documents(bodies.multipart_fields(body, params.get("boundary"))))
-        text = bodies.texts(body, params.get("charset"))[-1]
-        if kind == "application/x-www-form-urlencoded" or bodies.looks_like_query(text):
+        form = kind == "application/x-www-form-urlencoded"
+        if not form and self._parsed() is not None and self._parsed_found():
+            return _NONE  # a JSON document is not also a query string
+        text = self._decodings()[-1]
+        if form or bodies.looks_like_query(text):
             return tuple(bodies.field_documents(bodies.form_fields(text)))
         return _NONE
+
+    def _parsed_found(self) -> bool:
+        parsed = self._parsed()
+        return parsed is not None and parsed.found
+
+    def _decodings(self) -> list[str]:
+        if self._decoded is None:
+            _, params = self._media()
+            self._decoded = bodies.texts(self._action.body or b"", params.get("charset"))
+        return self._decoded
 
     @property
     def documents(self) -> tuple[Any, ...]:
         """The body as documents for `body` rules: its JSON readings, then its form or multipart
         fields (empty when the body has a problem: see `problem`)."""
+        return self._first("body", self._documents_all())
+
+    def _documents_all(self) -> tuple[Any, ...]:
         if self._documents is None:
             parsed = self._parsed()
             found = tuple(parsed.documents) if parsed is not None and self.problem is None else _NONE
             self._documents = found + self._form_documents()
-        return self._first("body", self._documents)
+        return self._documents
 
     @property
     def texts(self) -> tuple[str, ...]:
@@ -189,11 +224,13 @@ class Readings:
             if not body or self.problem is not None:
                 self._texts = _NONE
             else:
-                _, params = self._media()
-                out = bodies.texts(body, params.get("charset"))
-                if self._form_documents():
-                    out.append(unquote_plus(out[-1]))
-                out += [bodies.written(doc) for doc in self.documents]
+                out = list(self._decodings())
+                decoded = out[-1]
+                if self._form_documents() and ("%" in decoded or "+" in decoded):
+                    out.append(unquote_plus(decoded))
+                if "\\" in decoded or len(out) > 1:
+                    # Escapes resolved: only a body with a backslash (or another decoding) has any.
+                    out += [bodies.written(doc) for doc in self._documents_all()]
                 self._texts = tuple(dict.fromkeys(out))
         return self._first("body", self._texts)
 
@@ -218,8 +255,8 @@ def method_readings(action: Action, form_documents: Callable[[], tuple[Any, ...]
 
 def readings_of(action: Action) -> Readings:
     """The action's readings, made on first use and kept with the action."""
-    found = action.memo.get("readings")
-    if found is None:
+    try:
+        found: Readings = action.memo["readings"]
+    except KeyError:
         found = action.memo["readings"] = Readings(action)
-    assert isinstance(found, Readings)
     return found

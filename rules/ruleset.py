@@ -60,19 +60,23 @@ class Rule:
     def matches(self, action: Action) -> bool:
         """True when every field of the rule's `match` holds for the action (for a deny or hold
         rule under any reading of it, for the others under every reading)."""
-        if self.methods is not None and not self._methods_hold(action):
-            return False
+        if self.methods is not None:
+            sent = action.method.upper() in self.methods
+            # The method as sent decides a deny it is in and an allow it is not in.
+            if sent is not self.widen and not self._other_methods_hold(action):
+                return False
+            if not sent and not self.widen:
+                return False
         if self.protocols is not None and action.protocol not in self.protocols:
             return False
         return self.test(action)
 
-    def _methods_hold(self, action: Action) -> bool:
+    def _other_methods_hold(self, action: Action) -> bool:
         assert self.methods is not None
-        if action.method.upper() in self.methods and self.widen:
-            return True
-        methods = readings_of(action).methods
-        quantifier = any if self.widen else all
-        return quantifier(m in self.methods for m in methods)
+        others = readings_of(action).methods[1:]
+        if self.widen:
+            return any(m in self.methods for m in others)
+        return all(m in self.methods for m in others)
 
 
 @dataclass(frozen=True)
@@ -259,9 +263,9 @@ AMBIGUOUS = "ambiguous"  # a rule matched only because the body it reads cannot 
 def _reading(rule: Rule, action: Action) -> str | None:
     """Which reading of the action a widened rule matched: None for the action as sent,
     AMBIGUOUS when only an unreadable body made it match, else words naming the reading."""
-    if not rule.widen:
-        return None
     r = readings_of(action)
+    if not rule.widen or not r.several():
+        return None
     try:
         r.only, r.assume_unknown = frozenset(), False
         if rule.matches(action):

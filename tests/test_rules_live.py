@@ -174,13 +174,16 @@ def test_a_deny_on_a_json_body_field_stops_the_request_before_the_upstream(
     [seen] = upstream.effects()
     assert json.loads(seen.body) == {"force": False, "ref": "main"}
 
-    # A body that is not JSON, or lacks the field, does not match the schema either.
-    assert post(a, upstream, "/push", data=b"force=true").status_code == 200
+    # A body that lacks the field does not match the schema; a form body is read too.
+    assert post(a, upstream, "/push", data=b"note=force").status_code == 200
     assert post(a, upstream, "/push", json={"ref": "main"}).status_code == 200
     assert len(upstream.effects("POST")) == 3
+    assert_refused(post(a, upstream, "/push", data=b"force=true"), "no-force-push")
+    assert len(upstream.effects("POST")) == 3
 
-    # 1 rules entry, 1 for the refusal, 2 (intent, outcome) for each of the three that passed.
-    denied, passed, *_ = logged(a, 1 + 1 + 3 * 2)
+    # 1 rules entry, 1 for each refusal, 2 (intent, outcome) for each of the three that passed.
+    denied, passed, *_, form = logged(a, 1 + 2 + 3 * 2)
+    assert (form["state"], form["rule"]) == ("denied", "no-force-push")
     assert (denied["id"], denied["state"], denied["rule"], denied["status"]) == (
         body["action_id"],
         "denied",
