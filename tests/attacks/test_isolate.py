@@ -380,8 +380,11 @@ def mounts_mentioning(*words: str) -> frozenset[str]:
     return frozenset(line for line in lines if any(w in line for w in words))
 
 
-def isolated(w: World, cmd: list[str], *options: str) -> subprocess.CompletedProcess[str]:
-    """`airlock exec --isolate [options] -- cmd` for `w`'s airlock, checked to leave nothing."""
+def isolated(
+    w: World, cmd: list[str], *options: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`airlock exec --isolate [options] -- cmd` for `w`'s airlock (started in `cwd`), checked to
+    leave nothing."""
     traces, mounts = Traces.now([]), mounts_mentioning(str(w.home), "airlock")
     args = [AIRLOCK, "exec", "--data", str(w.airlock.data), "--rules", str(w.airlock.rules)]
     args += ["--hide", str(w.secret), "--isolate", "--transparent", w.transparent, *options, "--", *cmd]
@@ -392,6 +395,7 @@ def isolated(w: World, cmd: list[str], *options: str) -> subprocess.CompletedPro
         text=True,
         env=environ_without_proxy(),
         start_new_session=True,
+        cwd=cwd,
     )
     link = Link.for_process(proc.pid)
     try:
@@ -501,6 +505,23 @@ def test_isolated_command_cannot_touch_airlock_or_reach_around_it(world: World, 
     assert "PRIVATE KEY" not in found["ca"]
     assert found["env"]["HTTP_PROXY"] is None and found["env"]["https_proxy"] is None
     assert found["env"]["USER"] == ("nobody" if user != "4321" else "4321")
+
+
+def test_a_hidden_directory_stays_hidden_from_a_command_started_inside_it(world: World) -> None:
+    w = world
+    keys = w.home / "keys"
+    keys.mkdir(mode=0o755)
+    (keys / "upstream.key").write_text("a key anyone on the host may read\n")
+    (keys / "upstream.key").chmod(0o644)
+
+    # Its working directory is the hidden one: by path or relative to it, the key is not there.
+    script = f"cat upstream.key; cat {keys / 'upstream.key'}; ls -a . {keys}; echo done"
+    done = isolated(w, ["sh", "-c", script], "--hide", str(keys), cwd=keys)
+    assert done.stdout == "done\n", done
+    assert "a key" not in done.stderr
+    # Not hidden, the same file is read: it is the mount that hides it, not its mode.
+    done = isolated(w, ["cat", "upstream.key"], cwd=keys)
+    assert done.stdout == "a key anyone on the host may read\n"
 
 
 def test_the_command_cannot_be_run_as_a_user_who_could_change_airlocks_files(world: World) -> None:
