@@ -169,7 +169,7 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         "headers": redactor.headers(action.headers),
         "body": body_excerpt(action.body, bodies, content_type=action.headers.get("content-type", "")),
     }
-    for optional in ("upstream", "service", "operation", "tool"):
+    for optional in ("upstream", "service", "operation", "tool", "configured_agent", "body_problem"):
         if (value := getattr(action, optional)) is not None:
             described[optional] = value
     if action.args is not None:
@@ -262,7 +262,7 @@ def unsettled(action_id: int, *, found: dict[str, Any]) -> Record:
 def _found(found: dict[str, Any]) -> dict[str, Any]:
     """What a verify read saw, as logged: its URL and error redacted."""
     return {
-        k: redact.url(v) if k == "url" else redact.text(v) if isinstance(v, str) else v
+        k: (redact.url(v) if k == "url" else redact.text(v)) if isinstance(v, str) else v
         for k, v in found.items()
     }
 

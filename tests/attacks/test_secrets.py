@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
 import lmdb
@@ -93,7 +94,7 @@ def assert_kept_out(a: Airlock, secrets: dict[str, str] | list[str]) -> bytes:
     seen = log_bytes(a)
     values = secrets.values() if isinstance(secrets, dict) else secrets
     for value in values:
-        for form in {value, json.dumps(value)[1:-1], requests.utils.quote(value, safe="")}:
+        for form in {value, json.dumps(value)[1:-1], quote(value, safe="")}:
             assert form.encode() not in seen, f"{value!r} is in the log"
     return seen
 
@@ -101,7 +102,7 @@ def assert_kept_out(a: Airlock, secrets: dict[str, str] | list[str]) -> bytes:
 def shown(a: Airlock, url_part: str) -> dict[str, Any]:
     """`airlock show --json` of the first action whose URL contains `url_part`."""
     action = min((x for x in a.log() if url_part in x["url"]), key=lambda x: int(x["id"]))
-    return json.loads(a.cli("show", str(action["id"]), "--json").stdout)
+    return dict(json.loads(a.cli("show", str(action["id"]), "--json").stdout))
 
 
 def intent(a: Airlock, url_part: str) -> dict[str, Any]:
@@ -300,7 +301,7 @@ def test_form_multipart_text_and_binary_bodies(a: Airlock, upstream: Upstream) -
     assert requests.post(f"{upstream.url}/oauth/token", data=form, proxies=a.proxies, timeout=30).ok
     # A multipart upload with credential fields beside a file.
     parts = {"title": (None, "quarterly report"), "password": (None, password), "api_key": (None, api_key)}
-    files = {**parts, "file": ("r.csv", b"a,b\n1,2\n", "text/csv")}
+    files: dict[str, Any] = {**parts, "file": ("r.csv", b"a,b\n1,2\n", "text/csv")}
     assert requests.post(f"{upstream.url}/upload", files=files, proxies=a.proxies, timeout=30).ok
     # Plain text and binary bodies: only shapes and `name=value` pairs can tell.
     text = f"deploy log\npassword={password}x\nuse {tokens['aws']} then\nregion=eu-west-1\n"
@@ -459,13 +460,15 @@ def test_mcp_tool_arguments_and_the_json_rpc_body_are_redacted_alike(
 
 
 def test_a_keyed_reply_is_replayed_verbatim_but_shown_redacted(a: Airlock, upstream: Upstream) -> None:
-    send = lambda: requests.post(  # noqa: E731
-        f"{upstream.url}/payments",
-        json={"amount": 5},
-        headers={"Idempotency-Key": "pay-1"},
-        proxies=a.proxies,
-        timeout=30,
-    )
+    def send() -> requests.Response:
+        return requests.post(
+            f"{upstream.url}/payments",
+            json={"amount": 5},
+            headers={"Idempotency-Key": "pay-1"},
+            proxies=a.proxies,
+            timeout=30,
+        )
+
     first, again = send(), send()
     assert first.status_code == again.status_code == 200
     assert again.headers["Idempotent-Replayed"] == "true"
