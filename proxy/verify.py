@@ -110,7 +110,11 @@ async def settle_in_doubt(log: Log, *, cafile: Path | None = None) -> int:
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=context)) as session:
         for action_id, read in reads:
-            record = await check(session, action_id, read)
+            try:
+                record = await check(session, action_id, read)
+            except Exception as e:  # one malformed stored read must not keep the others in doubt
+                found = {"error": f"the stored read could not be made: {type(e).__name__}: {e}"}
+                record = records.unsettled(action_id, found=found)
             try:
                 await log.append(record)
             except StoreError as e:
