@@ -1,0 +1,504 @@
+"""Every byte that leaves is an action: ways around the gate, tried with real clients (raw
+sockets, curl, requests, httpx over HTTP/2) through the real proxy to real servers on loopback.
+
+Each class is tried with several members: upgrades to protocols other than WebSocket (asked for,
+or answered with a 101 unasked), DNS and other non-HTTP bytes inside a CONNECT tunnel, names
+inside a request that differ from its destination (Host, :authority, SNI), clients of a
+listener open to the world, and keep-alive to a host named by a name.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import h2.connection
+import h2.events
+import pytest
+import requests
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow
+
+from proxy.clients import Clients, refusal
+
+from ..conftest import Airlock, TestCA, Upstream, curl, free_port, settle, wait_for
+
+# ---- servers that record every byte ---------------------------------------------------------
+
+
+@dataclass
+class RawServer:
+    """A TCP server on loopback that records each connection's bytes and answers the first
+    bytes of each with `reply` (then keeps reading until the peer closes)."""
+
+    port: int
+    reply: bytes = b""
+    connections: list[bytearray] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def received(self) -> list[bytes]:
+        """The bytes of each connection so far."""
+        with self.lock:
+            return [bytes(c) for c in self.connections]
+
+
+@contextmanager
+def raw_server(reply: bytes = b"", port: int | None = None) -> Iterator[RawServer]:
+    """Serve a RawServer in a thread."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port or 0))
+    listener.listen(16)
+    server = RawServer(listener.getsockname()[1], reply)
+
+    def serve_one(conn: socket.socket) -> None:
+        got = bytearray()
+        with server.lock:
+            server.connections.append(got)
+        answered = False
+        with conn, suppress(OSError):
+            while chunk := conn.recv(65536):
+                with server.lock:
+                    got += chunk
+                if not answered and server.reply:
+                    answered = True
+                    conn.sendall(server.reply)
+
+    def accept() -> None:
+        with suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+def read_all(s: socket.socket) -> bytes:
+    """Everything the proxy sends on `s` until it closes the connection."""
+    out = b""
+    with suppress(OSError):
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def read_head(s: socket.socket) -> bytes:
+    """One answer's head (up to the blank line)."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed after {raw!r}"
+        raw += chunk
+    return raw
+
+
+def body_of(raw: bytes) -> dict[str, Any]:
+    """The JSON body of a whole answer."""
+    return dict(json.loads(raw.partition(b"\r\n\r\n")[2]))
+
+
+def denied(a: Airlock, count: int = 1) -> list[dict[str, Any]]:
+    """The denied actions, once `count` of them are logged."""
+    wait_for(lambda: len(a.log("--state", "denied")) >= count, f"{count} refusals are logged")
+    return a.log("--state", "denied")
+
+
+def tunnel(a: Airlock, target: str) -> socket.socket:
+    """A socket through an open CONNECT tunnel to `target`."""
+    s = socket.create_connection(("127.0.0.1", a.port), timeout=10)
+    s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = read_head(s)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return s
+
+
+# ---- upgrades -------------------------------------------------------------------------------
+
+UPGRADES = ["foo", "FOO/2", "TLS/1.3", "websocket2", "h2c, foo", "websocket, foo"]
+SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\nSERVER-STREAM"
+
+
+@pytest.mark.parametrize("protocol", UPGRADES)
+def test_an_upgrade_to_another_protocol_is_refused_before_anything_leaves(
+    airlock: Airlock, protocol: str
+) -> None:
+    with raw_server(SWITCH) as server:
+        target = f"127.0.0.1:{server.port}"
+        request = (
+            f"GET http://{target}/stream HTTP/1.1\r\nHost: {target}\r\n"
+            f"Upgrade: {protocol}\r\nConnection: Upgrade\r\n\r\nCLIENT-STREAM"
+        )
+        with socket.create_connection(("127.0.0.1", airlock.port), timeout=10) as s:
+            s.sendall(request.encode())
+            answer = read_all(s)
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        refused = body_of(answer.split(b"HTTP/1.1 400")[0] if b"HTTP/1.1 400" in answer else answer)
+        assert refused["rule"] == "upgrade" and protocol in refused["message"]
+        assert b"SERVER-STREAM" not in answer
+        assert server.received() == []  # the upstream was never even connected to
+        [logged] = denied(airlock)
+        assert (logged["rule"], logged["method"], logged["url"]) == (
+            "upgrade",
+            "GET",
+            f"http://{target}/stream",
+        )
+
+
+def test_upgrades_are_refused_from_curl_and_inside_tunnels(airlock: Airlock) -> None:
+    with raw_server(SWITCH) as server:
+        target = f"127.0.0.1:{server.port}"
+        out = curl(
+            "-x", airlock.proxy, "-H", "Upgrade: foo", "-H", "Connection: Upgrade", f"http://{target}/x"
+        )
+        assert json.loads(out.stdout)["rule"] == "upgrade"
+        out = curl(
+            "-p",
+            "-x",
+            airlock.proxy,
+            "-H",
+            "Upgrade: irc/6.9",
+            "-H",
+            "Connection: Upgrade",
+            f"http://{target}/y",
+        )
+        assert json.loads(out.stdout)["rule"] == "upgrade"
+        with tunnel(airlock, target) as s:
+            s.sendall(
+                f"GET /z HTTP/1.1\r\nHost: {target}\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n".encode()
+            )
+            head = read_head(s)
+        assert head.startswith(b"HTTP/1.1 403"), head
+        assert server.received() == []
+        assert [x["url"].rsplit("/", 1)[1] for x in denied(airlock, 3)] == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(SWITCH, id="foo"),
+        pytest.param(SWITCH.replace(b"foo", b"websocket"), id="websocket-unasked"),
+        pytest.param(SWITCH.replace(b"Upgrade: foo\r\n", b""), id="unnamed"),
+    ],
+)
+def test_a_101_the_client_did_not_ask_for_is_cut(airlock: Airlock, reply: bytes) -> None:
+    # The request is an allowed read, so it goes upstream; the upstream switches protocols
+    # anyway. The 101 never reaches the client and no byte passes either way afterwards.
+    with raw_server(reply) as server:
+        target = f"127.0.0.1:{server.port}"
+        with socket.create_connection(("127.0.0.1", airlock.port), timeout=10) as s:
+            s.sendall(f"GET http://{target}/read HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            wait_for(
+                lambda: len(server.received()) == 1 and b"\r\n\r\n" in server.received()[0], "it is sent"
+            )
+            with suppress(OSError):
+                s.sendall(b"CLIENT-STREAM")
+            answer = read_all(s)
+        assert b" 101 " not in answer and b"SERVER-STREAM" not in answer, answer
+        assert [c.startswith(b"GET /read HTTP/1.1") for c in server.received()] == [True]
+        assert all(b"CLIENT-STREAM" not in c for c in server.received())
+        wait_for(lambda: airlock.log()[0]["state"] == "failed", "the read is logged as failed")
+        shown = json.loads(airlock.cli("show", str(airlock.log()[0]["id"]), "--json").stdout)
+        assert "101 Switching Protocols" in json.dumps(shown)
+
+
+# ---- DNS and other protocols inside a tunnel --------------------------------------------------
+
+
+def dns_query(name: str) -> bytes:
+    """A DNS query for `name` (A record) as DNS over TCP sends it: length-prefixed."""
+    question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+    message = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", 1, 1)
+    return struct.pack(">H", len(message)) + message
+
+
+def bindable(port: int) -> bool:
+    """True when this process can listen on loopback `port` right now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("port", [53, 5353])
+def test_dns_inside_a_tunnel_is_refused_and_logged(airlock: Airlock, port: int) -> None:
+    if not bindable(port):
+        pytest.skip(f"cannot listen on 127.0.0.1:{port} here")
+    answer = struct.pack(">H", 12) + struct.pack(">HHHHHH", 0x1234, 0x8180, 1, 0, 0, 0)
+    with raw_server(answer, port=port) as responder:
+        with tunnel(airlock, f"127.0.0.1:{port}") as s:
+            s.sendall(dns_query("allowed.example"))
+            got = read_all(s)
+        assert got == b""  # no answer: the connection is closed
+        assert responder.received() == []  # the query went nowhere
+    [logged] = denied(airlock)
+    assert (logged["rule"], logged["protocol"], logged["method"]) == ("dns-in-tunnel", "dns", "CONNECT")
+    assert logged["url"] == f"tcp://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", id="ssh"),
+        pytest.param(b"\x00\x01\x02\x03binary", id="binary"),
+        pytest.param(b"*1\r\n$4\r\nPING\r\n", id="redis"),
+        pytest.param(b"HELO x\r\n", id="smtp-like-no-version"),
+    ],
+)
+def test_bytes_that_are_not_http_inside_a_tunnel_are_refused(
+    airlock: Airlock, upstream: Upstream, payload: bytes
+) -> None:
+    with raw_server(b"GREETING") as server:
+        with tunnel(airlock, f"127.0.0.1:{server.port}") as s:
+            s.sendall(payload)
+            got = read_all(s)
+        assert b"GREETING" not in got
+        assert server.received() == []
+    # "HELO x" starts like a request line: HTTP's parser refuses it instead (nothing is logged,
+    # as nothing was asked of any upstream).
+    if not payload.startswith(b"HELO"):
+        [logged] = denied(airlock)
+        assert (logged["rule"], logged["method"]) == ("raw-tcp", "CONNECT")
+
+
+# ---- domain fronting ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_airlock(make_airlock: Callable[..., Airlock], upstream_ca: TestCA) -> Airlock:
+    """A proxy that trusts the TLS upstream's CA."""
+    return make_airlock(extra=("--upstream-ca", str(upstream_ca.cert)))
+
+
+def test_a_different_host_header_inside_a_tunnel_is_refused(
+    tls_airlock: Airlock, tls_upstream: Upstream
+) -> None:
+    a, port = tls_airlock, tls_upstream.port
+    base = ("--cacert", str(a.ca_cert), "-x", a.proxy)
+    ok = curl(*base, f"https://localhost:{port}/same")
+    assert json.loads(ok.stdout)["path"] == "/same"
+    fronted = curl(*base, "-H", "Host: evil.example", f"https://localhost:{port}/curl-host")
+    assert json.loads(fronted.stdout)["rule"] == "domain-fronting"
+    # --connect-to: the tunnel goes to 127.0.0.1, while SNI and Host say localhost.
+    moved = curl(
+        *base, "--connect-to", f"localhost:{port}:127.0.0.1:{port}", f"https://localhost:{port}/connect-to"
+    )
+    assert json.loads(moved.stdout)["rule"] == "domain-fronting", moved.stdout
+    r = requests.get(
+        f"https://localhost:{port}/requests",
+        headers={"Host": "evil.example"},
+        proxies=a.proxies,
+        verify=str(a.ca_cert),
+        timeout=10,
+    )
+    assert r.status_code == 403 and r.json()["rule"] == "domain-fronting"
+    assert "evil.example" in r.json()["message"] and f"localhost:{port}" in r.json()["message"]
+    assert [s.path for s in tls_upstream.effects()] == ["/same"]
+    refused = denied(a, 3)
+    assert [x["url"].rsplit("/", 1)[1] for x in refused] == ["curl-host", "connect-to", "requests"]
+    assert {x["rule"] for x in refused} == {"domain-fronting"}
+
+
+def h2_get(a: Airlock, target: str, authority: str, path: str) -> tuple[int, dict[str, Any]]:
+    """GET `path` over HTTP/2 (the h2 library on a TLS socket through a tunnel to `target`) with
+    its own `:authority`; the status and the JSON body."""
+    context = ssl.create_default_context(cafile=a.ca_cert)
+    context.set_alpn_protocols(["h2"])
+    with tunnel(a, target) as raw, context.wrap_socket(raw, server_hostname=target.split(":")[0]) as s:
+        assert s.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        headers = [(":method", "GET"), (":authority", authority), (":scheme", "https"), (":path", path)]
+        conn.send_headers(1, headers, end_stream=True)
+        s.sendall(conn.data_to_send())
+        status, body, done = 0, b"", False
+        while not done:
+            chunk = s.recv(65536)
+            assert chunk, "the proxy closed the connection"
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    done = True
+            s.sendall(conn.data_to_send())
+    return status, json.loads(body)
+
+
+def test_a_different_authority_over_http2_is_refused_and_authority_is_logged(
+    tls_airlock: Airlock, tls_upstream: Upstream
+) -> None:
+    a, port = tls_airlock, tls_upstream.port
+    target = f"localhost:{port}"
+    status, body = h2_get(a, target, target, "/h2")
+    assert status == 200 and body["path"] == "/h2"
+    status, body = h2_get(a, target, "evil.example", "/h2-authority")
+    assert (
+        status == 403
+        and body["rule"] == "domain-fronting"
+        and ":authority names evil.example" in body["message"]
+    )
+    # curl over HTTP/2 turns a Host header into the :authority.
+    common = ("--http2", "--cacert", str(a.ca_cert), "-x", a.proxy, "-w", "\n%{http_version}")
+    fronted = curl(*common, "-H", "Host: evil.example", f"https://{target}/h2-curl")
+    assert fronted.stdout.endswith("\n2"), fronted.stdout
+    assert json.loads(fronted.stdout.rsplit("\n", 1)[0])["rule"] == "domain-fronting"
+    assert [s.path for s in tls_upstream.effects()] == ["/h2"]
+    settle(a, 1 + 2 + 2)
+    committed = a.log("--state", "committed")[0]
+    shown = json.loads(a.cli("show", str(committed["id"]), "--json").stdout)
+    headers = shown["entries"][0]["data"]["action"]["headers"]
+    assert headers["host"] == target  # HTTP/2's :authority, recorded as the host header
+    assert [x["url"].rsplit("/", 1)[1] for x in denied(a, 2)] == ["h2-authority", "h2-curl"]
+
+
+def test_a_different_sni_inside_a_tunnel_is_refused(tls_airlock: Airlock, tls_upstream: Upstream) -> None:
+    a, port = tls_airlock, tls_upstream.port
+    context = ssl.create_default_context(cafile=a.ca_cert)
+    with tunnel(a, f"localhost:{port}") as raw, context.wrap_socket(raw, server_hostname="evil.example") as s:
+        s.sendall(f"GET /sni HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n".encode())
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    refused = body_of(answer)
+    assert refused["rule"] == "domain-fronting" and "TLS SNI names evil.example" in refused["message"]
+    assert tls_upstream.effects() == []
+    assert denied(a)[0]["rule"] == "domain-fronting"
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["evil.example"],
+        ["LOCALHOST.evil.example"],
+        ["127.0.0.2:{port}"],
+        ["127.0.0.1:1"],  # the right host, another port
+        ["127.0.0.1:{port}", "evil.example"],  # two Host headers: upstreams differ on which counts
+    ],
+)
+def test_a_plain_request_naming_another_host_is_refused(
+    airlock: Airlock, upstream: Upstream, hosts: list[str]
+) -> None:
+    target = f"127.0.0.1:{upstream.port}"
+    named = "".join(f"Host: {h.format(port=upstream.port)}\r\n" for h in hosts)
+    with socket.create_connection(("127.0.0.1", airlock.port), timeout=10) as s:
+        s.sendall(f"GET http://{target}/plain HTTP/1.1\r\n{named}Connection: close\r\n\r\n".encode())
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    assert body_of(answer)["rule"] == "domain-fronting"
+    assert upstream.effects() == []
+    ok = requests.get(f"http://{target}/plain", proxies=airlock.proxies, timeout=10)
+    assert ok.status_code == 200 and [s.path for s in upstream.effects()] == ["/plain"]
+    assert [x["rule"] for x in denied(airlock)] == ["domain-fronting"]
+
+
+# ---- clients of a listener ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "peer", "refused"),
+    [
+        ("transparent@127.0.0.1:8082", "203.0.113.7", False),  # capture redirects the agent's own traffic
+        ("transparent@0.0.0.0:8082", "8.8.8.8", False),
+        ("regular@0.0.0.0:8080", "8.8.8.8", True),  # a forward proxy open to the world
+        ("regular@8080", "2001:4860::1", True),
+        ("regular@0.0.0.0:8080", "::ffff:8.8.8.8", True),
+        ("reverse:http://x@0.0.0.0:9001", "8.8.4.4", True),
+        ("regular@0.0.0.0:8080", "10.0.0.5", False),  # pods and private networks
+        ("regular@0.0.0.0:8080", "127.0.0.1", False),
+        ("regular@10.0.0.1:8080", "8.8.8.8", False),  # bound where the operator chose
+    ],
+)
+def test_a_listener_refuses_public_clients_only_when_open_on_every_interface(
+    spec: str, peer: str, refused: bool
+) -> None:
+    assert (refusal(ProxyMode.parse(spec), peer) is not None) is refused
+    clients = Clients()
+    with taddons.context(clients):  # type: ignore[no-untyped-call]
+        client = tflow.tclient_conn()
+        client.peername = (peer, 40000)
+        client.proxy_mode = ProxyMode.parse(spec)
+        clients.client_connected(client)
+        assert (client.error is not None) is refused
+
+
+# ---- keep-alive -----------------------------------------------------------------------------
+
+
+@dataclass
+class CountingServer:
+    """An HTTP/1.1 server that counts the TCP connections it accepts."""
+
+    port: int
+    connections: int = 0
+    requests: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@contextmanager
+def counting_server() -> Iterator[CountingServer]:
+    """Serve a CountingServer in a thread."""
+    counted = CountingServer(free_port())
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def setup(self) -> None:
+            super().setup()
+            with counted.lock:
+                counted.connections += 1
+
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            with counted.lock:
+                counted.requests.append(f"{self.command} {self.path}")
+            payload = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _any
+
+    server = ThreadingHTTPServer(("127.0.0.1", counted.port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield counted
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_keep_alive_to_a_named_host_reuses_the_checked_connection(airlock: Airlock) -> None:
+    with counting_server() as server, requests.Session() as session:
+        session.proxies = airlock.proxies
+        for i in range(20):
+            url = f"http://localhost:{server.port}/k/{i}"
+            r = session.post(url, data=b"x") if i % 2 else session.get(url)
+            assert r.status_code == 200, r.text
+        assert len(server.requests) == 20
+        assert server.connections <= 2, server.connections
+    settle(airlock, 1 + 20 * 2)
+    logged = airlock.log()
+    assert len(logged) == 20 and {x["state"] for x in logged} == {"committed"}
+    assert {x["host"] for x in logged} == {"localhost"}
