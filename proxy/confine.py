@@ -11,7 +11,8 @@ environment variable can change what it imports). It
 - makes PID and IPC namespaces, so the command sees and signals only its own processes, shares
   no System V or POSIX IPC with the host, and everything it starts ends when it ends;
 - runs the command as an unprivileged user with no capabilities and no way to gain any
-  (`setpriv`), with a fresh read-only /proc/sys and /sys.
+  (`setpriv`), in a session keyring of its own, with a fresh /proc and read-only /proc/sys
+  and /sys.
 
 Its exit code is the command's (128+N if signal N killed it), or 125 if the confinement could
 not be made, after one line on stderr saying why.
@@ -41,6 +42,7 @@ FRESH = (
     (Path("/var/tmp"), 0o1777),
     (Path("/dev/shm"), 0o1777),
     (Path("/run"), 0o755),
+    (Path("/var/run"), 0o755),  # where it is not a link to /run
 )
 FAILED = 125  # like env(1) and container runtimes: the runner failed, not the command
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -49,6 +51,8 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
 SAFE = MS_NOSUID | MS_NODEV
 PR_SET_PDEATHSIG = 1
+KEYCTL_JOIN_SESSION_KEYRING = 1
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -212,8 +216,17 @@ class Relay:
         return pid
 
 
+def _own_session_keyring() -> None:
+    """Join a new, empty session keyring: keys in the session airlock was started from (a
+    login's, say) are not the command's to read."""
+    number = SYS_KEYCTL.get(os.uname().machine)
+    if number is not None:
+        _libc.syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None)  # fails only without keyrings
+
+
 def _become(conf: Confinement, cmd: list[str]) -> NoReturn:
     """Replace this process with `cmd` as the unprivileged user, with no capabilities."""
+    _own_session_keyring()
     drop = ["setpriv", f"--reuid={conf.uid}", f"--regid={conf.gid}", "--clear-groups"]
     drop += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
     for sig in FORWARDED:

@@ -381,12 +381,12 @@ def mounts_mentioning(*words: str) -> frozenset[str]:
 
 
 def isolated(
-    w: World, cmd: list[str], *options: str, cwd: Path | None = None
+    w: World, cmd: list[str], *options: str, cwd: Path | None = None, via: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """`airlock exec --isolate [options] -- cmd` for `w`'s airlock (started in `cwd`), checked to
-    leave nothing."""
+    """`airlock exec --isolate [options] -- cmd` for `w`'s airlock (started in `cwd`, by the
+    command `via` that ends by exec'ing it), checked to leave nothing."""
     traces, mounts = Traces.now([]), mounts_mentioning(str(w.home), "airlock")
-    args = [AIRLOCK, "exec", "--data", str(w.airlock.data), "--rules", str(w.airlock.rules)]
+    args = [*via, AIRLOCK, "exec", "--data", str(w.airlock.data), "--rules", str(w.airlock.rules)]
     args += ["--hide", str(w.secret), "--isolate", "--transparent", w.transparent, *options, "--", *cmd]
     proc = subprocess.Popen(
         args,
@@ -522,6 +522,31 @@ def test_a_hidden_directory_stays_hidden_from_a_command_started_inside_it(world:
     # Not hidden, the same file is read: it is the mount that hides it, not its mode.
     done = isolated(w, ["cat", "upstream.key"], cwd=keys)
     assert done.stdout == "a key anyone on the host may read\n"
+
+
+# Starts the command in argv[2:] from a session keyring of its own that holds a key described
+# argv[1], as a login session's would (x86_64 system call numbers).
+SESSION_WITH_A_KEY = textwrap.dedent(
+    """
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(250, 1, None) >= 0, "keyctl(KEYCTL_JOIN_SESSION_KEYRING)"
+    key = libc.syscall(248, b"user", sys.argv[1].encode(), b"session-secret", 14, ctypes.c_long(-3))
+    assert key >= 0, "add_key to the session keyring"
+    os.execv(sys.argv[2], sys.argv[2:])
+    """
+)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the test's system call numbers are x86_64's")
+def test_keys_of_the_session_airlock_was_started_from_are_not_the_commands(world: World) -> None:
+    description = f"airlock-isolate-{secrets.token_hex(4)}"
+    via = (sys.executable, "-c", SESSION_WITH_A_KEY, description)
+    mine = subprocess.run([*via, "/bin/cat", "/proc/keys"], capture_output=True, text=True, check=True)
+    assert description in mine.stdout  # a command run in that session sees the key...
+    done = isolated(world, ["cat", "/proc/keys"], via=via)
+    assert done.returncode == 0, done.stderr
+    assert description not in done.stdout  # ...the isolated command does not
 
 
 def test_the_command_cannot_be_run_as_a_user_who_could_change_airlocks_files(world: World) -> None:
