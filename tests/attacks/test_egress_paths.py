@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import h2.connection
@@ -29,7 +30,25 @@ from mitmproxy.test import taddons, tflow
 
 from proxy.clients import Clients, refusal
 
-from ..conftest import Airlock, TestCA, Upstream, curl, free_port, settle, wait_for
+from ..conftest import AIRLOCK, Airlock, Upstream, curl, free_port, settle, wait_for
+from ..conftest import TestCA as UpstreamCA
+from ..test_capture import (
+    NETNS_ETC,
+    NOBODY,
+    PA,
+    TRANSPARENT,
+    Netns,
+    Processes,
+    add_link,
+    curl_args,
+    logged,
+    netns,  # noqa: F401  (a fixture)
+    processes,  # noqa: F401  (a fixture)
+    reply_of,
+    serve,
+    start_airlock,
+)
+from ..test_capture import _unsupported as capture_unsupported
 
 # ---- servers that record every byte ---------------------------------------------------------
 
@@ -278,7 +297,7 @@ def test_bytes_that_are_not_http_inside_a_tunnel_are_refused(
 
 
 @pytest.fixture
-def tls_airlock(make_airlock: Callable[..., Airlock], upstream_ca: TestCA) -> Airlock:
+def tls_airlock(make_airlock: Callable[..., Airlock], upstream_ca: UpstreamCA) -> Airlock:
     """A proxy that trusts the TLS upstream's CA."""
     return make_airlock(extra=("--upstream-ca", str(upstream_ca.cert)))
 
@@ -502,3 +521,35 @@ def test_keep_alive_to_a_named_host_reuses_the_checked_connection(airlock: Airlo
     logged = airlock.log()
     assert len(logged) == 20 and {x["state"] for x in logged} == {"committed"}
     assert {x["host"] for x in logged} == {"localhost"}
+
+
+# ---- a captured agent with a public source address --------------------------------------------
+
+
+@pytest.mark.skipif(capture_unsupported() is not None, reason=capture_unsupported() or "")
+def test_capture_serves_an_agent_whose_address_is_public(
+    netns: Netns,  # noqa: F811  (the fixture imported above)
+    processes: Processes,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # The agent's connection to 1.2.3.4 (a public address, here held by the namespace itself)
+    # leaves from 1.2.3.4: the transparent listener sees a public client and must serve it.
+    public = "1.2.3.4"
+    add_link(netns.exec(), "pub0", f"{public}/24")
+    hosts = NETNS_ETC / netns.name / "hosts"
+    hosts.write_text(hosts.read_text() + f"{public} public.test\n")
+    server = serve(processes, netns.exec(), "http", public, PA)
+    a = start_airlock(processes, netns, tmp_path, "version: 1\negress:\n  allow: [public.test]\n")
+    installed = netns.run(AIRLOCK, "capture", "--uid", str(NOBODY), "--port", str(TRANSPARENT))
+    assert installed.returncode == 0, installed.stderr
+
+    ok = reply_of(netns.run(*curl_args(f"http://public.test:{PA}/public"), uid=NOBODY))
+    assert ok.status == 200, ok
+    assert server.seen() == [{"path": "/public", "host": f"public.test:{PA}"}]
+    # Redirected, the Host header is the destination: another name there is decided as itself.
+    other = netns.run(*curl_args(f"http://public.test:{PA}/other"), "-H", "Host: other.test", uid=NOBODY)
+    assert reply_of(other).status == 403
+    [first, second] = logged(a, 2)
+    assert (first["url"], first["state"]) == (f"http://public.test:{PA}/public", "committed")
+    assert (second["host"], second["rule"], second["state"]) == ("other.test", "egress", "denied")
+    assert len(server.seen()) == 1
