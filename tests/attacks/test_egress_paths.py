@@ -29,6 +29,16 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
 from proxy.clients import Clients, refusal
+from proxy.egress import Egress
+from proxy.fronting import Fronting
+from proxy.gate import Gate
+from proxy.records import BodyPolicy
+from proxy.server import data_plane, gated
+from proxy.tunnels import Tunnels
+from proxy.upgrades import Upgrades
+from proxy.websocket import WebSockets
+from rules import Ruleset
+from store import Log
 
 from ..conftest import AIRLOCK, Airlock, Upstream, curl, free_port, settle, wait_for
 from ..conftest import TestCA as UpstreamCA
@@ -553,3 +563,22 @@ def test_capture_serves_an_agent_whose_address_is_public(
     assert (first["url"], first["state"]) == (f"http://public.test:{PA}/public", "committed")
     assert (second["host"], second["rule"], second["state"]) == ("other.test", "egress", "denied")
     assert len(server.seen()) == 1
+
+
+# ---- the order the addons run in --------------------------------------------------------------
+
+
+def test_the_guards_run_before_the_gate_and_egress_after(tmp_path: Path) -> None:
+    # mitmproxy runs a hook addon by addon, in order: what refuses a request outright must see it
+    # before the gate forwards it, and the WebSocket addon must read the agent header before the
+    # gate removes it.
+    (tmp_path / "r.yaml").write_text("version: 1\n")
+    log = Log.open(tmp_path / "log")
+    try:
+        gate = Gate(log, Ruleset.load(tmp_path / "r.yaml"), agent="t", bodies=BodyPolicy())
+        kinds = [type(addon) for addon in gated(gate, {}, "t")]
+    finally:
+        log.close()
+    assert kinds == [Tunnels, Upgrades, Fronting, WebSockets, Gate, Egress]
+    assert not any(type(addon).__name__ == "Block" for addon in data_plane())
+    assert any(isinstance(addon, Clients) for addon in data_plane())
