@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -25,6 +26,7 @@ from websockets.sync.server import ServerConnection, serve
 from store import Log
 
 from ..conftest import Airlock, free_port, settle, wait_for
+from ..conftest import TestCA as UpstreamCA
 
 PASSWORD = "correct-horse-battery-staple-42"
 
@@ -69,8 +71,8 @@ class SocketServer:
 
 
 @contextmanager
-def socket_server() -> Iterator[SocketServer]:
-    """Serve the recording echo server in a thread."""
+def socket_server(tls: ssl.SSLContext | None = None) -> Iterator[SocketServer]:
+    """Serve the recording echo server in a thread (over TLS with `tls`)."""
     server = SocketServer(free_port())
 
     def handler(conn: ServerConnection) -> None:
@@ -83,7 +85,7 @@ def socket_server() -> Iterator[SocketServer]:
                     server.received.append(text)
                 conn.send(f"echo {len(text)}")
 
-    with serve(handler, "127.0.0.1", server.port) as ws_server:
+    with serve(handler, "127.0.0.1", server.port, ssl=tls) as ws_server:
         threading.Thread(target=ws_server.serve_forever, daemon=True).start()
         yield server
         ws_server.shutdown()
@@ -239,3 +241,27 @@ def test_a_password_sent_over_a_socket_is_not_kept_in_clear(
     settle(a, 1 + 2 + 2 + 2)  # rules, the upgrade (intent, outcome), two messages (intent, outcome)
     raw = b"".join((a.data / "log" / name).read_bytes() for name in ("data.mdb",))
     assert PASSWORD.encode() not in raw
+
+
+def test_a_refused_message_over_tls_closes_the_socket_too(
+    make_airlock: Callable[..., Airlock], upstream_ca: UpstreamCA
+) -> None:
+    # wss:// through a CONNECT tunnel: the message is read inside TLS, refused, and the socket
+    # closed with 1008 through the TLS layers on both sides.
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(upstream_ca.server_cert, upstream_ca.server_key)
+    with socket_server(tls=server_tls) as server:
+        a = make_airlock(rules=RULES, extra=("--upstream-ca", str(upstream_ca.cert)))
+        trust = ssl.create_default_context(cafile=a.ca_cert)
+        url = f"wss://localhost:{server.port}/socket"
+        with connect(url, proxy=a.proxy, ssl=trust, open_timeout=10) as client:
+            client.send("over tls")
+            assert client.recv(timeout=10) == "echo 8"
+            client.send("DROP TABLE accounts")
+            with pytest.raises(ConnectionClosed) as closed:
+                client.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert server.messages() == ["over tls"]
+    wait_for(lambda: any(x["state"] == "denied" for x in _logged(a)), "the refusal is logged")
+    [refused] = [x for x in _logged(a) if x["state"] == "denied"]
+    assert (refused["url"], refused["rule"]) == (url, "no-sql-drops")
