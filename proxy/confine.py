@@ -11,8 +11,8 @@ environment variable can change what it imports). It
 - makes PID and IPC namespaces, so the command sees and signals only its own processes, shares
   no System V or POSIX IPC with the host, and everything it starts ends when it ends;
 - runs the command as an unprivileged user with no capabilities and no way to gain any
-  (`setpriv`), in a session keyring of its own, with a fresh /proc and read-only /proc/sys
-  and /sys.
+  (`setpriv`), in a session (no controlling terminal) and a session keyring of its own, with a
+  fresh /proc and read-only /proc/sys and /sys.
 
 Its exit code is the command's (128+N if signal N killed it), or 125 if the confinement could
 not be made, after one line on stderr saying why.
@@ -227,6 +227,9 @@ def _own_session_keyring() -> None:
 def _become(conf: Confinement, cmd: list[str]) -> NoReturn:
     """Replace this process with `cmd` as the unprivileged user, with no capabilities."""
     _own_session_keyring()
+    # A session of its own, so no controlling terminal: it cannot type (TIOCSTI) into the
+    # terminal airlock exec was started from, for the shell there to run once it exits.
+    os.setsid()
     drop = ["setpriv", f"--reuid={conf.uid}", f"--regid={conf.gid}", "--clear-groups"]
     drop += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
     for sig in FORWARDED:

@@ -315,7 +315,10 @@ async def run_isolated(cmd: list[str], environ: Mapping[str, str], isolation: Is
         for sig in STOPPING:
             loop.add_signal_handler(sig, caught.append, sig)
         try:
-            proc = await asyncio.create_subprocess_exec(*confinement.command(cmd), env=env)
+            # Out of the terminal's process group: Ctrl-C reaches the command once, through here.
+            proc = await asyncio.create_subprocess_exec(
+                *confinement.command(cmd), env=env, start_new_session=True
+            )
             for sig in STOPPING:
                 loop.add_signal_handler(sig, proc.send_signal, sig)
             for early in caught:

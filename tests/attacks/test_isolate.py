@@ -549,6 +549,43 @@ def test_keys_of_the_session_airlock_was_started_from_are_not_the_commands(world
     assert description not in done.stdout  # ...the isolated command does not
 
 
+# Types a command into its standard input's terminal (TIOCSTI), for the shell there to run.
+TYPE_INTO_TERMINAL = textwrap.dedent(
+    """
+    import fcntl, termios
+    try:
+        for c in b"echo INJECTED\\n":
+            fcntl.ioctl(0, termios.TIOCSTI, bytes([c]))
+        print("typed")
+    except OSError as e:
+        print("refused", e.errno)
+    """
+)
+
+
+def test_the_command_cannot_type_into_the_terminal_it_was_started_from(world: World) -> None:
+    # A shell on a terminal runs airlock exec, then reads a line: whatever the isolated command
+    # managed to type would be that line (and a root shell would run it).
+    master, slave = os.openpty()
+    try:
+        script = 'exec 0<>"$1" 1>&0 2>&0; shift; "$@"; read -r -t 2 line; echo "next line: [$line]"'
+        via = ("bash", "-c", script, "bash", os.ttyname(slave))
+        done = isolated(world, [PROBE_PYTHON or "python3", "-c", TYPE_INTO_TERMINAL], via=via)
+        assert done.returncode == 0
+        os.close(slave)
+        seen = b""
+        with suppress(OSError):  # EIO once the terminal's last user is gone
+            while chunk := os.read(master, 4096):
+                seen += chunk
+    finally:
+        with suppress(OSError):
+            os.close(slave)
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert "refused" in text and "typed" not in text, text
+    assert "next line: []" in text, text
+
+
 def test_the_command_cannot_be_run_as_a_user_who_could_change_airlocks_files(world: World) -> None:
     w = world
     entries = len(w.airlock.log())
