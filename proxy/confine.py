@@ -4,10 +4,11 @@
 environment variable can change what it imports). It
 
 - joins the network namespace made for the command, whose only way out is airlock;
-- makes a mount namespace of its own in which /tmp, /var/tmp, /dev/shm and /run are fresh and
-  empty (no UNIX socket or file the host keeps there can be reached) and each of airlock's paths
-  (data dir, rules, any other given) is covered by an empty read-only mount; /etc/resolv.conf
-  names the DNS relay, and the CA certificate the command must trust is put in /run/airlock;
+- makes a mount namespace of its own in which /tmp, /var/tmp, /dev/shm and /run (and /var/run
+  where it is not a link) are fresh and empty (no UNIX socket or file the host keeps there can
+  be reached) and each of airlock's paths (data dir, rules, any other given) is covered by an
+  empty read-only mount; /etc/resolv.conf names the DNS relay, and the CA certificate the
+  command must trust is put in /run/airlock;
 - makes PID and IPC namespaces, so the command sees and signals only its own processes, shares
   no System V or POSIX IPC with the host, and everything it starts ends when it ends;
 - runs the command as an unprivileged user with no capabilities and no way to gain any
@@ -74,7 +75,8 @@ class Confinement:
 
     def command(self, cmd: Sequence[str]) -> list[str]:
         """The command line that runs `cmd` confined (as root; this file drops the rest)."""
-        argv = [sys.executable, "-I", "-B", str(Path(__file__).resolve()), "--netns", self.netns]
+        argv = [sys.executable, "-I", "-B", str(Path(__file__).resolve()), "--parent", str(os.getpid())]
+        argv += ["--netns", self.netns]
         argv += ["--uid", str(self.uid), "--gid", str(self.gid), "--ca-cert", str(self.ca_cert)]
         argv += ["--nameserver", self.nameserver]
         for path in self.hide:
@@ -82,9 +84,11 @@ class Confinement:
         return [*argv, "--", *cmd]
 
     @classmethod
-    def parse(cls, argv: Sequence[str]) -> tuple[Confinement, list[str]]:
-        """The confinement and the command from a command line made by `command`."""
+    def parse(cls, argv: Sequence[str]) -> tuple[Confinement, list[str], int]:
+        """The confinement, the command and the PID of airlock exec, from a command line made
+        by `command`."""
         p = argparse.ArgumentParser(prog="airlock exec --isolate")
+        p.add_argument("--parent", type=int, required=True)
         p.add_argument("--netns", required=True)
         p.add_argument("--uid", type=int, required=True)
         p.add_argument("--gid", type=int, required=True)
@@ -94,7 +98,7 @@ class Confinement:
         p.add_argument("cmd", nargs=argparse.REMAINDER)
         a = p.parse_args(argv)
         cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
-        return cls(a.netns, a.uid, a.gid, a.ca_cert, a.nameserver, tuple(a.hide)), cmd
+        return cls(a.netns, a.uid, a.gid, a.ca_cert, a.nameserver, tuple(a.hide)), cmd, a.parent
 
 
 def _mount(source: str | None, target: Path, fstype: str | None, flags: int, data: str = "") -> None:
@@ -117,10 +121,11 @@ def _read_only(target: Path, source: Path | None = None) -> None:
     _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | SAFE | MS_NOEXEC)
 
 
-def _die_with_parent() -> None:
-    # If airlock exec is killed, what it started must not outlive it.
+def _die_with_parent(parent: int | None = None) -> None:
+    # If airlock exec is killed, what it started must not outlive it (nor start, if the parent
+    # is gone already).
     _libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() == 1:
+    if parent is not None and os.getppid() != parent:
         os._exit(FAILED)
 
 
@@ -269,11 +274,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Confine and run the command; exit with its code."""
     # Signals that would stop the command wait until there is a command to stop.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
-    conf, cmd = Confinement.parse(sys.argv[1:] if argv is None else argv)
+    conf, cmd, parent = Confinement.parse(sys.argv[1:] if argv is None else argv)
     if not cmd:
         _fail("no command to run")
     try:
-        _die_with_parent()
+        _die_with_parent(parent)
         ca_pem = conf.ca_cert.read_bytes()  # before the data dir is hidden
         fd = os.open(NETNS_DIR / conf.netns, os.O_RDONLY)
         os.setns(fd, os.CLONE_NEWNET)

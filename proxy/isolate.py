@@ -294,6 +294,8 @@ async def run_isolated(cmd: list[str], environ: Mapping[str, str], isolation: Is
     require_host(isolation.transparent)
     who = identity(isolation.user)
     for path in isolation.private:
+        if path == Path("/"):
+            raise IsolateError("/ cannot be hidden from the command: name airlock's own paths")
         if not path.exists():
             raise IsolateError(
                 f"{path}: no such file or directory (airlock's paths: --data, --rules, --hide)"

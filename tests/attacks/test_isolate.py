@@ -616,6 +616,7 @@ def test_the_command_cannot_be_run_as_a_user_who_could_change_airlocks_files(wor
     assert f"could change {w.home} (anyone may write it), which holds airlock's" in line
     w.home.chmod(0o755)
     assert "no such file or directory" in refused("--hide", str(w.home / "missing"))
+    assert "/ cannot be hidden" in refused("--hide", "/")
 
     # Nothing ran, nothing reached anything, nothing was logged.
     assert all(lst.seen() == [] for lst in w.listeners.values())
