@@ -264,28 +264,71 @@ def walk(value: Any, look: Look | None = None) -> Any:
     look = EVERYTHING if look is None else look
     if isinstance(value, str):
         return text(value, look)
-    return _walk(value, look, bool(look)) if isinstance(value, dict | list) else value
+    if isinstance(value, dict | list):
+        return _Walk(look).value(value)
+    return value
 
 
-def _walk(value: dict[Any, Any] | list[Any], look: Look, scan: bool) -> Any:
-    out: Any = None
-    pairs = value.items() if isinstance(value, dict) else enumerate(value)
-    for k, v in pairs:
-        if isinstance(value, dict) and _secret_field(k if isinstance(k, str) else str(k)):
-            new: Any = REDACTED
-        elif isinstance(v, str):
-            if not scan:
+class _Walk:
+    """One walk over a parsed value; plain type checks and a per-walk cache of field names keep
+    it cheap on bodies of thousands of fields."""
+
+    def __init__(self, look: Look):
+        self.look = look
+        self.scan = bool(look)
+        self.pairs_only = not look.shapes
+        self.names: dict[str, bool] = {}
+
+    def value(self, value: Any) -> Any:
+        t = type(value)
+        if t is dict:
+            return self.fields(value)
+        if t is list:
+            return self.items(value)
+        if t is str:
+            return self.string(value)
+        if isinstance(value, dict):
+            return self.fields(value)
+        return self.items(value) if isinstance(value, list) else value
+
+    def string(self, value: str) -> str:
+        # With no token shape about, only a `name=value` or `name: value` pair can be a secret.
+        if not self.scan or (self.pairs_only and "=" not in value and ":" not in value):
+            return value
+        return text(value, self.look)
+
+    def secret(self, name: Any) -> bool:
+        known = self.names.get(name)
+        if known is None:
+            known = self.names[name] = _secret_field(name if type(name) is str else str(name))
+        return known
+
+    def fields(self, value: dict[Any, Any]) -> dict[Any, Any]:
+        out = None
+        for k, v in value.items():
+            if self.secret(k):
+                new: Any = REDACTED
+            elif type(v) is int or type(v) is float or v is None or type(v) is bool:
                 continue
-            new = text(v, look)
-        elif isinstance(v, dict | list):
-            new = _walk(v, look, scan)
-        else:
-            continue
-        if new is not v:
-            if out is None:
-                out = dict(value) if isinstance(value, dict) else list(value)
-            out[k] = new
-    return value if out is None else out
+            else:
+                new = self.value(v)
+            if new is not v:
+                if out is None:
+                    out = dict(value)
+                out[k] = new
+        return value if out is None else out
+
+    def items(self, value: list[Any]) -> list[Any]:
+        out = None
+        for i, v in enumerate(value):
+            if type(v) is int or type(v) is float or v is None or type(v) is bool:
+                continue
+            new = self.value(v)
+            if new is not v:
+                if out is None:
+                    out = list(value)
+                out[i] = new
+        return value if out is None else out
 
 
 def query(raw: str) -> str:
