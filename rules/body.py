@@ -118,6 +118,24 @@ def written(doc: Any) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
+def strings_in(doc: Any) -> str:
+    """Every key and string value of a document, one per line, as the upstream reads them (a
+    JSON-escaped tab or newline is a tab or newline here)."""
+    out: list[str] = []
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, dict):
+            for k, v in reversed(node.items()):
+                stack.append(v)
+                stack.append(k)
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return "\n".join(out)
+
+
 def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
     """The media type (lower case) and its parameters (names lower case, values unquoted)."""
     if not content_type:

@@ -230,7 +230,8 @@ class Readings:
                     out.append(unquote_plus(decoded))
                 if "\\" in decoded or len(out) > 1:
                     # Escapes resolved: only a body with a backslash (or another decoding) has any.
-                    out += [bodies.written(doc) for doc in self._documents_all()]
+                    for doc in self._documents_all():
+                        out += (bodies.written(doc), bodies.strings_in(doc))
                 self._texts = tuple(dict.fromkeys(out))
         return self._first("body", self._texts)
 
