@@ -153,10 +153,15 @@ PROBE = textwrap.dedent(
     out["ipv6"] = addresses6()
     for host, port in spec["udp6"]:
         attempt(f"udp [{host}]:{port}", udp, socket.AF_INET6, (host, port))
-        for index, name in socket.if_nameindex():
-            attempt(f"udp [ff02::1%{name}]:{port}", udp, socket.AF_INET6, ("ff02::1", port, 0, index))
     for host, port in spec["tcp6"]:
         attempt(f"tcp [{host}]:{port}", tcp, socket.AF_INET6, (host, port))
+    # Link-local: all nodes on each link, and each of the host's link-local addresses.
+    for index, name in socket.if_nameindex() if spec["link_local"] else []:
+        port = spec["udp6"][0][1]
+        attempt(f"udp [ff02::1%{name}]:{port}", udp, socket.AF_INET6, ("ff02::1", port, 0, index))
+        for host in spec["link_local"]:
+            port = spec["tcp6"][0][1]
+            attempt(f"tcp [{host}%{name}]:{port}", tcp, socket.AF_INET6, (host, port, 0, index))
     for host, port in spec["tcp4"]:
         out["tcp4 " + host] = repr(tcp(socket.AF_INET, (host, port)))
     for url in spec["http"]:
@@ -285,9 +290,9 @@ class World:
         """The port of a TCP or UDP listener."""
         return int(self.listeners[name].sock.getsockname()[1])
 
-    def host_v6_addresses(self) -> list[str]:
-        """Every global IPv6 address of the host (the test link's ULA included)."""
-        out = quiet("ip", "-6", "-o", "addr", "show", "scope", "global")
+    def host_v6_addresses(self, scope: str = "global") -> list[str]:
+        """The host's IPv6 addresses of a scope (global: the test link's ULA included)."""
+        out = quiet("ip", "-6", "-o", "addr", "show", "scope", scope)
         return [line.split()[3].split("/")[0] for line in out.splitlines() if "inet6" in line]
 
 
@@ -431,6 +436,7 @@ def probe(w: World, *options: str) -> tuple[dict[str, Any], subprocess.Completed
         "udp4": [[w.v4, w.port("udp4")], ["169.254.169.254", w.port("udp4")]],
         "udp6": [[a, w.port("udp6")] for a in w.host_v6_addresses()] if w.v6 else [],
         "tcp6": [[a, w.port("tcp6")] for a in w.host_v6_addresses()] if w.v6 else [],
+        "link_local": sorted(set(w.host_v6_addresses("link"))) if w.v6 else [],
         "tcp4": [[w.v4, w.port("raw tcp")]],
         "http": [
             f"http://{w.v4}:{allowed}/ok",
@@ -460,6 +466,7 @@ def test_isolated_command_cannot_touch_airlock_or_reach_around_it(world: World, 
     reached = {name: result for name, result in attempts.items() if not result.startswith("refused")}
     assert reached == {}, reached
     assert any(name.startswith("udp [ff02::1%") for name in attempts) or not w.v6
+    assert any(name.startswith("tcp [fe80:") for name in attempts) or not w.host_v6_addresses("link")
     assert found["ipv6"] == []  # no IPv6 address at all, not even loopback's
     # ...and nothing arrived at any listener but the allowed upstream; what the host sends itself
     # afterwards does arrive, so the listeners were there to see it.
