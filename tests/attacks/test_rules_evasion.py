@@ -425,7 +425,8 @@ def test_a_rule_can_require_an_agent_not_self_named(
     explained = subprocess.run(
         [
             AIRLOCK, "rules", "explain", "--rules", str(a.rules), "--method", "POST",
-            "--url", f"{upstream.url}/d", "--header", "X-Airlock-Agent: other", "--agent", "deployer", "--json",
+            "--url", f"{upstream.url}/d", "--header", "X-Airlock-Agent: other",
+            "--agent", "deployer", "--json",
         ],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
