@@ -358,3 +358,18 @@ def test_text_rules_read_json_strings_with_escapes_resolved(ruleset: Ruleset) ->
     for body in (b'{"q": "DROP\\tTABLE x"}', b'{"q": "DROP\\nTABLE"}', b'{"q": ["x", "drop\\u00a0table"]}'):
         action = request("POST", "/x", body, {"Content-Type": "application/json"})
         assert decided(ruleset, action) == ("no-drop", "denied"), body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"force": true, "ratio": NaN}',  # Python reads NaN and Infinity; JSON.parse refuses them
+        b'{"force": true, "ratio": -Infinity}',
+        b'\n\t {"force": true}\r\n',
+        '{"force": true}'.encode("utf-16"),
+        '{"force": true}'.encode("utf-32-le"),
+    ],
+)
+def test_json_that_python_reads_is_matched_as_python_reads_it(ruleset: Ruleset, body: bytes) -> None:
+    action = request("POST", "/x", body, {"Content-Type": "application/json"})
+    assert decided(ruleset, action) == ("no-force", "denied")
