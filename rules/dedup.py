@@ -250,7 +250,7 @@ def _netloc(action: Action) -> str:
 
 
 def _encode(name: str, value: str, place: str) -> str:
-    if name in _OWN:
+    if _OWN.get(name) == place:  # the action's own URL, path or query, in its own place
         if place == _PATH:
             _no_dot_segments(name, value)
         return value

@@ -24,6 +24,9 @@ from urllib.parse import quote, quote_plus
 import pytest
 import requests
 
+from rules import Action, Effect
+from rules.dedup import parse_dedup
+
 from ..conftest import AIRLOCK, Airlock, Upstream, _handler, free_port, wait_for
 
 OPERATOR_TOKEN = "operator-verify-token-7f3a"
@@ -238,3 +241,45 @@ def test_a_literal_credential_in_a_verify_header_is_refused_when_the_rules_load(
     done = subprocess.run([AIRLOCK, "rules", "check", str(rules)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "X-Api-Key" in done.stderr and "${" in done.stderr
     assert "k-12345" not in done.stderr
+
+
+# template, the action's path and query, its ClientToken -> the read's URL (None: refused)
+RENDERED = [
+    ("/orders/{body.ClientToken}", "/o", "", "a b", "http://127.0.0.1:8080/orders/a%20b"),
+    ("/orders/{body.ClientToken}", "/o", "", "x/../../admin", None),
+    ("/orders/{body.ClientToken}", "/o", "", "%2E%2E", None),
+    (
+        "/orders?ref={body.ClientToken}",
+        "/o",
+        "",
+        "1&all=true#x",
+        "http://127.0.0.1:8080/orders?ref=1%26all%3Dtrue%23x",
+    ),
+    (
+        "/lookup?p={path}&q={query}",
+        "/x&admin=true",
+        "a=1",
+        "t",
+        "http://127.0.0.1:8080/lookup?p=%2Fx%26admin%3Dtrue&q=a=1",
+    ),
+    ("{url}", "/orders/1", "v=2", "t", "http://127.0.0.1:8080/orders/1?v=2"),
+    ("{url}", "/orders/%2e%2e/admin", "", "t", None),
+    ("{scheme}://{host}:{port}/check{path}", "/hold/../admin", "", "t", None),
+    ("http://localhost:{port}/orders/{body.ClientToken}", "/o", "", "t", None),
+]
+
+
+@pytest.mark.parametrize(("template", "path", "query", "token", "expected"), RENDERED)
+def test_each_field_is_encoded_for_the_part_of_the_url_it_fills(
+    template: str, path: str, query: str, token: str, expected: str | None
+) -> None:
+    rule = parse_dedup("orders-once", {"key": "{body.ClientToken}", "verify": {"url": template}})
+    assert rule.verify is not None
+    body = json.dumps({"ClientToken": token}).encode()
+    action = Action("POST", "http", "127.0.0.1", 8080, path, Effect.WRITE, query=query, body=body)
+    read = rule.verify.request(action)
+    assert read is not None and read["origin"] == "http://127.0.0.1:8080"
+    if expected is None:
+        assert read.get("refused") and (read["url"] is None or "localhost" in read["url"])
+    else:
+        assert read["url"] == expected and "refused" not in read
