@@ -6,6 +6,7 @@ key it claims and how its outcome settles that key, so every index is derivable 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +14,7 @@ import orjson
 
 from .chain import link, unseal
 
-_HEX = frozenset("0123456789abcdef")
-
-
-def _is_hash(text: str) -> bool:
-    return len(text) == 64 and set(text) <= _HEX
+_HASHES = re.compile(rb"[0-9a-f]{128}")
 
 
 @dataclass(frozen=True)
@@ -42,9 +39,9 @@ class Entry:
         """Decode an entry from its stored bytes; ValueError naming what is wrong if malformed."""
         if len(raw) < 130:
             raise ValueError("it is shorter than its two hashes and a body")
-        prev, digest, body = unseal(raw)
-        if not (_is_hash(prev) and _is_hash(digest)):
+        if not _HASHES.match(raw):
             raise ValueError("its hashes are not hex digests")
+        prev, digest, body = unseal(raw)
         fields = orjson.loads(body)
         if not isinstance(fields, dict):
             raise ValueError("its body is not a JSON object")
