@@ -490,3 +490,29 @@ def test_a_keyed_reply_is_replayed_verbatim_but_shown_redacted(a: Airlock, upstr
     assert "upstream-secret-cookie" not in listing
     outcome = shown(a, "/payments")["entries"][1]
     assert outcome["data"]["headers"]["set-cookie"] == "[redacted]"
+
+
+def test_names_that_only_look_like_credentials_stay_readable(a: Airlock, upstream: Upstream) -> None:
+    body = {
+        "TableName": "orders",
+        "Key": {"id": {"S": "order-17"}},  # DynamoDB: a record's key, not a credential
+        "code": "print('hello')",  # a program, in a JSON field
+        "keyboard": "dvorak",
+        "monkey": "george",
+        "sort_key": "created",
+        "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+        "max_tokens": 1024,
+        "usage": {"input_tokens": 12, "output_tokens": 30},
+        "author": "ada",
+        "design": "passenger compass",
+        "url": "https://example.com/a@b?ref=mail",
+    }
+    headers = {"Idempotency-Key": "k-1", "Content-Type": "application/json", "Sec-Fetch-Mode": "cors"}
+    r = requests.put(
+        f"{upstream.url}/items/17", data=json.dumps(body), headers=headers, proxies=a.proxies, timeout=30
+    )
+    assert r.ok
+    settle(a, 2)
+    logged = intent(a, "/items/17")
+    assert "redacted" not in logged["body"] and json.loads(logged["body"]["text"]) == body
+    assert logged["headers"]["idempotency-key"] == "k-1" and logged["headers"]["sec-fetch-mode"] == "cors"
