@@ -21,7 +21,7 @@ from rules import Decision, Verdict
 
 from . import answers
 from .admission import Admission
-from .protocols.http import AGENT_HEADER, classify
+from .protocols.http import classify
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,9 @@ class Fronting:
             why = mismatch(flow)
             if why is None:
                 return
-            agent = flow.request.headers.get(AGENT_HEADER, self.agent)
-            action = classify(flow, agent=agent, upstream=self.upstreams.get(flow.client_conn.proxy_mode))
+            action = classify(
+                flow, agent=self.agent, upstream=self.upstreams.get(flow.client_conn.proxy_mode)
+            )
             answer = await self.admission.refuse(action, refused_fronting(why))
             flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
         except Exception:

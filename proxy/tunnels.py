@@ -34,8 +34,10 @@ READABLE = (modes.HttpProxy, modes.ReverseProxy, modes.TransparentProxy, layers.
 TLS = (layers.ServerTLSLayer, layers.ClientTLSLayer)
 
 
-def tunnel_action(host: str, port: int, agent: str, protocol: str = "tcp") -> Action:
-    """A byte stream to `host:port`, as an action."""
+def tunnel_action(
+    host: str, port: int, agent: str, protocol: str = "tcp", *, claimed: str | None = None
+) -> Action:
+    """A byte stream to `host:port`, as an action (`claimed`: the agent the client named itself)."""
     return Action(
         method="CONNECT",
         scheme="tcp",
@@ -44,7 +46,8 @@ def tunnel_action(host: str, port: int, agent: str, protocol: str = "tcp") -> Ac
         path="",
         effect=Effect.WRITE,
         protocol=protocol,
-        agent=agent,
+        agent=claimed or agent,
+        configured_agent=agent if claimed and claimed != agent else None,
     )
 
 
@@ -88,16 +91,18 @@ class Tunnels:
         self.rules = rules
         self.egress = egress
         self.agent = agent
-        self._agents: dict[str, str] = {}  # client connection id -> the agent that opened its tunnel
+        self._claims: dict[str, str] = {}  # client connection id -> the agent its CONNECT claimed
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         """Open a tunnel only to an allowed host and port, at an allowed address."""
         if flow.response or flow.error or not flow.live:
             return
         try:
-            agent = flow.request.headers.get(AGENT_HEADER, self.agent)
-            self._agents[flow.client_conn.id] = agent
-            action = await self.egress.resolved(tunnel_action(flow.request.host, flow.request.port, agent))
+            claimed = flow.request.headers.get(AGENT_HEADER)
+            if claimed:
+                self._claims[flow.client_conn.id] = claimed
+            tunnel = tunnel_action(flow.request.host, flow.request.port, self.agent, claimed=claimed)
+            action = await self.egress.resolved(tunnel)
             decision = self.rules().egress_decision(action)
             if decision is not None and decision.refused:
                 answer = await self.admission.refuse(action, decision)
@@ -136,8 +141,10 @@ class Tunnels:
                 ),
             )
         nextlayer.layer = Closed(context)
-        agent = self._agents.get(context.client.id, self.agent)
-        await self.admission.refuse(tunnel_action(host, port, agent, protocol), decision)
+        claimed = self._claims.get(context.client.id)
+        await self.admission.refuse(
+            tunnel_action(host, port, self.agent, protocol, claimed=claimed), decision
+        )
 
     async def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """Refuse raw TCP streams, should one start: only HTTP that the gate can read may pass."""
@@ -145,13 +152,14 @@ class Tunnels:
         decision = raw_tcp(host, port)
         # Killing a TCP flow does not stop its connect; an error on the connection does.
         flow.server_conn.error = decision.message
-        flow.kill()
-        agent = self._agents.get(flow.client_conn.id, self.agent)
-        await self.admission.refuse(tunnel_action(host, port, agent), decision)
+        if flow.killable:
+            flow.kill()
+        claimed = self._claims.get(flow.client_conn.id)
+        await self.admission.refuse(tunnel_action(host, port, self.agent, claimed=claimed), decision)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        """Forget the agent of a closed connection."""
-        self._agents.pop(client.id, None)
+        """Forget the claim of a closed connection."""
+        self._claims.pop(client.id, None)
 
 
 def _readable(chosen: layer.Layer, data: bytes) -> bool:

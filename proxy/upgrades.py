@@ -20,7 +20,7 @@ from rules import Decision, Verdict
 from . import answers
 from .admission import Admission, Tracking
 from .gate import TRACK
-from .protocols.http import AGENT_HEADER, classify
+from .protocols.http import classify
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +71,8 @@ class Upgrades:
             protocol = asked_protocol(flow.request)
             if protocol is None:
                 return
-            agent = flow.request.headers.get(AGENT_HEADER, self.agent)
             upstream = self.upstreams.get(flow.client_conn.proxy_mode)
-            action = classify(flow, agent=agent, upstream=upstream)
+            action = classify(flow, agent=self.agent, upstream=upstream)
             answer = await self.admission.refuse(action, refused_upgrade(protocol))
             flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
         except Exception:

@@ -29,7 +29,8 @@ from .protocols.http import AGENT_HEADER
 
 logger = logging.getLogger(__name__)
 
-AGENT = "airlock.ws.agent"
+CLAIMED = "airlock.ws.claimed"
+BASE = "airlock.ws.base"
 CLOSED = "airlock.ws.closed"
 POLICY = 1008  # RFC 6455: a message violated the endpoint's policy
 TRY_AGAIN = 1013  # RFC 6455: try again later (log unavailable, retry storm)
@@ -73,9 +74,10 @@ class WebSockets:
         self.agent = agent
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """Remember who asked for an upgrade (the gate removes the agent header before forwarding)."""
+        """Remember the agent an upgrade request claims (the gate removes the header before
+        forwarding): its messages carry the same claim."""
         if flow.request.headers.get("upgrade", "").strip().lower() == "websocket":
-            flow.metadata[AGENT] = flow.request.headers.get(AGENT_HEADER, self.agent)
+            flow.metadata[CLAIMED] = flow.request.headers.get(AGENT_HEADER)
 
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
         """Decide and log the newest message before mitmproxy passes it on; refuse it otherwise."""
@@ -85,11 +87,7 @@ class WebSockets:
             message.drop()  # the socket is being closed by airlock: nothing more passes
             return
         try:
-            base = ws.base_of(
-                flow.request,
-                agent=flow.metadata.get(AGENT, self.agent),
-                upstream=self.upstreams.get(flow.client_conn.proxy_mode),
-            )
+            base = flow.metadata.get(BASE) or self._base(flow)
             if message.from_client:
                 await self._send(flow, message, base)
             else:
@@ -99,6 +97,15 @@ class WebSockets:
             logger.exception("could not decide a WebSocket message on %s", flow.request.pretty_url)
             message.drop()
             close(flow, INTERNAL, "airlock could not decide or log this message; it was not passed on")
+
+    def _base(self, flow: http.HTTPFlow) -> Action:
+        """The action the socket's messages share, made once from its upgrade request."""
+        request = flow.request.copy()
+        if claimed := flow.metadata.get(CLAIMED):
+            request.headers[AGENT_HEADER] = claimed
+        upstream = self.upstreams.get(flow.client_conn.proxy_mode)
+        base = flow.metadata[BASE] = ws.base_of(request, agent=self.agent, upstream=upstream)
+        return base
 
     async def _send(self, flow: http.HTTPFlow, message: WebSocketMessage, base: Action) -> None:
         action = ws.message_action(base, message.content, from_client=True)

@@ -168,7 +168,8 @@ def test_allowed_messages_pass_and_are_logged_both_ways(
 
     ws_server.on_message = check
     texts = ["first", json.dumps({"select": "rows"}), _tool_call("search", {"q": "airlock"})]
-    with connect(ws_server.url, proxy=a.proxy, open_timeout=10) as client:
+    claim = {"X-Airlock-Agent": "bot-7"}
+    with connect(ws_server.url, proxy=a.proxy, open_timeout=10, additional_headers=claim) as client:
         for text in texts:
             client.send(text)
             assert client.recv(timeout=10) == f"echo {len(text)}"
@@ -186,6 +187,7 @@ def test_allowed_messages_pass_and_are_logged_both_ways(
     assert len(sent) == 3 and len(received) == 3
     assert all(x["effect"] == "write" for x in sent) and all(x["effect"] == "read" for x in received)
     assert sent[2]["tool"] == "search" and sent[2]["protocol"] == "mcp"
+    assert {x["agent"] for x in logged} == {"bot-7"}  # the upgrade's claim, on every message
     first = json.loads(a.cli("show", str(sent[0]["id"]), "--json").stdout)
     assert "first" in json.dumps(first)
     echo = json.loads(a.cli("show", str(received[0]["id"]), "--json").stdout)
