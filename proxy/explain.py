@@ -22,7 +22,7 @@ from .protocols import mcp
 from .protocols.http import from_request
 from .records import BodyPolicy, describe
 from .redact import Redactor
-from .triage import Triage, triage
+from .triage import Triage, server_of, triage
 
 
 class ExplainError(ValueError):
@@ -91,7 +91,7 @@ def explain_request(
     action = from_request(req, agent=agent)
     if effect is not None:
         if tool is not None:
-            catalog.effects[f"{action.host}:{action.port}"] = {tool: Effect(effect)}
+            catalog.effects[server_of(action)] = {tool: Effect(effect)}
         else:
             action = dataclasses.replace(action, effect=Effect(effect))
     return triage(action, ruleset, evidence=Evidence(assume=is_mcp), catalog=catalog, complete=True)

@@ -22,11 +22,11 @@ from .admission import Admission, Answer, Tracking
 from .dedup import DedupPolicy
 from .egress import Egress
 from .mcp_evidence import SESSION_HEADER, Evidence, Introduction
-from .mcp_http import EventStream, Exchange, json_answer, server_of, settle_json
+from .mcp_http import EventStream, Exchange, json_answer, settle_json
 from .protocols import mcp
 from .protocols.http import AGENT_HEADER, classify, header_map
 from .toolcalls import ToolCalls
-from .triage import Route, Triage, triage
+from .triage import Route, Triage, server_of, triage
 
 logger = logging.getLogger(__name__)
 
@@ -260,8 +260,8 @@ def _introduce(introduction: Introduction, response: http.Response) -> None:
         return
     try:
         body = json.loads(response.get_content(strict=False) or b"")
-    except ValueError:
-        return  # not JSON: shows nothing
+    except (ValueError, RecursionError):
+        return  # not JSON (or too deep to read): shows nothing
     session = response.headers.get(SESSION_HEADER)
     for message in body if isinstance(body, list) else [body]:
         introduction.answered(message, session)

@@ -23,6 +23,7 @@ from .admission import Meter
 from .mcp_evidence import Evidence, Introduction
 from .protocols import mcp
 from .toolcalls import ToolCalls
+from .triage import server_of
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +36,6 @@ class Exchange:
     server: str
     action: Action
     scoped: bool  # the channel is this exchange alone (streamable HTTP), not a legacy session
-
-
-def server_of(action: Action) -> str:
-    """The MCP server an action goes to, for the tool catalog."""
-    return f"{action.host}:{action.port}"
 
 
 def json_answer(answers: list[dict[str, Any]], batch: bool, status: int = 200) -> http.Response:

@@ -75,7 +75,7 @@ class ToolCalls:
         None: forward them all. A list: the answers the client gets instead, and nothing is
         forwarded."""
         if readings is None:
-            readings = decide_messages(messages, base, self.admission.ruleset, self.catalog)
+            readings = decide_messages(messages, base, self.admission.ruleset, self.catalog, server=server)
         actions = [r.action for r in readings]
         decisions = [r.decision for r in readings]
         if (reused := self._reused_id(messages, channel)) is not None:

@@ -107,11 +107,13 @@ def decide_messages(
     ruleset: Ruleset,
     catalog: mcp.ToolCatalog,
     *,
+    server: str | None = None,
     floor: Effect | None = None,
     complete: bool = False,
 ) -> list[Explanation]:
-    """Each JSON-RPC message as an MCP action, decided (`floor`: the least effect each counts as)."""
-    server = f"{base.host}:{base.port}"
+    """Each JSON-RPC message as an MCP action, decided. `server` names the server in the tool
+    catalog (default: the base action's host:port); `floor` is the least effect each counts as."""
+    server = server or server_of(base)
     out = []
     for message in messages:
         action = mcp.action_of(message, base, catalog, server)
@@ -119,6 +121,11 @@ def decide_messages(
             action = dataclasses.replace(action, effect=action.effect.stricter(floor))
         out.append(_judge(ruleset, action, complete=complete))
     return out
+
+
+def server_of(action: Action) -> str:
+    """The MCP server an action goes to, as the tool catalog knows it."""
+    return f"{action.host}:{action.port}"
 
 
 def _judge(ruleset: Ruleset, action: Action, *, complete: bool) -> Explanation:
