@@ -124,6 +124,12 @@ def k(n: int) -> bytes:
     return n.to_bytes(8, "big")
 
 
+def raw(txn: lmdb.Transaction, key: bytes, db: Any) -> bytes:
+    found = txn.get(key, db=db)
+    assert found is not None, key
+    return bytes(found)
+
+
 def load(txn: lmdb.Transaction, key: bytes, db: Any) -> Any:
     raw = txn.get(key, db=db)
     assert raw is not None, key
@@ -259,10 +265,10 @@ def test_altered_meta_is_named(recorded: Recorded, copy: Path, change: str) -> N
     with databases(copy) as (txn, db):
         head = load(txn, b"head", db["meta"])
         if change == "head back one":
-            prev = bytes(txn.get(k(head["seq"]), db=db["entries"]))[:64].decode()
+            prev = raw(txn, k(head["seq"]), db["entries"])[:64].decode()
             txn.put(b"head", orjson.dumps({"seq": head["seq"] - 1, "hash": prev}), db=db["meta"])
         elif change == "next_action up":
-            n = int.from_bytes(bytes(txn.get(b"next_action", db=db["meta"])), "big")
+            n = int.from_bytes(raw(txn, b"next_action", db["meta"]), "big")
             txn.put(b"next_action", k(n + 5), db=db["meta"])
         else:
             assert txn.delete(b"next_action", db=db["meta"])
@@ -351,8 +357,8 @@ def test_an_edited_entry_is_named(recorded: Recorded, copy: Path) -> None:
     delete = recorded.ids["/prod/db"]
     with databases(copy) as (txn, db):
         seq = load(txn, k(delete), db["actions"])["entries"][0]
-        raw = bytes(txn.get(k(seq), db=db["entries"]))
-        txn.put(k(seq), raw.replace(b'"method":"DELETE"', b'"method":"GET"'), db=db["entries"])
+        stored = raw(txn, k(seq), db["entries"])
+        txn.put(k(seq), stored.replace(b'"method":"DELETE"', b'"method":"GET"'), db=db["entries"])
     proc = verify(copy)
     assert proc.returncode == 1 and f"entry {seq} was altered" in proc.stdout, proc
     assert f"entry {seq}" in one_line_error(run("show", str(delete), "--data", str(copy)))
@@ -373,15 +379,15 @@ def test_a_tail_cut_with_every_index_to_match_is_caught_by_expect(recorded: Reco
         txn.delete(k(last), db=db["actions"])
         txn.delete(f"{index['state']}".encode() + b"\0" + k(last), db=db["states"])
         txn.delete(key_named(txn, db["keys"], "order-2"), db=db["keys"])
-        prev = bytes(txn.get(k(first - 1), db=db["entries"]))[64:128]
+        prev = raw(txn, k(first - 1), db["entries"])[64:128]
         txn.put(b"head", orjson.dumps({"seq": first - 1, "hash": prev.decode()}), db=db["meta"])
         txn.put(b"next_action", k(last), db=db["meta"])
 
     # Consistent with itself: nothing in the file can tell. A head recorded elsewhere can.
     assert verify(copy).returncode == 0
     proc = verify(copy, "--expect", recorded.head)
-    seq = recorded.head.split(":")[0]
-    assert proc.returncode == 1 and f"no longer holds entry {seq}" in proc.stdout, proc
+    cut = recorded.head.split(":")[0]
+    assert proc.returncode == 1 and f"no longer holds entry {cut}" in proc.stdout, proc
 
 
 def test_a_rollback_to_an_older_copy_is_caught_by_expect(recorded: Recorded) -> None:
@@ -459,3 +465,27 @@ def test_corrupt_records_get_one_clear_line(recorded: Recorded, copy: Path, case
         assert "Traceback" not in out.stderr, out.stderr
         if out.returncode != 0:
             one_line_error(out)
+
+
+def test_the_control_api_shows_the_chain_and_names_a_bad_states_index(
+    recorded: Recorded, copy: Path, make_airlock: Callable[..., Airlock]
+) -> None:
+    delete = recorded.ids["/prod/db"]
+    with databases(copy) as (txn, db):
+        index = load(txn, k(delete), db["actions"])
+        index |= {"method": "GET", "state": "committed", "rule": None}
+        txn.put(k(delete), orjson.dumps(index), db=db["actions"])
+        txn.delete(b"denied\0" + k(delete), db=db["states"])
+        txn.put(b"committed\0" + k(delete), b"", db=db["states"])
+    a = make_airlock(RULES, data=copy)
+    auth = {"Authorization": f"Bearer {a.token}"}
+    one = requests.get(f"{a.control}/v1/actions/{delete}", headers=auth, timeout=30).json()
+    assert (one["action"]["method"], one["action"]["state"]) == ("DELETE", "denied")
+    listed_all = requests.get(f"{a.control}/v1/actions", headers=auth, timeout=30).json()["actions"]
+    assert next(x for x in listed_all if x["id"] == delete)["method"] == "DELETE"
+    by_state = requests.get(f"{a.control}/v1/actions?state=committed", headers=auth, timeout=30)
+    assert by_state.status_code == 500 and by_state.json()["error"] == "log_altered", by_state.text
+    verdict = requests.get(f"{a.control}/v1/verify", headers=auth, timeout=60).json()
+    assert not verdict["ok"] and verdict["reason"].startswith("actions index:"), verdict
+    expect = requests.get(f"{a.control}/v1/verify?expect=bad", headers=auth, timeout=60)
+    assert expect.status_code == 400 and "SEQ:HASH" in expect.json()["message"]
