@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import stat
@@ -215,10 +216,50 @@ def _without(args: list[str]) -> list[str]:
     return [("-D" if a == "-I" else a) for a in args]
 
 
+def _rules_listing(tool: str, table: str) -> list[list[str]]:
+    """The rules of one table, each as the words of its `-A` line."""
+    if shutil.which(tool) is None:
+        return []
+    listing = subprocess.run([tool, "-w", "-t", table, "-S"], capture_output=True, text=True)
+    return [words for line in listing.stdout.splitlines() if (words := shlex.split(line))[:1] == ["-A"]]
+
+
+TABLES = [(tool, table) for tool in ("iptables", "ip6tables") for table in ("nat", "filter")]
+
+
+def remove(link: Link) -> None:
+    """Remove a namespace, its link and every iptables and ip6tables rule naming the link."""
+    for tool, table in TABLES:
+        for words in _rules_listing(tool, table):
+            if link.host_if in words:
+                _quiet(tool, "-w", "-t", table, "-D", *words[1:])
+    _quiet("ip", "link", "del", link.host_if)
+    _quiet("ip", "netns", "del", link.name)
+
+
+def sweep_stale() -> list[int]:
+    """Remove what runs killed before they could clean up left behind: namespaces, links and
+    rules named after a process that is gone. The PIDs of those runs."""
+    pids = set()
+    for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():
+        name = line.split(" ")[0]
+        if name.startswith("airlock-") and name.removeprefix("airlock-").isdigit():
+            pids.add(int(name.removeprefix("airlock-")))
+    for tool, table in TABLES:
+        for words in _rules_listing(tool, table):
+            pids.update(int(w[3:]) for w in words if w.startswith("alh") and w[3:].isdigit())
+    gone = sorted(pid for pid in pids if not Path(f"/proc/{pid}").exists())
+    for pid in gone:
+        remove(Link.for_process(pid))
+    return gone
+
+
 @contextlib.contextmanager
 def namespace(link: Link, transparent: Address) -> Iterator[None]:
     """Make the namespace, its link and the host's rules; remove them all on the way out."""
     require_host(transparent)
+    sweep_stale()
+    remove(link)  # anything under this process's names was left by a killed run with its PID
     v4, v6 = _host_rules(link, transparent), _host_rules_v6(link)
     try:
         _ip("ip", "netns", "add", link.name)

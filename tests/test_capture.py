@@ -480,10 +480,11 @@ class Traces:
 
 def scrub(prefix: list[str], link: Link) -> None:
     """Remove whatever a killed `airlock exec --isolate` left (so a failing test leaves nothing)."""
-    for table in ("nat", "filter"):
-        for line in quiet(*prefix, "iptables", "-w", "-t", table, "-S").splitlines():
-            if link.host_if in line and line.startswith("-A "):
-                quiet(*prefix, "iptables", "-w", "-t", table, "-D", *shlex.split(line)[1:])
+    for tool in ("iptables", "ip6tables") if shutil.which("ip6tables") else ("iptables",):
+        for table in ("nat", "filter"):
+            for line in quiet(*prefix, tool, "-w", "-t", table, "-S").splitlines():
+                if link.host_if in shlex.split(line) and line.startswith("-A "):
+                    quiet(*prefix, tool, "-w", "-t", table, "-D", *shlex.split(line)[1:])
     quiet(*prefix, "ip", "link", "del", link.host_if)
     quiet(*prefix, "ip", "netns", "del", link.name)
     shutil.rmtree(NETNS_ETC / link.name, ignore_errors=True)

@@ -637,7 +637,7 @@ def test_exit_codes_and_signals_pass_through_and_nothing_outlives_the_command(wo
     assert isolated(w, ["no-such-command-here"]).returncode == 127
 
     # SIGTERM to airlock exec reaches the command; SIGKILL to airlock exec takes the command down
-    # with it (what a killed airlock leaves of its network is removed by the test).
+    # with it, and the next run removes what the killed one left of its network.
     for sig in (signal.SIGTERM, signal.SIGKILL):
         marker = f"4343.{random.randrange(10**8)}"
         args = [AIRLOCK, "exec", "--data", str(w.airlock.data), "--rules", str(w.airlock.rules)]
@@ -645,15 +645,22 @@ def test_exit_codes_and_signals_pass_through_and_nothing_outlives_the_command(wo
         proc = subprocess.Popen(
             args, stderr=subprocess.PIPE, env=environ_without_proxy(), start_new_session=True
         )
+        link = Link.for_process(proc.pid)
         try:
             wait_for(lambda: running("sleep", marker) != [], "the command runs")  # noqa: B023
             proc.send_signal(sig)
             code = proc.wait(30)
             wait_for(lambda: running("sleep", marker) == [], "the command is gone")  # noqa: B023
+            if sig == signal.SIGKILL:
+                assert link.name in Traces.now([]).netns
+                assert isolated(w, ["true"]).returncode == 0
+                left = Traces.now([])
+                assert link.name not in left.netns and link.host_if not in left.links
+                assert not [r for r in left.rules if link.host_if in r.split()]
         finally:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-            scrub([], Link.for_process(proc.pid))
+            scrub([], link)
         assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGKILL)
     assert requests.get(f"{w.airlock.control}/healthz", timeout=5).ok
