@@ -245,8 +245,8 @@ def build_parser() -> Parser:
     ex.add_argument(
         "--isolate",
         action="store_true",
-        help="run it in a network namespace whose only way out is airlock's transparent listener "
-        "(Linux, root); proxy variables are then not needed",
+        help="run it as an unprivileged user in namespaces whose only way out is airlock's transparent "
+        "listener, with airlock's files hidden (Linux, root); proxy variables are then not needed",
     )
     _address_arg(ex, "--transparent", TRANSPARENT, "with --isolate: the proxy's --transparent address")
     ex.add_argument(
