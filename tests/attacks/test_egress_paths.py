@@ -284,7 +284,7 @@ def test_dns_inside_a_tunnel_is_refused_and_logged(airlock: Airlock, port: int) 
         pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", id="ssh"),
         pytest.param(b"\x00\x01\x02\x03binary", id="binary"),
         pytest.param(b"*1\r\n$4\r\nPING\r\n", id="redis"),
-        pytest.param(b"HELO x\r\n", id="smtp-like-no-version"),
+        pytest.param(b"HELO x\r\n\r\n", id="smtp-like-no-version"),
     ],
 )
 def test_bytes_that_are_not_http_inside_a_tunnel_are_refused(
@@ -296,9 +296,11 @@ def test_bytes_that_are_not_http_inside_a_tunnel_are_refused(
             got = read_all(s)
         assert b"GREETING" not in got
         assert server.received() == []
-    # "HELO x" starts like a request line: HTTP's parser refuses it instead (nothing is logged,
-    # as nothing was asked of any upstream).
-    if not payload.startswith(b"HELO"):
+    # "HELO x" starts like a request line: it is read as HTTP, and HTTP's parser refuses it
+    # (nothing is logged: nothing was asked of any upstream).
+    if payload.startswith(b"HELO"):
+        assert got.startswith(b"HTTP/1.1 400"), got
+    else:
         [logged] = denied(airlock)
         assert (logged["rule"], logged["method"]) == ("raw-tcp", "CONNECT")
 
