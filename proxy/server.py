@@ -11,7 +11,6 @@ from mitmproxy import master, options
 from mitmproxy.addons import (
     core,
     disable_h2c,
-    dns_resolver,
     next_layer,
     proxyserver,
     tlsconfig,
@@ -59,7 +58,8 @@ def data_plane() -> list[object]:
     Not the default set: playback, map local/remote, body and header rewriting, sticky
     cookies, scripts and the onboarding app would each be a path that the gate does not see,
     and every hook of every flow would pay for them. mitmproxy's `block_global` is replaced
-    by a rule per listener (proxy/clients.py).
+    by a rule per listener (proxy/clients.py), and its DNS resolver is left out: DNS is never
+    answered by the proxy (proxy/tunnels.py refuses it).
     """
     return [
         core.Core(),
@@ -68,7 +68,6 @@ def data_plane() -> list[object]:
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
-        dns_resolver.DnsResolver(),
         update_alt_svc.UpdateAltSvc(),  # keep reverse-mode clients on the reverse port
     ]
 
