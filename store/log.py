@@ -13,7 +13,6 @@ is derived from the hashed entries, readers rebuild what they show from those en
 
 from __future__ import annotations
 
-import array
 import asyncio
 import concurrent.futures
 import contextlib
@@ -40,6 +39,17 @@ from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAc
 from .index import advance
 from .keys import Claim, KeyTaken, Settle
 from .states import INITIAL, MOVES, State
+from .stored import (
+    ChainCount,
+    as_bytes,
+    in_range,
+    index_record,
+    key_record,
+    listed_entries,
+    parsed_entry,
+    seq_key,
+    state_key,
+)
 from .verify import Verdict, check
 
 logger = logging.getLogger(__name__)
@@ -49,7 +59,6 @@ _HEAD = b"head"
 _NEXT_ACTION = b"next_action"
 _BATCH_MAX = 512
 _STOP = object()
-_STATES = frozenset(State)
 
 # How long a posted record (one nobody waits for) may wait to share a commit.
 LAZY_COMMIT = 0.005
@@ -62,22 +71,6 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 _MAX_KEY = (1 << 64) - 1
-
-
-def _key(n: int) -> bytes:
-    return n.to_bytes(8, "big")
-
-
-def _in_range(n: int) -> bool:
-    return 0 <= n <= _MAX_KEY
-
-
-def _b(raw: bytes | memoryview) -> bytes:
-    return raw if isinstance(raw, bytes) else bytes(raw)
-
-
-def _state_key(state: str, action_id: int) -> bytes:
-    return state.encode() + b"\0" + _key(action_id)
 
 
 @dataclass
@@ -127,7 +120,7 @@ def _settle(results: list[tuple[asyncio.Future[Entry], Entry | StoreError]]) -> 
 def _checked(record: Record) -> None:
     """Refuse a record that cannot be written before it joins a transaction."""
     ref = record.action
-    if ref is not None and not record.opens and ref.id is not None and not _in_range(ref.id):
+    if ref is not None and not record.opens and ref.id is not None and not in_range(ref.id):
         raise UnknownAction(f"no action {ref.id} in the log")
     if record.claim is not None and len(record.claim.key.encode()) > keyrec.MAX_KEY_BYTES:
         raise StoreError(f"an idempotency key longer than {keyrec.MAX_KEY_BYTES} bytes cannot be stored")
@@ -202,7 +195,7 @@ class Log:
         if raw is None:
             return 0, GENESIS
         try:
-            head = orjson.loads(_b(raw))
+            head = orjson.loads(as_bytes(raw))
             seq, digest = head["seq"], head["hash"]
             if not isinstance(seq, int) or not isinstance(digest, str):
                 raise TypeError
@@ -212,16 +205,16 @@ class Log:
 
     def entry(self, seq: int) -> Entry | None:
         """The entry with sequence number `seq`, if there is one (Altered if it is damaged)."""
-        if not _in_range(seq):
+        if not in_range(seq):
             return None
         with self._read() as txn:
             return self._entry(txn, seq)
 
     def _entry(self, txn: lmdb.Transaction, seq: int) -> Entry | None:
-        raw = txn.get(_key(seq), db=self._dbs[b"entries"])
+        raw = txn.get(seq_key(seq), db=self._dbs[b"entries"])
         if raw is None:
             return None
-        return _parsed(seq, _b(raw))
+        return parsed_entry(seq, as_bytes(raw))
 
     def entries(self, start: int = 1) -> Iterator[Entry]:
         """Entries in order from sequence number `start` (Altered at the first damaged one)."""
@@ -230,9 +223,9 @@ class Log:
             return
         with self._read() as txn:
             cur = txn.cursor(db=self._dbs[b"entries"])
-            if cur.set_range(_key(start)):
+            if cur.set_range(seq_key(start)):
                 for key, raw in cur:
-                    yield _parsed(int.from_bytes(_b(key), "big"), _b(raw))
+                    yield parsed_entry(int.from_bytes(as_bytes(key), "big"), as_bytes(raw))
 
     def action(self, action_id: int, *, whole: bool = False) -> dict[str, Any] | None:
         """One action as its entries say: state, summary fields and entry numbers (the index
@@ -240,7 +233,7 @@ class Log:
 
         With `whole`, the chain from the action's first entry on is read as well, so that an
         entry missing from the action's list is refused instead of passed over."""
-        if not _in_range(action_id):
+        if not in_range(action_id):
             return None
         with self._read() as txn:
             found = self._derived(txn, action_id)
@@ -258,21 +251,21 @@ class Log:
         needle = b'"action":' + str(action_id).encode() + b","
         found = []
         cur = txn.cursor(db=self._dbs[b"entries"])
-        if cur.set_range(_key(start)):
+        if cur.set_range(seq_key(start)):
             for key, raw in cur:
                 if needle in raw:
-                    seq = int.from_bytes(_b(key), "big")
-                    if _parsed(seq, _b(raw)).action == action_id:
+                    seq = int.from_bytes(as_bytes(key), "big")
+                    if parsed_entry(seq, as_bytes(raw)).action == action_id:
                         found.append(seq)
         return found
 
     def _derived(
-        self, txn: lmdb.Transaction, action_id: int, chain: _ChainCount | None = None
+        self, txn: lmdb.Transaction, action_id: int, chain: ChainCount | None = None
     ) -> dict[str, Any] | None:
-        raw = txn.get(_key(action_id), db=self._dbs[b"actions"])
+        raw = txn.get(seq_key(action_id), db=self._dbs[b"actions"])
         if raw is None:
             return None
-        listed = _listed_entries(action_id, _b(raw))
+        listed = listed_entries(action_id, as_bytes(raw))
         index: dict[str, Any] | None = None
         for seq in listed:
             entry = self._entry(txn, seq)
@@ -302,7 +295,7 @@ class Log:
         if after >= _MAX_KEY:
             return
         with self._read() as txn:
-            chain = _ChainCount.of(self, txn, after) if whole else None
+            chain = ChainCount.of(self._dbs[b"entries"], txn, after) if whole else None
             if state is None or chain is not None:
                 for found in self._all_actions(txn, after, chain):
                     if state is None or found["state"] == state:
@@ -310,10 +303,10 @@ class Log:
                 return
             prefix = state.encode() + b"\0"
             cur = txn.cursor(db=self._dbs[b"states"])
-            if not cur.set_range(_state_key(state, after + 1)):
+            if not cur.set_range(state_key(state, after + 1)):
                 return
             for raw_key in cur.iternext(values=False):
-                key = _b(raw_key)
+                key = as_bytes(raw_key)
                 if not key.startswith(prefix):
                     break
                 action_id = int.from_bytes(key[len(prefix) :], "big")
@@ -328,13 +321,13 @@ class Log:
                 yield derived
 
     def _all_actions(
-        self, txn: lmdb.Transaction, after: int, chain: _ChainCount | None
+        self, txn: lmdb.Transaction, after: int, chain: ChainCount | None
     ) -> Iterator[dict[str, Any]]:
         expected = after + 1
         cur = txn.cursor(db=self._dbs[b"actions"])
-        if cur.set_range(_key(expected)):
+        if cur.set_range(seq_key(expected)):
             for raw_key in cur.iternext(values=False):
-                action_id = int.from_bytes(_b(raw_key), "big")
+                action_id = int.from_bytes(as_bytes(raw_key), "big")
                 if action_id != expected:
                     # Ids are given out one by one: a gap is an index record someone removed.
                     raise Altered(f"the actions index has no record of action {expected}")
@@ -352,7 +345,7 @@ class Log:
             return 1
         if len(raw) != 8:
             raise Altered("the recorded next action number is not a valid record")
-        return int.from_bytes(_b(raw), "big")
+        return int.from_bytes(as_bytes(raw), "big")
 
     def verify(self, expect: tuple[int, str] | None = None) -> Verdict:
         """Check every entry's hash and link, the recorded head, and every index against the
@@ -573,10 +566,10 @@ class Log:
         elif ref is not None:
             if ref.id is None:
                 raise UnknownAction("the action's first entry was never written")
-            raw = txn.get(_key(ref.id), db=actions_db)
+            raw = txn.get(seq_key(ref.id), db=actions_db)
             if raw is None:
                 raise UnknownAction(f"no action {ref.id} in the log")
-            index = _index_record(ref.id, _b(raw))
+            index = index_record(ref.id, as_bytes(raw))
             if record.expect is not None and index["state"] != record.expect:
                 raise StateError(
                     f"action {ref.id} is {index['state']}; "
@@ -620,15 +613,15 @@ class Log:
             assert ref is not None and action_id is not None
             ref.id = action_id
             opened.append(ref)
-            txn.put(_NEXT_ACTION, _key(action_id + 1), db=meta)
-        txn.put(_key(seq), stored, db=self._dbs[b"entries"])
+            txn.put(_NEXT_ACTION, seq_key(action_id + 1), db=meta)
+        txn.put(seq_key(seq), stored, db=self._dbs[b"entries"])
         # The head moves with each entry, so later records in this batch read a current one.
         txn.put(_HEAD, canonical({"seq": seq, "hash": digest}), db=meta)
         if action_id is not None:
             if index is not None and entry.state is not None:
-                txn.delete(_state_key(index["state"], action_id), db=states_db)
+                txn.delete(state_key(index["state"], action_id), db=states_db)
             index = advance(index, entry)
-            txn.put(_state_key(index["state"], action_id), b"", db=states_db)
+            txn.put(state_key(index["state"], action_id), b"", db=states_db)
             if entry.claim is not None:
                 txn.put(
                     entry.claim["key"].encode(), orjson.dumps(keyrec.claimed(entry)), db=self._dbs[b"keys"]
@@ -636,7 +629,7 @@ class Log:
             if entry.settle is not None:
                 assert record.settle is not None
                 self._settle_key(txn, index["key"], entry, record.settle.reply)
-            txn.put(_key(action_id), orjson.dumps(index), db=actions_db)
+            txn.put(seq_key(action_id), orjson.dumps(index), db=actions_db)
         return entry
 
     # ---- idempotency keys ----------------------------------------------------------------
@@ -647,19 +640,19 @@ class Log:
             raw = txn.get(key.encode(), db=self._dbs[b"keys"])
         if raw is None:
             return None
-        held = _key_record(key, _b(raw))
+        held = key_record(key, as_bytes(raw))
         return held if held["expires"] > time.time() else None
 
     def _check_claim(self, txn: lmdb.Transaction, claim: Claim) -> None:
         raw = txn.get(claim.key.encode(), db=self._dbs[b"keys"])
         if raw is None:
             return
-        held = _key_record(claim.key, _b(raw))
+        held = key_record(claim.key, as_bytes(raw))
         if held["expires"] <= time.time():
             return  # expired: the key is free again
         self._check_key(txn, claim.key, held)
-        holder = txn.get(_key(held["action"]), db=self._dbs[b"actions"])
-        state = _index_record(held["action"], _b(holder))["state"] if holder is not None else "unknown"
+        holder = txn.get(seq_key(held["action"]), db=self._dbs[b"actions"])
+        state = index_record(held["action"], as_bytes(holder))["state"] if holder is not None else "unknown"
         raise KeyTaken(claim.key, held, state)
 
     def _check_key(self, txn: lmdb.Transaction, key: str, held: dict[str, Any]) -> None:
@@ -689,7 +682,7 @@ class Log:
 
     def _intact(self, txn: lmdb.Transaction, seq: Any, what: str) -> Entry:
         """An entry whose bytes match its hash and whose successor (or the head) links to it."""
-        if not isinstance(seq, int) or not _in_range(seq):
+        if not isinstance(seq, int) or not in_range(seq):
             raise Altered(f"{what} names no entry of the chain")
         entry = self._entry(txn, seq)
         if entry is None:
@@ -705,7 +698,7 @@ class Log:
     ) -> None:
         keys = self._dbs[b"keys"]
         raw = txn.get(key.encode(), db=keys)
-        held = _key_record(key, _b(raw)) if raw is not None else None
+        held = key_record(key, as_bytes(raw)) if raw is not None else None
         after = keyrec.settled(held, entry)
         if after is held:
             return  # released already, or the key has moved on (expired and claimed again)
@@ -734,14 +727,14 @@ class Log:
             if not cur.set_range(prefix):
                 return found
             for raw_key in cur.iternext(values=False):
-                key = _b(raw_key)
+                key = as_bytes(raw_key)
                 if not key.startswith(prefix):
                     break
                 action_id = int.from_bytes(key[len(prefix) :], "big")
                 raw = txn.get(key[len(prefix) :], db=self._dbs[b"actions"])
                 if raw is None:
                     continue
-                index = _index_record(action_id, _b(raw))
+                index = index_record(action_id, as_bytes(raw))
                 writer = index["writer"]
                 if index["state"] != State.PENDING or writer == self.writer_id:
                     continue
@@ -785,96 +778,6 @@ class Log:
         return False
 
 
-class _ChainCount:
-    """How many entries each action has in the chain and which is its last: what a listing
-    checks each action's index against, so that a dropped entry or action is seen."""
-
-    def __init__(self, after: int):
-        self.after = after
-        self.opened = after
-        self.count: array.array[int] = array.array("Q")
-        self.last: array.array[int] = array.array("Q")
-
-    @classmethod
-    def of(cls, log: Log, txn: lmdb.Transaction, after: int) -> _ChainCount:
-        """Count the entries of every action above `after` in one pass over the chain."""
-        chain = cls(after)
-        for key, raw in txn.cursor(db=log._dbs[b"entries"]):
-            seq = int.from_bytes(_b(key), "big")
-            action = _parsed(seq, _b(raw)).action
-            if action is None or action <= after:
-                continue
-            slot = action - after - 1
-            while slot >= len(chain.count):
-                chain.count.append(0)
-                chain.last.append(0)
-            chain.count[slot] += 1
-            chain.last[slot] = seq
-            chain.opened = max(chain.opened, action)
-        return chain
-
-    def check(self, action_id: int, listed: list[int]) -> None:
-        """Refuse an action whose index does not list every entry the chain has about it."""
-        slot = action_id - self.after - 1
-        have = self.count[slot] if 0 <= slot < len(self.count) else 0
-        if have != len(listed) or (have and self.last[slot] != listed[-1]):
-            raise Altered(
-                f"action {action_id}'s index lists {len(listed)} of its {have} entries in the chain"
-            )
-
-
 def _forget(opened: list[ActionRef]) -> None:
     for ref in opened:
         ref.id = None
-
-
-def _parsed(seq: int, raw: bytes) -> Entry:
-    """An entry read back, refused unless it is well formed, matches its hash and its place."""
-    try:
-        entry = Entry.parse(raw)
-    except ValueError as e:
-        raise Altered(f"entry {seq} is not a valid entry: {e}") from None
-    if not Entry.sealed(raw):
-        raise Altered(f"entry {seq} does not match its hash")
-    if entry.seq != seq:
-        raise Altered(f"entry {seq} says it is entry {entry.seq}")
-    return entry
-
-
-def _listed_entries(action_id: int, raw: bytes) -> list[int]:
-    """The entry numbers an index record lists, refused unless the record is well formed."""
-    entries = _index_record(action_id, raw)["entries"]
-    if not all(isinstance(s, int) and not isinstance(s, bool) and _in_range(s) for s in entries):
-        raise Altered(f"action {action_id}'s index record lists something that is not an entry number")
-    return list(entries)
-
-
-def _index_record(action_id: int, raw: bytes) -> dict[str, Any]:
-    try:
-        index = orjson.loads(raw)
-    except ValueError:
-        raise Altered(f"action {action_id}'s index record is not valid JSON") from None
-    if (
-        not isinstance(index, dict)
-        or not isinstance(index.get("entries"), list)
-        or not isinstance(index.get("state"), str)
-        or not isinstance(index.get("writer"), str)
-        or index.get("state") not in _STATES
-    ):
-        raise Altered(f"action {action_id}'s index record does not have the shape of one")
-    return index
-
-
-def _key_record(key: str, raw: bytes) -> dict[str, Any]:
-    try:
-        held = orjson.loads(raw)
-    except ValueError:
-        raise Altered(f"idempotency key {key!r}'s record is not valid JSON") from None
-    if (
-        not isinstance(held, dict)
-        or not isinstance(held.get("action"), int)
-        or not isinstance(held.get("payload"), str)
-        or not isinstance(held.get("expires"), int | float)
-    ):
-        raise Altered(f"idempotency key {key!r}'s record does not have the shape of one")
-    return held

@@ -1,0 +1,133 @@
+"""Reading stored records back: keys of the databases, and entries, index records and key
+records parsed and refused (Altered, naming the record) unless well formed.
+
+Also what a listing checks each action's index against: how many entries the chain holds
+about each action, and which is its last.
+"""
+
+from __future__ import annotations
+
+import array
+from typing import Any
+
+import lmdb
+import orjson
+
+from .entry import Entry
+from .errors import Altered
+from .states import State
+
+_MAX_KEY = (1 << 64) - 1
+_STATES = frozenset(State)
+
+
+def seq_key(n: int) -> bytes:
+    """The database key of an entry or action number: 8 bytes, big-endian, so keys sort by number."""
+    return n.to_bytes(8, "big")
+
+
+def in_range(n: int) -> bool:
+    """True when `n` fits a database key (0 to 2**64 - 1)."""
+    return 0 <= n <= _MAX_KEY
+
+
+def as_bytes(raw: bytes | memoryview) -> bytes:
+    """A value read from LMDB as bytes."""
+    return raw if isinstance(raw, bytes) else bytes(raw)
+
+
+def state_key(state: str, action_id: int) -> bytes:
+    """The states index key of an action in a state."""
+    return state.encode() + b"\0" + seq_key(action_id)
+
+
+def parsed_entry(seq: int, raw: bytes) -> Entry:
+    """An entry read back, refused unless it is well formed, matches its hash and its place."""
+    try:
+        entry = Entry.parse(raw)
+    except ValueError as e:
+        raise Altered(f"entry {seq} is not a valid entry: {e}") from None
+    if not Entry.sealed(raw):
+        raise Altered(f"entry {seq} does not match its hash")
+    if entry.seq != seq:
+        raise Altered(f"entry {seq} says it is entry {entry.seq}")
+    return entry
+
+
+def listed_entries(action_id: int, raw: bytes) -> list[int]:
+    """The entry numbers an index record lists, refused unless the record is well formed."""
+    entries = index_record(action_id, raw)["entries"]
+    if not all(isinstance(s, int) and not isinstance(s, bool) and in_range(s) for s in entries):
+        raise Altered(f"action {action_id}'s index record lists something that is not an entry number")
+    return list(entries)
+
+
+def index_record(action_id: int, raw: bytes) -> dict[str, Any]:
+    """An action's index record, refused unless it has the shape of one."""
+    try:
+        index = orjson.loads(raw)
+    except ValueError:
+        raise Altered(f"action {action_id}'s index record is not valid JSON") from None
+    if (
+        not isinstance(index, dict)
+        or not isinstance(index.get("entries"), list)
+        or not isinstance(index.get("state"), str)
+        or not isinstance(index.get("writer"), str)
+        or index.get("state") not in _STATES
+    ):
+        raise Altered(f"action {action_id}'s index record does not have the shape of one")
+    return index
+
+
+def key_record(key: str, raw: bytes) -> dict[str, Any]:
+    """An idempotency key's record, refused unless it has the shape of one."""
+    try:
+        held = orjson.loads(raw)
+    except ValueError:
+        raise Altered(f"idempotency key {key!r}'s record is not valid JSON") from None
+    if (
+        not isinstance(held, dict)
+        or not isinstance(held.get("action"), int)
+        or not isinstance(held.get("payload"), str)
+        or not isinstance(held.get("expires"), int | float)
+    ):
+        raise Altered(f"idempotency key {key!r}'s record does not have the shape of one")
+    return held
+
+
+class ChainCount:
+    """How many entries each action has in the chain and which is its last: what a listing
+    checks each action's index against, so that a dropped entry or action is seen."""
+
+    def __init__(self, after: int):
+        self.after = after
+        self.opened = after
+        self.count: array.array[int] = array.array("Q")
+        self.last: array.array[int] = array.array("Q")
+
+    @classmethod
+    def of(cls, entries_db: Any, txn: lmdb.Transaction, after: int) -> ChainCount:
+        """Count the entries of every action above `after` in one pass over the chain."""
+        chain = cls(after)
+        for key, raw in txn.cursor(db=entries_db):
+            seq = int.from_bytes(as_bytes(key), "big")
+            action = parsed_entry(seq, as_bytes(raw)).action
+            if action is None or action <= after:
+                continue
+            slot = action - after - 1
+            while slot >= len(chain.count):
+                chain.count.append(0)
+                chain.last.append(0)
+            chain.count[slot] += 1
+            chain.last[slot] = seq
+            chain.opened = max(chain.opened, action)
+        return chain
+
+    def check(self, action_id: int, listed: list[int]) -> None:
+        """Refuse an action whose index does not list every entry the chain has about it."""
+        slot = action_id - self.after - 1
+        have = self.count[slot] if 0 <= slot < len(self.count) else 0
+        if have != len(listed) or (have and self.last[slot] != listed[-1]):
+            raise Altered(
+                f"action {action_id}'s index lists {len(listed)} of its {have} entries in the chain"
+            )
