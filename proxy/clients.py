@@ -46,6 +46,8 @@ class Clients:
 
     def client_connected(self, client: connection.Client) -> None:
         """Refuse the client (mitmproxy closes the connection) if its listener should not serve it."""
+        if not client.peername:
+            return  # no address to judge (not an IP connection)
         why = refusal(client.proxy_mode, str(client.peername[0]))
         if why is not None:
             logger.warning("airlock: %s", why)
