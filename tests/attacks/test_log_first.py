@@ -27,11 +27,16 @@ import requests
 from rules import default_path
 from store import Log
 
-from .. import test_mcp
+from .. import test_mcp, test_mcp_stdio
 from ..conftest import AIRLOCK, Airlock, Seen, Upstream, _handler, curl, free_port, serving, wait_for
 from ..test_mcp import NotesServer, call, connect, note, run
+from ..test_mcp_stdio import Host, Setup
+from ..test_mcp_stdio import rules as stdio_rules
 
-notes_server = test_mcp.notes_server  # the MCP SDK server fixture of tests/test_mcp.py
+# Fixtures shared with the MCP tests: the MCP SDK server, and `airlock mcp` driven by hand.
+notes_server = test_mcp.notes_server
+setup = test_mcp_stdio.setup
+hosts = test_mcp_stdio.hosts
 
 LOOPBACK = "version: 1\negress:\n  allow: [127.0.0.1, localhost]\n"
 WRITES_DENIED = LOOPBACK + "defaults: {read: allow, write: deny, destructive: deny}\n"
@@ -541,3 +546,73 @@ def test_an_answer_the_proxy_cannot_read_still_settles_the_call(
     shown = json.loads(a.cli("show", str(logged["id"]), "--json").stdout)
     outcome = shown["entries"][-1]
     assert "airlock could not read" in json.dumps(outcome), outcome
+
+
+# ---- two requests under one id: refused, nothing left pending ---------------------------------------
+
+DUPLICATES = {
+    "same-int": [{"id": 1, "method": "tools/list"}, {"id": 1, "method": "ping"}],
+    "same-string": [
+        {"id": "a", "method": "ping"},
+        {"id": "b", "method": "ping"},
+        {"id": "a", "method": "tools/list"},
+    ],
+    "calls": [
+        {
+            "id": 5,
+            "method": "tools/call",
+            "params": {"name": "write_note", "arguments": {"name": "n", "text": "t"}},
+        },
+        {"id": 5, "method": "tools/call", "params": {"name": "read_note", "arguments": {"name": "n"}}},
+    ],
+}
+
+
+def _batch(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"jsonrpc": "2.0", **m} for m in members]
+
+
+@pytest.mark.parametrize("kind", list(DUPLICATES))
+def test_a_batch_reusing_an_id_is_refused_over_http(
+    kind: str, mcp_proven: tuple[Airlock, NotesServer]
+) -> None:
+    a, server = mcp_proven
+    before = len(a.log())
+    r = requests.post(
+        server.url,
+        json=_batch(DUPLICATES[kind]),
+        headers={"Accept": "application/json, text/event-stream"},
+        proxies=a.proxies,
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    answers = r.json()
+    assert len(answers) == len(DUPLICATES[kind])
+    assert all(
+        x["error"]["code"] == -32600 and "is used by two requests" in x["error"]["message"] for x in answers
+    )
+    assert server.effects("n") == []
+    logged = a.log()[before:]
+    assert [x["state"] for x in logged] == ["denied"] * len(DUPLICATES[kind])
+
+
+@pytest.mark.parametrize("kind", list(DUPLICATES))
+def test_a_batch_reusing_an_id_is_refused_over_stdio(
+    kind: str, setup: Setup, hosts: Callable[..., Host]
+) -> None:
+    stdio_rules(setup, "rules: []\n")
+    received = setup.root / "received"
+    host = hosts(setup.airlock_command(str(received)), setup.stderr)
+    host.initialize()
+    host.send_raw(json.dumps(_batch(DUPLICATES[kind])).encode())
+    answers = json.loads(host._lines.get(timeout=20) or b"null")
+    assert isinstance(answers, list) and len(answers) == len(DUPLICATES[kind]), answers
+    assert all("is used by two requests" in x["error"]["message"] for x in answers)
+    host.send({"jsonrpc": "2.0", "id": 9, "method": "tools/list"})
+    assert len(host.response(9)["result"]["tools"]) == 3  # the session goes on
+    assert host.close() == 0
+    methods = [json.loads(line).get("method") for line in received.read_bytes().splitlines()]
+    assert methods == ["initialize", "notifications/initialized", "tools/list"]  # the batch never arrived
+    log = setup.log()
+    assert all(x["state"] != "pending" for x in log)
+    assert [x["state"] for x in log if x["state"] == "denied"] == ["denied"] * len(DUPLICATES[kind])
