@@ -12,9 +12,9 @@ of the link:
 - everything else from the namespace (other UDP, ICMP, IPv6, forwarding) is dropped.
 
 The command runs as an unprivileged user (`nobody` unless `--user` says another; never root,
-nor any user who could change airlock's files), without capabilities, in mount, PID and IPC
-namespaces where airlock's paths are covered and the host's sockets are out of sight
-(`proxy/confine.py`). Everything made here is removed when the command ends, whatever way it
+nor any user who could change airlock's files: `proxy/runas.py`), without capabilities, in
+mount, PID and IPC namespaces where airlock's paths are covered and the host's sockets are out
+of sight (`proxy/confine.py`). Everything made here is removed when the command ends, whatever way it
 ends.
 """
 
@@ -23,32 +23,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import rules
-import store
 
 from .capture import resolvers
 from .config import Address
 from .confine import CA_INSIDE, Confinement
 from .environ import captured_environment, for_user
+from .runas import RunAsError, check_out_of_reach, code_paths, identity, import_paths
 
 DNS_PORT = 53
-DEFAULT_USER = "nobody"
-NOBODY = 65534  # nobody's UID and GID where the passwd file has no entry for it
 TOOLS = {"ip": "iproute2", "iptables": "iptables", "setpriv": "util-linux", "sysctl": "procps"}
 IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
 STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # passed on to the command
-# Whoever can change airlock's code changes airlock: the command must not be able to.
-CODE = tuple(Path(p).parent for p in (__file__, rules.__file__, store.__file__))
 
 
 class IsolateError(RuntimeError):
@@ -88,83 +80,6 @@ class Isolation:
     ca_cert: Path
     private: tuple[Path, ...]  # airlock's paths (data dir, rules, ...), hidden from the command
     user: str | None = None
-
-
-@dataclass(frozen=True)
-class Identity:
-    """The user the isolated command runs as."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
-def identity(user: str | None) -> Identity:
-    """`user` (a name or UID; `nobody` if None) as an Identity; root is refused."""
-    given = user or DEFAULT_USER
-    try:
-        entry = pwd.getpwuid(int(given)) if given.isdigit() else pwd.getpwnam(given)
-    except KeyError:
-        if given.isdigit():
-            found = Identity(given, int(given), int(given), "/tmp")
-        elif given == DEFAULT_USER:
-            found = Identity(given, NOBODY, NOBODY, "/tmp")
-        else:
-            raise IsolateError(f"--user {given}: no such user") from None
-    else:
-        home = entry.pw_dir if Path(entry.pw_dir).is_dir() else "/tmp"
-        found = Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, home)
-    if found.uid == 0 or found.gid == 0:
-        raise IsolateError(
-            f"--user {given}: root owns airlock's files and the host's, capabilities or not; "
-            f"run the command as an unprivileged user (the default is {DEFAULT_USER})"
-        )
-    return found
-
-
-def _why_changeable(who: Identity, st: os.stat_result, *, holds: bool) -> str | None:
-    """Why `who` could change a file with status `st` (for a directory that `holds` a path of
-    airlock's: replace that path), or None."""
-    if st.st_uid == who.uid:
-        return f"uid {who.uid} owns it"
-    if stat.S_ISSOCK(st.st_mode) or stat.S_ISLNK(st.st_mode):
-        return None  # a socket's mode says who may connect, a link's nothing: neither can be changed
-    if holds and st.st_mode & stat.S_ISVTX:
-        return None  # sticky: only an entry's owner may rename or remove it
-    if st.st_gid == who.gid and st.st_mode & stat.S_IWGRP:
-        return f"its group {st.st_gid} may write it"
-    if st.st_mode & stat.S_IWOTH:
-        return "anyone may write it"
-    return None
-
-
-def _governing(path: Path) -> Iterator[tuple[Path, bool, str]]:
-    """`path`, everything under it, and the directory holding it (which could replace it), each
-    with whether it holds the path and how it relates to the path."""
-    real = Path(os.path.realpath(path))
-    yield real.parent, True, f"which holds airlock's {path}"
-    yield real, False, "one of airlock's paths"
-    if real.is_dir():
-        for top, dirs, files in os.walk(real):
-            for name in dirs + files:
-                yield Path(top, name), False, f"inside airlock's {path}"
-
-
-def check_out_of_reach(who: Identity, paths: Iterable[Path]) -> None:
-    """Refuse to run as `who` if it could change any of `paths` (or what they hold)."""
-    for path in paths:
-        for target, holds, relation in _governing(path):
-            try:
-                st = os.lstat(target)
-            except FileNotFoundError:
-                continue
-            why = _why_changeable(who, st, holds=holds)
-            if why is not None:
-                raise IsolateError(
-                    f"--user {who.name} could change {target} ({why}), {relation}: "
-                    "run the command as another user, or fix that owner and mode"
-                )
 
 
 def require_host(transparent: Address) -> None:
@@ -333,7 +248,6 @@ class DnsRelay(asyncio.DatagramProtocol):
 async def run_isolated(cmd: list[str], environ: Mapping[str, str], isolation: Isolation) -> int:
     """Run `cmd` in a fresh isolated namespace; its exit code (128+signal if killed)."""
     require_host(isolation.transparent)
-    who = identity(isolation.user)
     for path in isolation.private:
         if path == Path("/"):
             raise IsolateError("/ cannot be hidden from the command: name airlock's own paths")
@@ -341,7 +255,11 @@ async def run_isolated(cmd: list[str], environ: Mapping[str, str], isolation: Is
             raise IsolateError(
                 f"{path}: no such file or directory (airlock's paths: --data, --rules, --hide)"
             )
-    check_out_of_reach(who, [*isolation.private, isolation.ca_cert, *CODE])
+    try:
+        who = identity(isolation.user)
+        check_out_of_reach(who, [*isolation.private, isolation.ca_cert, *code_paths()], import_paths())
+    except RunAsError as e:
+        raise IsolateError(str(e)) from e
     link = Link.for_process(os.getpid())
     servers = [s for s in resolvers() if ":" not in s]
     if not servers:
