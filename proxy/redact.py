@@ -14,6 +14,7 @@ a record (DynamoDB's `Key`) or a program: there only the value shapes apply.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -397,33 +398,58 @@ class Redactor:
 def body(data: bytes, content_type: str, *, parsed: Callable[[bytes], Any] | None = None) -> bytes:
     """A body (or the part of it the log keeps) with its credentials replaced: JSON field by field
     at any depth, forms and multipart parts by field name, other text and the printable runs of
-    binary data by value shape. `parsed` is a JSON parser whose results may be shared."""
+    binary data by value shape. `parsed` is a JSON parser whose results may be shared. Text in
+    UTF-16 or UTF-32 (by its BOM or charset) that had credentials comes back as UTF-8."""
     ctype = content_type.lower()
-    stripped = data.lstrip()[:1]
-    if stripped in (b"{", b"["):
-        value = (parsed or _loads)(data)
-        if value is not None:
-            # Every secret name holds a stem and every shape an anchor, so a look at the raw text
-            # says what to search for; only a \u escape could hide them from it.
-            raw = data.decode("utf-8", errors="replace")
-            look = EVERYTHING if "\\u" in raw else Look.at(raw)
-            if not look:
-                return data
-            redacted = walk(value, look)
-            if redacted is value:
-                return data
-            return json.dumps(redacted, ensure_ascii=False, separators=(",", ":")).encode()
     if "multipart/form-data" in ctype and (boundary := _boundary(content_type)):
         return _multipart(data, boundary)
-    try:
-        decoded = data.decode()
-    except UnicodeDecodeError:
+    decoded = _text_of(data, ctype)
+    if decoded is None:
         # Binary: look for token shapes in its printable runs (latin-1 maps bytes one to one).
         as_latin = data.decode("latin-1")
         redacted = text(as_latin)
         return data if redacted is as_latin else redacted.encode("latin-1", errors="replace")
+    if decoded.lstrip("\ufeff \t\r\n")[:1] in ("{", "["):
+        value = (parsed or _loads)(data)
+        if value is not None:
+            return _json(data, decoded, value)
     redacted = query(decoded) if "x-www-form-urlencoded" in ctype else text(decoded)
     return data if redacted == decoded else redacted.encode()
+
+
+def _json(data: bytes, raw: str, value: Any) -> bytes:
+    # Every secret name holds a stem and every shape an anchor, so a look at the raw text says
+    # what to search for; only a \u escape could hide them from it.
+    look = EVERYTHING if "\\u" in raw else Look.at(raw)
+    if not look:
+        return data
+    redacted = walk(value, look)
+    if redacted is not value:
+        return json.dumps(redacted, ensure_ascii=False, separators=(",", ":")).encode()
+    # The walk saw the parsed document, in which a repeated key hides the values before it: the
+    # raw text is searched too.
+    cleaned = text(raw, look)
+    return data if cleaned == raw else cleaned.encode()
+
+
+_UNICODE_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_CHARSET = re.compile(r"charset=\"?(utf-?(?:16|32)(?:-?[lb]e)?)", re.I)
+
+
+def _text_of(data: bytes, ctype: str) -> str | None:
+    """The body as text (UTF-16/32 by charset or BOM, else UTF-8), or None when it is binary."""
+    m = _CHARSET.search(ctype)
+    codec = m[1] if m else next((name for bom, name in _UNICODE_BOMS if data.startswith(bom)), None)
+    try:
+        return data.decode() if codec is None else data.decode(codec, errors="replace")
+    except (UnicodeDecodeError, LookupError):
+        return None
 
 
 def _loads(data: bytes) -> Any:

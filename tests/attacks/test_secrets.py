@@ -516,3 +516,32 @@ def test_names_that_only_look_like_credentials_stay_readable(a: Airlock, upstrea
     logged = intent(a, "/items/17")
     assert "redacted" not in logged["body"] and json.loads(logged["body"]["text"]) == body
     assert logged["headers"]["idempotency-key"] == "k-1" and logged["headers"]["sec-fetch-mode"] == "cors"
+
+
+def test_repeated_keys_and_utf16_bodies_do_not_hide_a_secret(a: Airlock, upstream: Upstream) -> None:
+    tokens = shapes()
+    first, second = unique("p1-", MIXED, 20), unique("p2-", MIXED, 20)
+    # A repeated key: Python keeps the last value, a first-wins upstream reads the first.
+    repeated = f'{{"note": "{tokens["github"]}", "note": "y", "password": "{first}", "password": "{second}"}}'
+    utf16_json = json.dumps({"client_secret": tokens["stripe"], "plan": "gold"}).encode("utf-16")
+    utf16_text = f"user=ada\npassword={first}x\n".encode("utf-16-le")
+    sends = [
+        ("/repeated", repeated.encode(), "application/json"),
+        ("/utf16-json", utf16_json, "application/json"),
+        ("/utf16-text", utf16_text, "text/plain; charset=utf-16le"),
+    ]
+    for path, data, ctype in sends:
+        r = requests.post(
+            f"{upstream.url}{path}", data=data, headers={"Content-Type": ctype}, proxies=a.proxies, timeout=30
+        )
+        assert r.ok
+    settle(a, 2 * len(sends))
+    assert [s.body for s in upstream.effects()] == [data for _, data, _ in sends]
+    assert_kept_out(a, [tokens["github"], first, second, tokens["stripe"], f"{first}x"])
+    for text in (s.encode("utf-16-le") for s in (first, tokens["stripe"])):
+        assert text not in log_bytes(a)
+    assert json.loads(intent(a, "/utf16-json")["body"]["text"]) == {
+        "client_secret": "[redacted]",
+        "plan": "gold",
+    }
+    assert intent(a, "/utf16-text")["body"]["text"] == "user=ada\npassword=[redacted]\n"
