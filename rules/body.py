@@ -1,9 +1,9 @@
 """A request body as the documents and texts an upstream could read from it.
 
 JSON is read with Python's parser; a body that looks like JSON (or says it is) but that parser
-rejects, that nests deeper than `MAX_DEPTH`, or that carries trailing data, is *ambiguous*:
-other parsers (Node's `JSON.parse`, lenient .NET or Go readers) may accept it and act on it.
-Duplicate keys are not ambiguous for `body` rules: both the first-wins and the last-wins
+rejects (trailing data, an integer past 4300 digits, invalid UTF-8, ...), or that nests deeper
+than `MAX_DEPTH`, is *ambiguous*: other parsers (Node's `JSON.parse`, lenient .NET or Go
+readers) may accept it and act on it. Duplicate keys are not ambiguous for `body` rules: both the first-wins and the last-wins
 documents are readings. Forms and multipart fields are read as strings, plus one reading in
 which `true`/`false` and numbers are typed, as frameworks that bind fields to types do.
 """
@@ -34,20 +34,12 @@ _NUMBER = re.compile(r"-?(?:0|[1-9]\d{0,15})(?:\.\d{1,15})?")
 
 @dataclass(frozen=True, slots=True)
 class ParsedJson:
-    """A body read as JSON: Python's reading (last key wins), the first-wins reading where keys
-    repeat, or why it cannot be read unambiguously."""
+    """A body read as JSON: Python's reading (the last of repeated keys wins), or why it cannot
+    be read unambiguously."""
 
     doc: Any = None
-    first: Any = None  # the first-wins document, only when some object repeats a key
     problem: str | None = None
     found: bool = False  # the body is a JSON document
-
-    @property
-    def documents(self) -> list[Any]:
-        """Every reading of the body as a JSON document."""
-        if not self.found:
-            return []
-        return [self.doc] if self.first is None else [self.doc, self.first]
 
 
 class _Repeats:
@@ -93,23 +85,34 @@ def looks_like_json(body: bytes) -> bool:
 
 @lru_cache(maxsize=16)
 def parse_json(body: bytes) -> ParsedJson:
-    """The body's JSON readings, or why it is ambiguous (cached by the exact bytes)."""
-    repeats = _Repeats()
+    """The body's JSON reading, or why it is ambiguous (cached by the exact bytes)."""
     try:
-        doc = json.loads(body, object_pairs_hook=repeats.last)
+        doc = json.loads(body)
     except RecursionError:
         return ParsedJson(problem=f"its JSON nests deeper than {MAX_DEPTH} levels")
     except ValueError as e:
         reason = str(e).split(":")[0] if "digits" not in str(e) else "an integer has more than 4300 digits"
         if isinstance(e, UnicodeDecodeError):
             reason = "it is not valid UTF-8"
-        elif body.lstrip().startswith(codecs.BOM_UTF8):
-            reason = "it starts with a UTF-8 byte-order mark"
         return ParsedJson(problem=f"it is not JSON that every parser reads alike ({reason})")
-    if _depth_exceeds(doc, MAX_DEPTH):
-        return ParsedJson(problem=f"its JSON nests deeper than {MAX_DEPTH} levels")
-    first = json.loads(body, object_pairs_hook=_Repeats.first) if repeats.seen else None
-    return ParsedJson(doc=doc, first=first, found=True)
+    return ParsedJson(doc=doc, found=True)
+
+
+@lru_cache(maxsize=16)
+def too_deep(body: bytes) -> bool:
+    """True when a JSON body that `parse_json` reads nests deeper than MAX_DEPTH (cached)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return False
+    return _depth_exceeds(parse_json(body).doc, MAX_DEPTH)
+
+
+@lru_cache(maxsize=16)
+def first_wins(body: bytes) -> Any:
+    """The document a first-wins parser reads from a JSON body in which some object repeats a
+    key, or None when no key repeats (cached; only for a body `parse_json` reads)."""
+    repeats = _Repeats()
+    json.loads(body, object_pairs_hook=repeats.last)
+    return json.loads(body, object_pairs_hook=_Repeats.first) if repeats.seen else None
 
 
 def written(doc: Any) -> str:

@@ -147,6 +147,8 @@ class Readings:
         parsed = self._parsed()
         if parsed is not None and parsed.problem is not None:
             return parsed.problem
+        if parsed is not None and parsed.found and self._action.body and bodies.too_deep(self._action.body):
+            return f"its JSON nests deeper than {bodies.MAX_DEPTH} levels"
         kind, params = self._media()
         if kind == "multipart/form-data" and self._action.body:
             try:
@@ -162,10 +164,15 @@ class Readings:
         problem = self.problem
         if problem is not None:
             return problem
-        parsed = self._parsed()
-        if parsed is not None and parsed.first is not None:
+        if self._first_wins() is not None:
             return "its JSON repeats a key, which parsers read differently (first or last wins)"
         return None
+
+    def _first_wins(self) -> Any:
+        parsed = self._parsed()
+        if parsed is None or not parsed.found or self._action.body is None:
+            return None
+        return bodies.first_wins(self._action.body)
 
     def unknown(self) -> bool:
         """True when an unreadable body may count as matching a deny or hold rule: the action
@@ -211,7 +218,10 @@ class Readings:
     def _documents_all(self) -> tuple[Any, ...]:
         if self._documents is None:
             parsed = self._parsed()
-            found = tuple(parsed.documents) if parsed is not None and self.problem is None else _NONE
+            found: tuple[Any, ...] = _NONE
+            if parsed is not None and parsed.found and self.problem is None:
+                first = self._first_wins()
+                found = (parsed.doc,) if first is None else (parsed.doc, first)
             self._documents = found + self._form_documents()
         return self._documents
 
