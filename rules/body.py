@@ -3,9 +3,10 @@
 JSON is read with Python's parser; a body that looks like JSON (or says it is) but that parser
 rejects (trailing data, an integer past 4300 digits, invalid UTF-8, ...), or that nests deeper
 than `MAX_DEPTH`, is *ambiguous*: other parsers (Node's `JSON.parse`, lenient .NET or Go
-readers) may accept it and act on it. Duplicate keys are not ambiguous for `body` rules: both the first-wins and the last-wins
-documents are readings. Forms and multipart fields are read as strings, plus one reading in
-which `true`/`false` and numbers are typed, as frameworks that bind fields to types do.
+readers) may accept it and act on it. Duplicate keys are not ambiguous for `body` rules: both
+the first-wins and the last-wins documents are readings. Forms and multipart fields are read as
+strings, plus one reading in which `true`/`false` and numbers are typed, as frameworks that bind
+fields to types do.
 """
 
 from __future__ import annotations

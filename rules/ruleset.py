@@ -270,14 +270,15 @@ def _reading(rule: Rule, action: Action) -> str | None:
         r.only, r.assume_unknown = frozenset(), False
         if rule.matches(action):
             return None
-        for kind in KINDS:
-            r.only = frozenset({kind})
-            if rule.matches(action):
-                return _READING_WORDS[kind](action)
         r.only = None
-        if rule.matches(action):
-            return "several readings of the request at once (method, path, agent or body)"
-        return AMBIGUOUS
+        if not rule.matches(action):
+            return AMBIGUOUS
+        needed = set(KINDS)
+        for kind in KINDS:  # drop each kind of reading the match does without
+            r.only = frozenset(needed - {kind})
+            if rule.matches(action):
+                needed.discard(kind)
+        return " and ".join(_READING_WORDS[k](action) for k in KINDS if k in needed)
     finally:
         r.only, r.assume_unknown = None, True
 
