@@ -29,7 +29,8 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
-_QUERY_LIKE = re.compile(r"[^=&\s{}\[\]\"]+=[^&\s]*(?:&[^=&\s]*=?[^&\s]*)*")
+# Unambiguous at every step (no two parts can take the same characters): linear on any input.
+_QUERY_LIKE = re.compile(r"[^=&\s{}\[\]\"]+=[^&\s]*(?:&[^=&\s]*(?:=[^&\s]*)?)*")
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d{0,15})(?:\.\d{1,15})?")
 
 

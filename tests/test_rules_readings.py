@@ -373,3 +373,9 @@ def test_text_rules_read_json_strings_with_escapes_resolved(ruleset: Ruleset) ->
 def test_json_that_python_reads_is_matched_as_python_reads_it(ruleset: Ruleset, body: bytes) -> None:
     action = request("POST", "/x", body, {"Content-Type": "application/json"})
     assert decided(ruleset, action) == ("no-force", "denied")
+
+
+def test_reading_a_long_odd_body_stays_linear(ruleset: Ruleset) -> None:
+    # Shapes that make a backtracking pattern quadratic: the decision must still come back.
+    for body in (b"a=1&" + b"b" * 200_000 + b" !", b"a=" + b"&x" * 100_000 + b" !", b"[" * 300_000):
+        assert ruleset.evaluate(request("POST", "/x", body)).verdict in (Verdict.ALLOW, Verdict.DENY)
