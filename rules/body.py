@@ -212,9 +212,51 @@ def field_documents(fields: list[tuple[str, str]]) -> list[dict[str, Any]]:
         for k, v in fields:
             first.setdefault(k, v)
         docs.append(first)
-    typed = [{k: _typed(v) for k, v in d.items()} for d in docs]
+    if any("[" in k for k, _ in fields):
+        docs.append(_nested(fields))
+    typed = [_typed_doc(d) for d in docs]
     docs += [t for t, d in zip(typed, docs, strict=True) if t != d]
     return docs
+
+
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+
+
+def _nested(fields: list[tuple[str, str]]) -> dict[str, Any]:
+    """Fields as PHP, Rails and Express (qs) read bracketed names: `a[b]=1` is {"a": {"b": "1"}},
+    `a[]=1&a[]=2` is {"a": ["1", "2"]}; a name that clashes with an earlier shape is skipped."""
+    out: dict[str, Any] = {}
+    for name, value in fields:
+        head, bracket, _ = name.partition("[")
+        keys = [head, *_BRACKETS.findall(name[len(head) :])] if bracket else [name]
+        node: Any = out
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                if key:
+                    break  # a[]=1 then a[x]=2: shapes clash, as servers differ on it
+                if last:
+                    node.append(value)
+                else:
+                    node.append({})
+                    node = node[-1]
+                continue
+            if not isinstance(node, dict):
+                break
+            nxt = keys[i + 1] if not last else None
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, [] if nxt == "" else {})
+    return out
+
+
+def _typed_doc(doc: Any) -> Any:
+    if isinstance(doc, dict):
+        return {k: _typed_doc(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_typed_doc(v) for v in doc]
+    return _typed(doc) if isinstance(doc, str) else doc
 
 
 def form_fields(text: str) -> list[tuple[str, str]]:

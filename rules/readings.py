@@ -22,6 +22,8 @@ from .paths import path_readings
 
 OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 OVERRIDE_FIELD = "_method"
+# Headers that some stacks (Symfony, IIS URL Rewrite) route by instead of the request line.
+REWRITE_HEADERS = ("x-original-url", "x-rewrite-url")
 KINDS = ("method", "path", "agent", "body")  # the kinds of reading an explanation can name
 
 _NONE: tuple[Any, ...] = ()
@@ -92,9 +94,14 @@ class Readings:
 
     @property
     def paths(self) -> tuple[str, ...]:
-        """The standard resolution of the path, then every other way a server resolves it."""
+        """The standard resolution of the path, then every other way a server resolves it, and
+        the paths an `X-Original-URL` or `X-Rewrite-URL` header names."""
         if self._paths is None:
-            self._paths = path_readings(self._action.path)
+            paths = path_readings(self._action.path)
+            for name in REWRITE_HEADERS:
+                if value := self._action.headers.get(name):
+                    paths += path_readings(value.partition("?")[0] or "/")
+            self._paths = tuple(dict.fromkeys(paths))
         return self._first("path", self._paths)
 
     @property

@@ -136,6 +136,25 @@ def test_body_rules_read_json_forms_and_multipart(ruleset: Ruleset, body: bytes,
     assert decided(ruleset, action) == ("no-force", "denied")
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"force[]=1", "application/x-www-form-urlencoded"),
+        (b"force[on]=1&x=2", "application/x-www-form-urlencoded"),
+        (
+            b'--B\r\nContent-Disposition: form-data; name="force[]"\r\n\r\n1\r\n--B--\r\n',
+            "multipart/form-data; boundary=B",
+        ),
+    ],
+)
+def test_bracketed_field_names_are_read_as_nested_fields(
+    ruleset: Ruleset, body: bytes, content_type: str
+) -> None:
+    # PHP, Rails and Express read force[]=1 as force: ["1"]: the field is there.
+    action = request("POST", "/x", body, {"Content-Type": content_type})
+    assert decided(ruleset, action) == ("no-force", "denied")
+
+
 def test_a_field_named_otherwise_does_not_match(ruleset: Ruleset) -> None:
     for body in (b"note=force", b'{"note": "force"}'):
         assert ruleset.evaluate(request("POST", "/x", body)).verdict is Verdict.ALLOW
@@ -291,6 +310,12 @@ def test_decoding_stops_at_the_limit() -> None:
 )
 def test_a_path_rule_matches_every_resolution_of_the_path(ruleset: Ruleset, path: str) -> None:
     assert decided(ruleset, request("DELETE", path)) == ("no-deletes", "denied")
+
+
+@pytest.mark.parametrize("header", ["X-Original-URL", "X-Rewrite-URL"])
+def test_a_path_named_by_a_rewrite_header_is_a_reading(ruleset: Ruleset, header: str) -> None:
+    action = request("DELETE", "/public/x", headers={header: "/prod/db?x=1"})
+    assert decided(ruleset, action) == ("no-deletes", "denied")
 
 
 @pytest.mark.parametrize("path", ["/PROD/db", "/prod;v=1/db", "/x/..;/prod/db", "/prod\\db"])
