@@ -73,6 +73,24 @@ def looks_like_http(data: bytes) -> bool:
     return data[:3].isalpha() and b" " in first_line
 
 
+def refused_layer(chosen: layer.Layer, host: str, port: int) -> tuple[str, Decision]:
+    """The protocol a refused layer speaks to `host:port`, as logged, and why it is refused."""
+    if isinstance(chosen, layers.DNSLayer):
+        return "dns", refusal(
+            DNS_RULE,
+            f"DNS to {host}:{port} through a tunnel would bypass the rules, so it is refused; "
+            "resolve names with the system resolver and connect by name through airlock",
+        )
+    if isinstance(chosen, (layers.HttpLayer, layers.TCPLayer)):
+        return "tcp", raw_tcp(host, port)
+    kind = type(chosen).__name__.removesuffix("Layer")
+    return "tcp", refusal(
+        PROTOCOL_RULE,
+        f"{kind} to {host}:{port} cannot be inspected, so it is refused; "
+        "only HTTP and HTTPS (and WebSocket) pass through airlock",
+    )
+
+
 class Closed(layer.Layer):
     """A layer for what was refused: it closes the client's connection and passes nothing on."""
 
@@ -115,31 +133,11 @@ class Tunnels:
     async def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Let only HTTP (behind TLS or not) through; refuse and log any other protocol."""
         chosen = nextlayer.layer
-        if chosen is None or _readable(chosen, nextlayer.data_client()):
+        if chosen is None or readable(chosen, nextlayer.data_client()):
             return
         context = nextlayer.context
         host, port = _destination(context.server)
-        if isinstance(chosen, layers.DNSLayer):
-            protocol, decision = (
-                "dns",
-                refusal(
-                    DNS_RULE,
-                    f"DNS to {host}:{port} through a tunnel would bypass the rules, so it is refused; "
-                    "resolve names with the system resolver and connect by name through airlock",
-                ),
-            )
-        elif isinstance(chosen, (layers.HttpLayer, layers.TCPLayer)):
-            protocol, decision = "tcp", raw_tcp(host, port)
-        else:
-            kind = type(chosen).__name__.removesuffix("Layer")
-            protocol, decision = (
-                "tcp",
-                refusal(
-                    PROTOCOL_RULE,
-                    f"{kind} to {host}:{port} cannot be inspected, so it is refused; "
-                    "only HTTP and HTTPS (and WebSocket) pass through airlock",
-                ),
-            )
+        protocol, decision = refused_layer(chosen, host, port)
         nextlayer.layer = Closed(context)
         claimed = self._claims.get(context.client.id)
         await self.admission.refuse(
@@ -162,7 +160,7 @@ class Tunnels:
         self._claims.pop(client.id, None)
 
 
-def _readable(chosen: layer.Layer, data: bytes) -> bool:
+def readable(chosen: layer.Layer, data: bytes) -> bool:
     """True for a layer that carries only what the gate reads."""
     if isinstance(chosen, layers.HttpLayer) and chosen.mode is HTTPMode.transparent:
         return looks_like_http(data)  # in a tunnel, or redirected: it must be HTTP to pass

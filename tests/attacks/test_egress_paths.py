@@ -25,6 +25,11 @@ import h2.connection
 import h2.events
 import pytest
 import requests
+from mitmproxy.options import Options
+from mitmproxy.proxy import layers
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layer import Layer
+from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
@@ -34,7 +39,7 @@ from proxy.fronting import Fronting
 from proxy.gate import Gate
 from proxy.records import BodyPolicy
 from proxy.server import data_plane, gated
-from proxy.tunnels import Tunnels
+from proxy.tunnels import Tunnels, readable, refused_layer
 from proxy.upgrades import Upgrades
 from proxy.websocket import WebSockets
 from rules import Ruleset
@@ -584,3 +589,24 @@ def test_the_guards_run_before_the_gate_and_egress_after(tmp_path: Path) -> None
     assert kinds == [Tunnels, Upgrades, Fronting, WebSockets, Gate, Egress]
     assert not any(type(addon).__name__ == "Block" for addon in data_plane())
     assert any(isinstance(addon, Clients) for addon in data_plane())
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "rule"),
+    [
+        (lambda c: layers.DNSLayer(c), b"\x00\x1d\x12\x34", "dns-in-tunnel"),
+        (lambda c: layers.TCPLayer(c), b"SSH-2.0-x\r\n", "raw-tcp"),
+        (lambda c: layers.UDPLayer(c), b"datagram", "protocol"),
+        (lambda c: layers.HttpLayer(c, HTTPMode.transparent), b"\x16\x00binary", "raw-tcp"),
+        (lambda c: layers.HttpLayer(c, HTTPMode.transparent), b"GET / HTTP/1.1\r\n", None),
+        (lambda c: layers.HttpLayer(c, HTTPMode.regular), b"CONNECT x:1 HTTP/1.1\r\n", None),
+        (lambda c: layers.ServerTLSLayer(c), b"\x16\x03\x01", None),
+    ],
+)
+def test_only_http_and_tls_layers_are_readable(
+    kind: Callable[[Context], Layer], data: bytes, rule: str | None
+) -> None:
+    chosen = kind(Context(tflow.tclient_conn(), Options()))
+    assert readable(chosen, data) is (rule is None)
+    if rule is not None:
+        assert refused_layer(chosen, "allowed.example", 53)[1].rule == rule
