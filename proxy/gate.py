@@ -202,14 +202,16 @@ class Gate:
         it carried. The answer itself passes on as the server sent it."""
         flow.metadata.pop(INTRODUCTION, None)
         try:
+            _end_stream(flow, error)
             exchange: Exchange | None = flow.metadata.pop(MCP, None)
             if exchange is not None and exchange.scoped:
                 self.calls.close(exchange.channel, error)
-        finally:
-            tracking: Tracking | None = flow.metadata.pop(TRACK, None)
-            if tracking is not None:
-                status = flow.response.status_code if flow.response is not None else None
-                _finish_broken(self.admission, tracking, status, error)
+        except Exception:
+            logger.exception("the calls of %s could not all be settled", flow.request.pretty_url)
+        tracking: Tracking | None = flow.metadata.pop(TRACK, None)
+        if tracking is not None:
+            status = flow.response.status_code if flow.response is not None else None
+            _finish_broken(self.admission, tracking, status, error)
 
     def _record_response(self, flow: http.HTTPFlow, tracking: Tracking, error: str | None = None) -> None:
         assert flow.response is not None
@@ -238,6 +240,7 @@ class Gate:
 
     def _error(self, flow: http.HTTPFlow, message: str) -> None:
         flow.metadata.pop(INTRODUCTION, None)
+        _end_stream(flow, message)
         exchange: Exchange | None = flow.metadata.pop(MCP, None)
         if exchange is not None and exchange.scoped:
             self.calls.close(exchange.channel, message)
@@ -265,6 +268,13 @@ def _introduce(introduction: Introduction, response: http.Response) -> None:
     session = response.headers.get(SESSION_HEADER)
     for message in body if isinstance(body, list) else [body]:
         introduction.answered(message, session)
+
+
+def _end_stream(flow: http.HTTPFlow, error: str) -> None:
+    """An event stream that broke off: the calls still due on its channel get no answer."""
+    stream = flow.response.stream if flow.response is not None else None
+    if isinstance(stream, EventStream):  # not a Meter, nor a plain pass-through
+        stream.end(error)
 
 
 def _finish_broken(admission: Admission, tracking: Tracking, status: int | None, error: str) -> None:

@@ -253,7 +253,7 @@ class Boom(RuntimeError):
 
 
 def _gate_flow(tmp_path: Path, method: str = "POST") -> tuple[Gate, Log, tflow.HTTPFlow]:
-    (tmp_path / "g.yaml").write_text("version: 1\negress:\n  allow: [address]\n")
+    (tmp_path / "g.yaml").write_text("version: 1\negress:\n  allow: [address, api.test]\n")
     log = Log.open(tmp_path / "glog")
     log.start()
     gate = Gate(log, Ruleset.load(tmp_path / "g.yaml"), agent="t", bodies=BodyPolicy())
@@ -291,7 +291,7 @@ def test_a_hook_that_raises_still_writes_an_outcome(
                 flow.response = tflow.tresp()
                 if hook == "responseheaders":
                     flow.response.headers["content-type"] = "text/event-stream"
-                    monkeypatch.setattr("proxy.gate.EventStream", _raise)
+                    monkeypatch.setattr("proxy.gate.EventStream.__init__", _raise)
                     gate.responseheaders(flow)
                 elif hook == "response":
                     monkeypatch.setattr(gate, "_record_response", _raise)
@@ -342,3 +342,27 @@ def test_an_event_stream_that_cannot_be_read_fails_its_calls_and_passes_on(
     assert stream(b"more") == b"more" and stream(b"") == b""
     assert tc.due() == []
     assert states(tc, path) == ["failed"]
+
+
+def test_an_event_stream_that_breaks_off_fails_the_calls_due_on_its_channel(tmp_path: Path) -> None:
+    async def go() -> None:
+        gate, log, flow = _gate_flow(tmp_path, "GET")
+        try:
+            with taddons.context(gate) as tctx:
+                base = post("/messages/", b"")
+                call = msg("tools/call", 1, name="a", arguments={})
+                assert await gate.calls.send([call], base, channel="legacy", server="s") is None
+                flow.response = tflow.tresp()
+                flow.response.stream = EventStream(
+                    gate.calls, url="https://api.test/sse", action=base, channel="legacy", legacy=set()
+                )
+                flow.error = tflow.terr("the connection was reset")
+                gate.error(flow)
+                assert gate.calls.due() == []
+                await tctx.master.done()
+        finally:
+            log.close()
+
+    asyncio.run(go())
+    [call] = [x for x in _outcomes(tmp_path) if x.get("operation") == "tools/call"]
+    assert call["state"] == "failed" and "the connection was reset" in str(call["written"][-1])
