@@ -27,7 +27,7 @@ import requests
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from ..conftest import Airlock, Upstream, curl, environ_without_proxy, free_port, settle, wait_for
+from ..conftest import Airlock, Upstream, curl, environ_without_proxy, free_port, wait_for
 
 RULES = """\
 version: 1
@@ -78,6 +78,17 @@ def pem() -> tuple[str, str]:
 
 
 # ---- what the log holds ---------------------------------------------------------------------
+
+
+def settle(a: Airlock, entries: int) -> None:
+    """Wait until the log has the actions of `entries` entries (an intent and an outcome each)
+    and none of them is still pending."""
+
+    def done() -> bool:
+        actions = a.log()
+        return len(actions) >= entries // 2 and all(x["state"] != "pending" for x in actions)
+
+    wait_for(done, f"the log holds {entries // 2} settled actions")
 
 
 def log_bytes(a: Airlock) -> bytes:
