@@ -138,6 +138,7 @@ class Log:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
+        self._tip: tuple[int, str] = (0, GENESIS)  # the writer's head inside a batch
         self.writer_id = uuid.uuid4().hex[:12]
 
     @classmethod
@@ -520,7 +521,8 @@ class Log:
     def _put_all(
         self, txn: lmdb.Transaction, records: list[Record], opened: list[ActionRef]
     ) -> list[Entry | StoreError]:
-        seq, prev = self._head(txn)
+        # The head as of the last entry written, for records later in this batch to read.
+        seq, prev = self._tip = self._head(txn)
         results: list[Entry | StoreError] = []
         for record in records:
             mark = len(opened)
@@ -547,8 +549,10 @@ class Log:
                 del opened[mark:]
                 results.append(StoreError(f"a {record.kind} entry could not be written: {e!r}"))
                 continue
-            seq, prev = entry.seq, entry.hash
+            seq, prev = self._tip = entry.seq, entry.hash
             results.append(entry)
+        if results and seq != self._head(txn)[0]:
+            txn.put(_HEAD, canonical({"seq": seq, "hash": prev}), db=self._dbs[b"meta"])
         return results
 
     def _put(
@@ -615,8 +619,6 @@ class Log:
             opened.append(ref)
             txn.put(_NEXT_ACTION, seq_key(action_id + 1), db=meta)
         txn.put(seq_key(seq), stored, db=self._dbs[b"entries"])
-        # The head moves with each entry, so later records in this batch read a current one.
-        txn.put(_HEAD, canonical({"seq": seq, "hash": digest}), db=meta)
         if action_id is not None:
             if index is not None and entry.state is not None:
                 txn.delete(state_key(index["state"], action_id), db=states_db)
@@ -688,7 +690,7 @@ class Log:
         if entry is None:
             raise Altered(f"{what} names entry {seq}, which is missing")
         after = self._entry(txn, seq + 1)
-        linked = after.prev == entry.hash if after is not None else self._head(txn) == (seq, entry.hash)
+        linked = after.prev == entry.hash if after is not None else self._tip == (seq, entry.hash)
         if not linked:
             raise Altered(f"entry {seq} no longer links into the chain")
         return entry
