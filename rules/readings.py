@@ -88,7 +88,7 @@ class Readings:
         """The method as sent, then each method an override header or `_method` field names."""
         if self._methods is None:
             self._methods = method_readings(self._action, self._form_documents)
-        return self._first("method", self._methods)
+        return self._methods if self.only is None else self._first("method", self._methods)
 
     # ---- paths ---------------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ class Readings:
                 if value := self._action.headers.get(name):
                     paths += path_readings(value.partition("?")[0] or "/")
             self._paths = tuple(dict.fromkeys(paths))
-        return self._first("path", self._paths)
+        return self._paths if self.only is None else self._first("path", self._paths)
 
     @property
     def fold_paths(self) -> bool:
@@ -118,7 +118,7 @@ class Readings:
         if self._agents is None:
             a = self._action
             self._agents = (a.agent,) if a.configured_agent is None else (a.agent, a.configured_agent)
-        return self._first("agent", self._agents)
+        return self._agents if self.only is None else self._first("agent", self._agents)
 
     # ---- the body ------------------------------------------------------------------------
 

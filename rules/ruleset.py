@@ -62,21 +62,20 @@ class Rule:
         rule under any reading of it, for the others under every reading)."""
         if self.methods is not None:
             sent = action.method.upper() in self.methods
-            # The method as sent decides a deny it is in and an allow it is not in.
-            if sent is not self.widen and not self._other_methods_hold(action):
-                return False
-            if not sent and not self.widen:
+            # The method as sent decides a deny it is in and an allow it is not in; otherwise
+            # the other readings of the method (overrides) decide, when there are any.
+            if sent is not self.widen:
+                others = readings_of(action).methods[1:]
+                if self.widen:
+                    if not others or not any(m in self.methods for m in others):
+                        return False
+                elif others and not all(m in self.methods for m in others):
+                    return False
+            elif not sent:
                 return False
         if self.protocols is not None and action.protocol not in self.protocols:
             return False
         return self.test(action)
-
-    def _other_methods_hold(self, action: Action) -> bool:
-        assert self.methods is not None
-        others = readings_of(action).methods[1:]
-        if self.widen:
-            return any(m in self.methods for m in others)
-        return all(m in self.methods for m in others)
 
 
 @dataclass(frozen=True)
