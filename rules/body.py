@@ -12,6 +12,7 @@ fields to types do.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -180,7 +181,8 @@ def texts(body: bytes, charset: str | None) -> list[str]:
     declared = _codec(charset)
     if declared is not None and declared not in chosen:
         chosen.add(declared)
-        out.append(body.decode(declared, "replace"))
+        with contextlib.suppress(LookupError, ValueError):  # rot13, base64: not text encodings
+            out.append(body.decode(declared, "replace"))
     if b"\x00" in body[:4]:
         detected = json.detect_encoding(body)
         if detected not in chosen:

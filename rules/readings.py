@@ -201,10 +201,11 @@ class Readings:
         form = kind == "application/x-www-form-urlencoded"
         if not form and self._parsed() is not None and self._parsed_found():
             return _NONE  # a JSON document is not also a query string
-        text = self._decodings()[-1]
-        if form or bodies.looks_like_query(text):
-            return tuple(bodies.field_documents(bodies.form_fields(text)))
-        return _NONE
+        docs: list[Any] = []
+        for text in self._decodings():  # a declared charset is a reading, not the only one
+            if form or bodies.looks_like_query(text):
+                docs += bodies.field_documents(bodies.form_fields(text))
+        return tuple(docs)
 
     def _parsed_found(self) -> bool:
         parsed = self._parsed()
@@ -242,10 +243,9 @@ class Readings:
                 self._texts = _NONE
             else:
                 out = list(self._decodings())
-                decoded = out[-1]
-                if self._form_documents() and ("%" in decoded or "+" in decoded):
-                    out.append(unquote_plus(decoded))
-                if "\\" in decoded or len(out) > 1:
+                if self._form_documents():
+                    out += [unquote_plus(t) for t in out if "%" in t or "+" in t]
+                if len(out) > 1 or "\\" in out[0]:
                     # Escapes resolved: only a body with a backslash (or another decoding) has any.
                     for doc in self._documents_all():
                         out += (bodies.written(doc), bodies.strings_in(doc))

@@ -404,3 +404,14 @@ def test_reading_a_long_odd_body_stays_linear(ruleset: Ruleset) -> None:
     # Shapes that make a backtracking pattern quadratic: the decision must still come back.
     for body in (b"a=1&" + b"b" * 200_000 + b" !", b"a=" + b"&x" * 100_000 + b" !", b"[" * 300_000):
         assert ruleset.evaluate(request("POST", "/x", body)).verdict in (Verdict.ALLOW, Verdict.DENY)
+
+
+@pytest.mark.parametrize("charset", ["cp037", "utf-16", "rot13", "base64", "no-such-charset"])
+def test_a_declared_charset_is_one_reading_not_the_only_one(ruleset: Ruleset, charset: str) -> None:
+    # Most servers ignore a form's charset: the bytes as UTF-8 still count.
+    for body, content_type in (
+        (b"force=true", "application/x-www-form-urlencoded"),
+        (b"DROP TABLE x", "text/plain"),
+    ):
+        action = request("POST", "/x", body, {"Content-Type": f"{content_type}; charset={charset}"})
+        assert ruleset.evaluate(action).refused, (charset, body)
