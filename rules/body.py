@@ -231,6 +231,7 @@ def _nested(fields: list[tuple[str, str]]) -> dict[str, Any]:
     for name, value in fields:
         head, bracket, _ = name.partition("[")
         keys = [head, *_BRACKETS.findall(name[len(head) :])] if bracket else [name]
+        del keys[MAX_DEPTH:]  # servers cap the nesting too (PHP at 64, qs at 5)
         node: Any = out
         for i, key in enumerate(keys):
             last = i == len(keys) - 1

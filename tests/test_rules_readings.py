@@ -415,3 +415,9 @@ def test_a_declared_charset_is_one_reading_not_the_only_one(ruleset: Ruleset, ch
     ):
         action = request("POST", "/x", body, {"Content-Type": f"{content_type}; charset={charset}"})
         assert ruleset.evaluate(action).refused, (charset, body)
+
+
+def test_deeply_bracketed_field_names_are_capped(ruleset: Ruleset) -> None:
+    body = b"force" + b"[x]" * 5000 + b"=1"
+    action = request("POST", "/x", body, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert decided(ruleset, action) == ("no-force", "denied")
