@@ -19,6 +19,7 @@ from .reload import RulesReloader
 LOG = web.AppKey("log", Log)
 RELOADER = web.AppKey("reloader", RulesReloader)
 TOKEN = web.AppKey("token", str)
+VERIFYING = web.AppKey("verifying", asyncio.Lock)
 OPEN_PATHS = frozenset({"/healthz"})
 STATES = frozenset(State)
 MAX_ID = (1 << 63) - 1
@@ -147,8 +148,10 @@ async def verify(request: web.Request) -> web.Response:
             expect = parse_head(request.query["expect"])
         except ValueError as e:
             raise _bad_request(f"expect: {e}") from None
-    # The check reads the whole log: in a thread, so the proxy and /healthz answer meanwhile.
-    verdict = await asyncio.to_thread(request.app[LOG].verify, expect)
+    # The check reads the whole log: in a thread, so the proxy and /healthz answer meanwhile,
+    # and one at a time, so that asking again and again does not pile up threads.
+    async with request.app[VERIFYING]:
+        verdict = await asyncio.to_thread(request.app[LOG].verify, expect)
     return web.json_response(
         {
             "ok": verdict.ok,
@@ -195,6 +198,7 @@ def make_app(log: Log, token: str, reloader: RulesReloader) -> web.Application:
     app[LOG] = log
     app[TOKEN] = token
     app[RELOADER] = reloader
+    app[VERIFYING] = asyncio.Lock()
     app.add_routes(
         [
             web.get("/healthz", health),

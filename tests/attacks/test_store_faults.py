@@ -74,6 +74,9 @@ def test_bad_resolves_during_load_fail_alone_and_every_forwarded_request_has_its
     assert answers == [200] * 240
     assert {r.status_code for r in refusals} == {404}
     assert all(r.json()["error"] == "not_found" for r in refusals)
+    for bad in BAD_IDS:
+        found = requests.get(f"{a.control}/v1/actions/{bad}", headers=auth, timeout=30)
+        assert found.status_code == 404 and found.json()["error"] == "not_found", found.text
     received = {s.path for s in upstream.effects("POST")}
     assert len(received) == 240
     settle(a, 1 + 2 * 240)  # the rules entry, an intent and an outcome for each
