@@ -6,6 +6,11 @@ allows them). The connection then goes to exactly the address that was checked: 
 is kept for a few seconds and mitmproxy is handed the address, not the name, so a DNS server
 that answers differently the second time (DNS rebinding) gains nothing. Connections the gate
 did not see (raw TCP, tunnels) are checked here as they open.
+
+Keep-alive: an open connection is named by its host again, so mitmproxy reuses it for later
+requests to that host; before a request may reuse one, its address is checked again against
+the host's current answer and the rules in force, and a connection whose address would not be
+picked now is closed, so the request opens a new one to a checked address.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from mitmproxy import connection
+from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ReverseMode
 
@@ -86,6 +91,10 @@ class Egress:
         self.rules = rules
         self.resolver = resolver or Resolver()
         self._names: dict[str, tuple[str, int]] = {}  # connection id -> the address as named
+        self._pinned: dict[str, Address] = {}  # connection id -> the address it was checked for
+        # (client connection id, host, port) -> that client's open connections named by the host
+        self._open: dict[tuple[str, str, int], dict[str, tuple[connection.Server, Address]]] = {}
+        self._keys: dict[str, tuple[str, str, int]] = {}  # connection id -> its key in _open
 
     async def resolved(self, action: Action) -> Action:
         """The action with the addresses its host resolves to, for the rules to check (a name
@@ -117,18 +126,60 @@ class Egress:
             return
         if address_of(host) is None:
             self._names[server.id] = (host, port)
+            self._pinned[server.id] = allowed
             server.sni = server.sni or host
         server.address = (str(allowed), port)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Name the connection by its host again, so later requests to the host reuse it."""
+        named = self._names.get(data.server.id)
+        pinned = self._pinned.get(data.server.id)
         self._restore(data.server)
+        if named is not None and pinned is not None:
+            key = (data.client.id, *named)
+            self._open.setdefault(key, {})[data.server.id] = (data.server, pinned)
+            self._keys[data.server.id] = key
+
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Forget a closed connection."""
+        key = self._keys.pop(data.server.id, None)
+        servers = self._open.get(key) if key is not None else None
+        if key is not None and servers is not None:
+            servers.pop(data.server.id, None)
+            if not servers:
+                del self._open[key]
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Before a decided request may reuse an open connection to its host, close those whose
+        address the check would not pick now (the answer changed, or the rules did)."""
+        if flow.response or flow.error or not self._open:
+            return
+        host, port = flow.request.host, flow.request.port
+        servers = self._open.get((flow.client_conn.id, host, port))
+        if not servers:
+            return
+        try:
+            addresses = await self.resolver.addresses(host)
+        except Unresolvable:
+            addresses = []
+        rules = self.rules()
+        allowed = {a for a in addresses if rules.address_refusal(host, a, port) is None}
+        if not allowed and rules.egress_report and addresses:
+            allowed = {addresses[0]}  # report mode connects to the first, as server_connect does
+        for server_id, (server, pinned) in list(servers.items()):
+            if pinned not in allowed:
+                del servers[server_id]
+                logger.info(
+                    "egress: closing a connection to %s (%s): not the checked address now", host, pinned
+                )
+                _close(flow, server)
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Forget a connection that did not open."""
         self._restore(data.server)
 
     def _restore(self, server: connection.Server) -> None:
+        self._pinned.pop(server.id, None)
         named = self._names.pop(server.id, None)
         if named is None:
             return
@@ -137,3 +188,12 @@ class Egress:
         # is what lets keep-alive work; its peer stays the address that was checked, and a
         # request is decided (its name and addresses checked) before any connection is chosen.
         object.__setattr__(server, "address", named)
+
+
+def _close(flow: http.HTTPFlow, server: connection.Server) -> None:
+    """Close an open upstream connection of the flow's client (mitmproxy then opens another for
+    the next request on it)."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver is not None else None
+    if handler is not None and server in handler.transports:
+        handler.close_connection(server)

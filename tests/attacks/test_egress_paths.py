@@ -9,10 +9,12 @@ listener open to the world, and keep-alive to a host named by a name.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -25,16 +27,19 @@ import h2.connection
 import h2.events
 import pytest
 import requests
+from mitmproxy.connection import Server
 from mitmproxy.options import Options
 from mitmproxy.proxy import layers
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layer import Layer
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
+from proxy import egress as egress_module
 from proxy.clients import Clients, refusal
-from proxy.egress import Egress
+from proxy.egress import Egress, Resolver
 from proxy.fronting import Fronting
 from proxy.gate import Gate
 from proxy.records import BodyPolicy
@@ -610,3 +615,110 @@ def test_only_http_and_tls_layers_are_readable(
     assert readable(chosen, data) is (rule is None)
     if rule is not None:
         assert refused_layer(chosen, "allowed.example", 53)[1].rule == rule
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "rules_then"),
+    [
+        pytest.param(["1.1.1.1"], ["8.8.8.8"], None, id="the-answer-moved"),
+        pytest.param(["1.1.1.1", "8.8.8.8"], ["8.8.8.8", "1.1.1.1"], None, id="same-answer-reordered"),
+        pytest.param(
+            ["10.1.1.1", "1.1.1.1"],
+            ["10.1.1.1", "1.1.1.1"],
+            "allow: [moving.test]",
+            id="rules-dropped-a-range",
+        ),
+    ],
+)
+def test_an_open_connection_is_reused_only_while_its_address_is_a_checked_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: list[str], then: list[str], rules_then: str | None
+) -> None:
+    # The upstream connection of one client stays open (keep-alive); before each request may
+    # reuse it, its address is checked against the name's current answer and the rules in force.
+    def load(egress_yaml: str) -> Ruleset:
+        (tmp_path / "r.yaml").write_text(f"version: 1\negress:\n  {egress_yaml}\n")
+        return Ruleset.load(tmp_path / "r.yaml")
+
+    rules = [load("allow: [moving.test, 10.0.0.0/8]")]
+    answer = [first]
+
+    async def lookup(host: str) -> list[str]:
+        return answer[0]
+
+    egress = Egress(lambda: rules[0], Resolver(ttl=0, lookup=lookup))
+    closed: list[Server] = []
+    monkeypatch.setattr(egress_module, "_close", lambda flow, server: closed.append(server))
+
+    async def go() -> None:
+        opened = ServerConnectionHookData(
+            client=tflow.tclient_conn(), server=Server(address=("moving.test", 443))
+        )
+        await egress.server_connect(opened)
+        assert opened.server.address == (first[0], 443)
+        egress.server_connected(opened)
+        assert opened.server.address == ("moving.test", 443)  # named again: reusable
+        flow = tflow.tflow()
+        flow.client_conn = opened.client
+        flow.request.host, flow.request.port = "moving.test", 443
+        await egress.request(flow)
+        assert closed == []  # the same answer: reused
+        answer[0] = then
+        if rules_then is not None:
+            rules[0] = load(rules_then)
+        await egress.request(flow)
+        changed = first[0] not in then or rules_then is not None
+        assert closed == ([opened.server] if changed else [])
+
+    asyncio.run(go())
+
+
+# One agent session, inside the namespace: a request, a reload of the rules, a second request on
+# the same kept-alive proxy connection. Prints what each request got.
+KEPT_ALIVE = """\
+import json, sys, requests
+url, proxy, control, token, rules, new_rules = sys.argv[1:7]
+with requests.Session() as s:
+    s.proxies = {"http": proxy}
+    first = s.get(url, timeout=10).json()
+    open(rules, "w").write(new_rules)
+    auth = {"Authorization": "Bearer " + token}
+    reloaded = requests.post(control + "/v1/rules/reload", headers=auth, timeout=10)
+    second = s.get(url, timeout=10)
+print(json.dumps({"first": first, "reload": reloaded.status_code, "second": second.status_code}))
+"""
+
+
+@pytest.mark.skipif(capture_unsupported() is not None, reason=capture_unsupported() or "")
+def test_a_kept_alive_connection_does_not_outlive_the_rules_that_allowed_its_address(
+    netns: Netns,  # noqa: F811  (the fixture imported above)
+    processes: Processes,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # moving.test has a private address (allowed by a range) and a public one. A connection
+    # opened to the private address stays open; when a reload drops the range, the next request
+    # on the same client connection must not reuse it: it goes to the public address.
+    public = "1.2.3.4"
+    add_link(netns.exec(), "pub0", f"{public}/24")
+    hosts = NETNS_ETC / netns.name / "hosts"
+    hosts.write_text(hosts.read_text() + f"10.77.0.1 moving.test\n{public} moving.test\n")
+    private_server = serve(processes, netns.exec(), "http", "10.77.0.1", PA)
+    public_server = serve(processes, netns.exec(), "http", public, PA)
+    a = start_airlock(
+        processes, netns, tmp_path, "version: 1\negress:\n  allow: [moving.test, 10.77.0.0/24]\n"
+    )
+    script = tmp_path / "kept_alive.py"
+    script.write_text(KEPT_ALIVE)
+    run = netns.run(
+        sys.executable,
+        str(script),
+        f"http://moving.test:{PA}/k",
+        f"http://127.0.0.1:{a.port}",
+        f"http://127.0.0.1:{a.control_port}",
+        a.token,
+        str(a.rules),
+        "version: 1\negress:\n  allow: [moving.test]\n",
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"first": {"port": PA, "path": "/k"}, "reload": 200, "second": 200}
+    assert [s["path"] for s in private_server.seen()] == ["/k"]  # only before the reload
+    assert [s["path"] for s in public_server.seen()] == ["/k"]
