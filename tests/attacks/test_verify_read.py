@@ -99,7 +99,9 @@ def crash_with(a: Airlock, up: Upstream, posts: dict[str, dict[str, Any]]) -> di
     threads = [threading.Thread(target=send, args=item, daemon=True) for item in posts.items()]
     for t in threads:
         t.start()
-    wait_for(lambda: {s.path for s in up.effects("POST")} >= set(posts), "the upstream holds every request")
+    wait_for(
+        lambda: {s.path for s in up.effects("POST")} >= set(posts), "the upstream holds every request", 60
+    )
     a.stop(signal.SIGKILL)
     up.release.set()
     for t in threads:
