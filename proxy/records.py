@@ -144,14 +144,11 @@ def verify_read(read: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
         if "${" in value:
             headers[name] = value
             continue
-        headers[name] = REDACTED_HEADER if redactor.secret_header(name) else redact.text(value)
+        headers[name] = redact.REDACTED if redactor.secret_header(name) else redact.text(value)
         if headers[name] != value and "refused" not in out:
             out["refused"] = f"its header {name} holds a credential: name it as ${{VARIABLE}} instead"
     out["headers"] = headers
     return out
-
-
-REDACTED_HEADER = redact.REDACTED
 
 
 def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[str, Any]:

@@ -383,10 +383,6 @@ class Redactor:
         """Tool arguments with credential-named fields and credential-shaped strings replaced."""
         return walk(value)
 
-    def query(self, raw: str) -> str:
-        """A query string with credential parameters replaced."""
-        return query(raw)
-
     def url(self, raw: str) -> str:
         """A URL with credentials in its userinfo, path and query replaced."""
         return url(raw)

@@ -24,6 +24,9 @@ from urllib.parse import quote, quote_plus
 import pytest
 import requests
 
+from proxy import records
+from proxy.redact import Redactor
+from proxy.verify import refusal
 from rules import Action, Effect
 from rules.dedup import parse_dedup
 
@@ -291,3 +294,25 @@ def test_each_field_is_encoded_for_the_part_of_the_url_it_fills(
         assert read.get("refused") and (read["url"] is None or "localhost" in read["url"])
     else:
         assert read["url"] == expected and "refused" not in read
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/orders?access_token={body.ClientToken}",
+        "/orders/{body.ClientToken}",
+        "/orders?ref={body.ClientToken}",
+    ],
+)
+def test_a_read_whose_url_would_carry_a_credential_is_logged_refused(template: str) -> None:
+    # The read is sent as logged; the log cannot keep a credential, so such a read is never sent.
+    rule = parse_dedup("orders-once", {"key": "{body.ClientToken}", "verify": {"url": template}})
+    assert rule.verify is not None
+    token = "ghp_" + "a1B2" * 9
+    body = json.dumps({"ClientToken": token}).encode()
+    action = Action("POST", "http", "127.0.0.1", 8080, "/o", Effect.WRITE, body=body)
+    read = rule.verify.request(action)
+    assert read is not None and token in read["url"]
+    logged = records.verify_read(read, Redactor())
+    assert token not in json.dumps(logged) and "credential" in logged["refused"]
+    assert refusal(logged) == logged["refused"]
