@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +28,7 @@ import requests
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from ..conftest import Airlock, Upstream, curl, environ_without_proxy, free_port, wait_for
+from ..conftest import Airlock, Upstream, curl, environ_without_proxy, free_port, serving, wait_for
 
 RULES = """\
 version: 1
@@ -556,3 +557,45 @@ def test_repeated_keys_and_utf16_bodies_do_not_hide_a_secret(a: Airlock, upstrea
         "plan": "gold",
     }
     assert intent(a, "/utf16-text")["body"]["text"] == "user=ada\npassword=[redacted]\n"
+
+
+def test_response_headers_are_redacted_in_the_outcome(a: Airlock) -> None:
+    issued = {
+        "X-Auth-Token": unique("rt-", MIXED, 24),
+        "X-Amz-Security-Token": unique("st-", MIXED, 24),
+        "Authentication-Info": f"nextnonce={unique('nn-', MIXED, 16)}",
+        "Set-Cookie": f"sid={unique('sid-', MIXED, 20)}; HttpOnly",
+    }
+    code = unique("c-", MIXED, 20)
+    telltale = shapes()["slack"]
+
+    class Issuer(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(302)
+            for name, value in issued.items():
+                self.send_header(name, value)
+            self.send_header("Location", f"https://app.example.com/cb?code={code}&state=s-1")
+            self.send_header("X-Debug", f"issued {telltale}")
+            self.send_header("WWW-Authenticate", 'Bearer realm="api"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    port = free_port()
+    with serving(Issuer, port):
+        r = requests.post(
+            f"http://127.0.0.1:{port}/login", data=b"{}", proxies=a.proxies, timeout=30, allow_redirects=False
+        )
+    assert r.status_code == 302 and r.headers["X-Auth-Token"] == issued["X-Auth-Token"]
+    settle(a, 2)
+    assert_kept_out(a, [*issued.values(), code, telltale])
+    headers = shown(a, "/login")["entries"][1]["data"]["headers"]
+    assert all(headers[name.lower()] == "[redacted]" for name in issued)
+    assert headers["location"] == "https://app.example.com/cb?code=[redacted]&state=s-1"
+    assert headers["x-debug"] == "issued [redacted]"
+    assert headers["www-authenticate"] == 'Bearer realm="api"'
