@@ -87,7 +87,7 @@ class Readings:
     def methods(self) -> tuple[str, ...]:
         """The method as sent, then each method an override header or `_method` field names."""
         if self._methods is None:
-            self._methods = method_readings(self._action, self._form_documents)
+            self._methods = method_readings(self._action, self._documents_all)
         return self._methods if self.only is None else self._first("method", self._methods)
 
     # ---- paths ---------------------------------------------------------------------------
@@ -253,9 +253,9 @@ class Readings:
         return self._first("body", self._texts)
 
 
-def method_readings(action: Action, form_documents: Callable[[], tuple[Any, ...]]) -> tuple[str, ...]:
-    """The method as sent, then the methods its override headers, its query's and its form
-    body's `_method` name (upper case, each once)."""
+def method_readings(action: Action, documents: Callable[[], tuple[Any, ...]]) -> tuple[str, ...]:
+    """The method as sent, then the methods its override headers, its query's and its body's
+    `_method` name (a form's, or a JSON body's, which Laravel reads): upper case, each once."""
     found = [action.method.upper()]
     for name in OVERRIDE_HEADERS:
         value = action.headers.get(name)
@@ -264,7 +264,7 @@ def method_readings(action: Action, form_documents: Callable[[], tuple[Any, ...]
     if OVERRIDE_FIELD in action.query:
         found += [v.strip().upper() for k, v in parse_qsl(action.query) if k == OVERRIDE_FIELD and v.strip()]
     if action.body and OVERRIDE_FIELD.encode() in action.body:
-        for doc in form_documents():
+        for doc in documents():
             value = doc.get(OVERRIDE_FIELD) if isinstance(doc, dict) else None
             if isinstance(value, str) and value.strip():
                 found.append(value.strip().upper())

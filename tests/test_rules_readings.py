@@ -421,3 +421,9 @@ def test_deeply_bracketed_field_names_are_capped(ruleset: Ruleset) -> None:
     body = b"force" + b"[x]" * 5000 + b"=1"
     action = request("POST", "/x", body, {"Content-Type": "application/x-www-form-urlencoded"})
     assert decided(ruleset, action) == ("no-force", "denied")
+
+
+def test_a_json_method_field_is_an_override_too(ruleset: Ruleset) -> None:
+    # Laravel reads _method from a JSON body as from a form.
+    action = request("POST", "/prod/db", b'{"_method": "DELETE"}', {"Content-Type": "application/json"})
+    assert action.effect is Effect.DESTRUCTIVE and decided(ruleset, action) == ("no-deletes", "denied")
