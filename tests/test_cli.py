@@ -247,7 +247,9 @@ def test_verify_ok_on_a_live_and_a_stopped_log(busy: Busy, quiet_data: Path) -> 
     )
     # 2 entries for each of the four forwarded actions, 1 for the denied one.
     for proc in (live, stopped):
-        assert proc.returncode == 0 and re.fullmatch(r"ok: 10 entries verified; head 10:[0-9a-f]{64}\n", proc.stdout), proc
+        assert proc.returncode == 0 and re.fullmatch(
+            r"ok: 10 entries verified; head 10:[0-9a-f]{64}\n", proc.stdout
+        ), proc
 
 
 @contextmanager
