@@ -75,6 +75,9 @@ class Upgrades:
             action = classify(flow, agent=self.agent, upstream=upstream)
             answer = await self.admission.refuse(action, refused_upgrade(protocol))
             flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
+            # The client may already be sending the other protocol's bytes: they must not be read
+            # as the next HTTP request, so the connection ends with the refusal.
+            flow.response.headers["connection"] = "close"
         except Exception:
             # mitmproxy forwards a flow whose hook raised: refuse instead.
             logger.exception("could not decide the upgrade of %s", flow.request.pretty_url)
