@@ -283,6 +283,13 @@ class Admission:
                 "use a new key for a new request"
             )
             return await self._refuse_key(action, "idempotency_key_reused", message, 422)
+        if taken.legacy:
+            message = (
+                f"action {holder} with this {label} was recorded by an older airlock, whose stored "
+                "responses the log cannot vouch for, so it is not replayed and this request was not "
+                f"executed; see `airlock show {holder}` for what happened, and do not retry"
+            )
+            return await self._refuse_key(action, "idempotency_key_unverifiable", message, 409)
         if taken.final:
             if taken.reply is not None:
                 return await self._replay(action, taken)

@@ -382,7 +382,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise UserError(f"--expect {e}") from None
     verdict = _open_log(args).verify(expect)
     if verdict.ok:
-        print(f"ok: {verdict.checked} entries verified; head {verdict.head_seq}:{verdict.head_hash}")
+        note = ""
+        if verdict.unchecked:
+            note = (
+                f"; {verdict.unchecked} action(s) from before index checks "
+                "(an older airlock wrote them: their summaries are not checked)"
+            )
+        print(f"ok: {verdict.checked} entries verified; head {verdict.head_seq}:{verdict.head_hash}{note}")
         return 0
     before = f" ({verdict.checked} entries before it verified)" if verdict.bad_seq is not None else ""
     print(f"altered: {verdict.reason}{before}")

@@ -40,7 +40,7 @@ class Settle:
 class KeyTaken(StoreError):
     """The key belongs to another action; says which, in what state, and what it stood for."""
 
-    def __init__(self, key: str, holder: dict[str, Any], state: str):
+    def __init__(self, key: str, holder: dict[str, Any], state: str, *, legacy: bool = False):
         super().__init__(f"idempotency key is held by action {holder['action']} ({state})")
         self.key = key
         self.holder_id: int = holder["action"]
@@ -48,6 +48,7 @@ class KeyTaken(StoreError):
         self.reply: dict[str, Any] | None = holder.get("reply")
         self.final: bool = bool(holder.get("final"))
         self.state = state
+        self.legacy = legacy  # claimed by an older airlock: no hashed entry backs its reply
 
 
 # The largest key LMDB can store (its default maximum key size).

@@ -32,6 +32,7 @@ from typing import Any
 import lmdb
 import orjson
 
+from . import formats
 from . import keys as keyrec
 from .chain import GENESIS, canonical, seal
 from .entry import Entry
@@ -281,6 +282,11 @@ class Log:
             raise Altered(f"action {action_id}'s index lists no entries")
         if chain is not None:
             chain.check(action_id, listed)
+        if listed[0] < self._legacy_before(txn):
+            # An older airlock's action: its summary fields are in no entry, so they are shown as
+            # its index has them, and named as unchecked.
+            unchecked = {k: v for k, v in index_record(action_id, as_bytes(raw)).items() if k not in index}
+            index = unchecked | index | {"unchecked": sorted(unchecked)}
         return index
 
     def actions(
@@ -369,9 +375,47 @@ class Log:
         self._lock_fd = os.open(making, os.O_CREAT | os.O_RDWR, FILE_MODE)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         os.rename(making, writers / f"{self.writer_id}.lock")
+        self._record_format()
         self._recover()
         self._thread = threading.Thread(target=self._run, name="airlock-log-writer", daemon=True)
         self._thread.start()
+
+    def _record_format(self) -> None:
+        """Record the log's format the first time a writer of this version opens it: a new log is
+        current from entry 1; an older airlock's log gets a `format` entry where it is upgraded."""
+        bad = [r for r in self._write(self._format_records) if isinstance(r, StoreError)]
+        if bad:
+            raise bad[0]
+
+    def _format_records(self, txn: lmdb.Transaction) -> list[Record]:
+        meta = self._dbs[b"meta"]
+        if txn.get(formats.META_KEY, db=meta) is not None:
+            return []
+        head = self._head(txn)[0]
+        if head:
+            # No marker yet: the chain says what the log holds (once per log, so a full scan).
+            for key, raw in txn.cursor(db=self._dbs[b"entries"]):
+                entry = parsed_entry(int.from_bytes(as_bytes(key), "big"), as_bytes(raw))
+                if formats.is_upgrade(entry.body()):
+                    txn.put(formats.META_KEY, formats.marker(entry.seq), db=meta)
+                    return []
+                if entry.summary or entry.claim is not None or entry.settle is not None:
+                    break  # current from the start: only the marker was lost
+            else:
+                return [Record(kind=formats.KIND, data=formats.upgrade_data(head))]
+        txn.put(formats.META_KEY, formats.marker(1), db=meta)
+        return []
+
+    def _legacy_before(self, txn: lmdb.Transaction) -> int:
+        """The first entry in the current format: those before it were written by an older
+        airlock (for a log no writer of this version has opened yet, all of them)."""
+        raw = txn.get(formats.META_KEY, db=self._dbs[b"meta"])
+        if raw is None:
+            return self._head(txn)[0] + 1
+        since = formats.since_of(as_bytes(raw))
+        if since is None:
+            raise Altered("the log's format record is not a valid record")
+        return since
 
     def close(self) -> None:
         """Write what is queued, stop the writer and close the environment."""
@@ -619,6 +663,8 @@ class Log:
             opened.append(ref)
             txn.put(_NEXT_ACTION, seq_key(action_id + 1), db=meta)
         txn.put(seq_key(seq), stored, db=self._dbs[b"entries"])
+        if formats.is_upgrade(body) and txn.get(formats.META_KEY, db=meta) is None:
+            txn.put(formats.META_KEY, formats.marker(seq), db=meta)
         if action_id is not None:
             if index is not None and entry.state is not None:
                 txn.delete(state_key(index["state"], action_id), db=states_db)
@@ -652,10 +698,22 @@ class Log:
         held = key_record(claim.key, as_bytes(raw))
         if held["expires"] <= time.time():
             return  # expired: the key is free again
-        self._check_key(txn, claim.key, held)
         holder = txn.get(seq_key(held["action"]), db=self._dbs[b"actions"])
         state = index_record(held["action"], as_bytes(holder))["state"] if holder is not None else "unknown"
+        if "claimed" not in held and self._legacy_action(txn, held["action"]):
+            # An older airlock's key: no hashed entry backs its stored reply, so it is never
+            # replayed, and the request is refused (409) rather than run a second time.
+            raise KeyTaken(claim.key, keyrec.without_reply(held) | {"final": True}, state, legacy=True)
+        self._check_key(txn, claim.key, held)
         raise KeyTaken(claim.key, held, state)
+
+    def _legacy_action(self, txn: lmdb.Transaction, action_id: Any) -> bool:
+        """True when an intact entry of the chain shows the action was opened before the upgrade."""
+        known = isinstance(action_id, int) and in_range(action_id)
+        raw = txn.get(seq_key(action_id), db=self._dbs[b"actions"]) if known else None
+        listed = listed_entries(action_id, as_bytes(raw))[:1] if raw is not None else []
+        first = self._entry(txn, listed[0]) if listed else None
+        return first is not None and first.action == action_id and first.seq < self._legacy_before(txn)
 
     def _check_key(self, txn: lmdb.Transaction, key: str, held: dict[str, Any]) -> None:
         """Refuse to act on a key record the chain does not back: its claim, its settlement and

@@ -5,9 +5,17 @@ hash before it; the head names the last entry); then each index is rebuilt from 
 with the writer's own steps and compared with what is stored: the actions index (state,
 summary fields, entry list), the states index, the idempotency keys (holder, payload, expiry,
 finality, the digest of a stored reply) and the action counter. The first disagreement is
-named with the database it is in. With an expected head recorded elsewhere, a log cut short
-or rolled back to an older copy is caught too; without one it cannot be: whoever can rewrite
-the whole file can rewrite a consistent chain.
+named with the database it is in.
+
+A log an older airlock wrote, upgraded in place, holds entries without those fields before its
+`format` entry (store/formats.py): they are checked by hash and link, their actions' index
+records for what the entries do say (entry list, state, times, writer), and the rest of those
+records is counted as unchecked in the verdict rather than failed. Where the old entries end is
+taken from the hashed `format` entry, never from an editable record.
+
+With an expected head recorded elsewhere, a log cut short or rolled back to an older copy is
+caught too; without one it cannot be: whoever can rewrite the whole file can rewrite a
+consistent chain.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 import lmdb
 import orjson
 
+from . import formats
 from . import keys as keyrec
 from .chain import GENESIS, link, unseal
 from .entry import Entry
@@ -37,6 +46,7 @@ class Verdict:
     head_seq: int = 0
     head_hash: str = GENESIS
     failed: bool = False
+    unchecked: int = 0  # actions an older airlock wrote: their summary fields are in no entry
 
     @property
     def ok(self) -> bool:
@@ -70,6 +80,9 @@ class _Chain:
     opened: int = 0  # actions opened: ids are given out 1, 2, 3, ... in chain order
     about_actions: int = 0  # entries that name an action
     states: list[str] = field(default_factory=list)  # each action's state, by id (the strings are shared)
+    since: int | None = None  # the format entry: entries before it were written by an older airlock
+    legacy_actions: int = 0  # actions opened before it
+    unchecked: int = 0
 
 
 def check(txn: lmdb.Transaction, dbs: dict[bytes, Any], expect: tuple[int, str] | None) -> Verdict:
@@ -79,10 +92,11 @@ def check(txn: lmdb.Transaction, dbs: dict[bytes, Any], expect: tuple[int, str] 
         _entries(txn, dbs, chain)
         if expect is not None:
             _expected(txn, dbs, expect, chain)
+        _format(txn, dbs, chain)
         _indexes(txn, dbs, chain)
     except _Bad as bad:
         return Verdict(chain.checked, bad.seq, bad.reason, *chain.head, failed=True)
-    return Verdict(chain.checked, None, "", *chain.head)
+    return Verdict(chain.checked, None, "", *chain.head, unchecked=chain.unchecked)
 
 
 def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: _Chain) -> None:
@@ -92,7 +106,7 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: _Chain) -> Non
         if seq != expected:
             raise _Bad(f"entry {expected} is missing (found {seq})", expected)
         # Entries about actions are parsed in full when their action is checked against them.
-        action, claimed_seq = _action_of(seq, raw)
+        action, claimed_seq, upgrade = _action_of(seq, raw)
         stored_prev, digest, body = unseal(raw)
         if stored_prev != prev:
             raise _Bad(f"entry {seq} does not link to entry {seq - 1} (its prev hash was changed)", seq)
@@ -106,6 +120,12 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: _Chain) -> Non
             elif not 1 <= action <= chain.opened:
                 raise _Bad(f"entry {seq} names action {action}, which no earlier entry opened", seq)
             chain.about_actions += 1
+        if upgrade:
+            if chain.since is not None:
+                raise _Bad(
+                    f"entry {seq} records a second format upgrade (the first is entry {chain.since})", seq
+                )
+            chain.since, chain.legacy_actions = seq, chain.opened
         prev, expected = digest, expected + 1
         chain.checked += 1
         chain.head = (seq, digest)
@@ -118,9 +138,9 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: _Chain) -> Non
         )
 
 
-def _action_of(seq: int, raw: bytes) -> tuple[int | None, Any]:
-    """The action an entry is about and the sequence number it claims; an entry about no
-    action is parsed in full here (nothing else will)."""
+def _action_of(seq: int, raw: bytes) -> tuple[int | None, Any, bool]:
+    """The action an entry is about, the sequence number it claims and whether it marks the
+    log's upgrade; an entry about no action is parsed in full here (nothing else will)."""
     try:
         fields = orjson.loads(raw[128:]) if len(raw) >= 130 else None
         if not isinstance(fields, dict):
@@ -132,7 +152,32 @@ def _action_of(seq: int, raw: bytes) -> tuple[int | None, Any]:
             raise ValueError("its action is not a number")
     except ValueError as e:
         raise _Bad(f"entry {seq} is not a valid entry: {e}", seq) from None
-    return action, fields.get("seq")
+    return action, fields.get("seq"), formats.is_upgrade(fields)
+
+
+def _format(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: _Chain) -> None:
+    """The meta record of the log's format must repeat what the chain says."""
+    raw = txn.get(formats.META_KEY, db=dbs[b"meta"])
+    since = chain.since or 1
+    if raw is None:
+        if chain.checked:
+            raise _Bad(
+                "meta: the log has no format record: an older airlock wrote it and no writer of this "
+                "version has opened it yet (start airlock on it once to record the upgrade), "
+                "or the record was removed"
+            )
+        return
+    recorded = formats.since_of(_b(raw))
+    if recorded != since:
+        said = (
+            "is not a valid record"
+            if recorded is None
+            else f"says the current format starts at entry {recorded}"
+        )
+        where = (
+            f"the format entry {since}" if chain.since is not None else "entry 1 (there is no format entry)"
+        )
+        raise _Bad(f"meta: the format record {said}, but the chain says it starts at {where}")
 
 
 def _recorded_head(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> tuple[int, str]:
@@ -220,6 +265,12 @@ def _actions(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: _Chain) -> dic
                 key_record = keyrec.settled(key_record, entry)
             index = advance(index, entry)
         assert index is not None
+        if action_id <= chain.legacy_actions:
+            # An older airlock's action: only what its entries say can be checked.
+            chain.unchecked += 1
+            if isinstance(stored.get("key"), str) and "key" not in index:
+                keys[stored["key"]] = {"legacy": action_id}
+            stored = {k: v for k, v in stored.items() if k in index}
         if stored != index:
             raise _Bad(
                 f"actions index: action {action_id} disagrees with the chain: "
@@ -264,7 +315,8 @@ def _states(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: _Chain) -> None
 
 
 def _keys(txn: lmdb.Transaction, dbs: dict[bytes, Any], expected: dict[str, dict[str, Any]]) -> None:
-    present = {k: v for k, v in expected.items() if "released" not in v}
+    present = {k: v for k, v in expected.items() if "released" not in v and "legacy" not in v}
+    legacy = {k: v["legacy"] for k, v in expected.items() if "legacy" in v}
     for key, value in txn.cursor(db=dbs[b"keys"]):
         name = _b(key).decode(errors="replace")
         try:
@@ -272,6 +324,13 @@ def _keys(txn: lmdb.Transaction, dbs: dict[bytes, Any], expected: dict[str, dict
         except ValueError:
             raise _Bad(f"keys: idempotency key {name!r}'s record is not valid JSON") from None
         want = present.pop(name, None)
+        if want is None and name in legacy:
+            # Kept (or released) by an older airlock: its record is backed by no entry.
+            if not isinstance(stored, dict) or stored.get("action") != legacy[name]:
+                raise _Bad(
+                    f"keys: idempotency key {name!r} is not held by action {legacy[name]}, which claimed it"
+                )
+            continue
         if want is None:
             raise _Bad(f"keys: idempotency key {name!r} is held by no action in the chain")
         if not isinstance(stored, dict) or keyrec.without_reply(stored) != want:
