@@ -120,11 +120,21 @@ def _secret_param(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Shape:
-    """A token format: literals one of which any match contains (a cheap first look), and the
-    pattern; group 1, if the pattern has one, is kept in front of the redaction."""
+    """A token format: `needs`, characters a string holds wherever a match is, and `anchors`,
+    literals one of which any match contains (cheap first looks: a character is found at memory
+    speed, a literal at about a byte a nanosecond, the pattern far slower); and the pattern,
+    whose group 1, if it has one, is kept in front of the redaction."""
 
     anchors: tuple[str, ...]
     pattern: re.Pattern[str]
+    needs: tuple[str, ...] = ()
+
+    def occurs(self, value: str) -> bool:
+        """False when `value` cannot hold a match (True does not say it does)."""
+        for c in self.needs:
+            if c not in value:
+                return False
+        return any(a in value for a in self.anchors)
 
     def sub(self, value: str) -> str:
         """`value` with every match replaced."""
@@ -133,29 +143,32 @@ class Shape:
         return self.pattern.sub(REDACTED, value)
 
 
-def _shape(anchors: str, pattern: str) -> Shape:
-    return Shape(tuple(anchors.split()), re.compile(pattern, re.DOTALL | re.ASCII))
+def _shape(anchors: str, pattern: str, needs: str = "") -> Shape:
+    return Shape(tuple(anchors.split()), re.compile(pattern, re.DOTALL | re.ASCII), tuple(needs))
 
 
 SHAPES = (
     _shape(
         "PRIVATE",
         r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----(?:.*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----|.*)",
+        "V-",
     ),
     _shape("earer EARER", r"\b(?:[Bb]earer|BEARER)\s+[A-Za-z0-9\-._~+/]{8,}=*"),
     # Basic credentials are base64: a digit, +, / or =, or lower case before upper case (not prose).
     _shape("asic ASIC", r"\b(?:[Bb]asic|BASIC)\s+(?=[A-Za-z]*[0-9+/=]|[A-Z]?[a-z]+[A-Z])[A-Za-z0-9+/]{8,}=*"),
-    _shape("eyJ", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
-    _shape("AKIA ASIA ABIA ACCA", r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b"),
-    _shape("gh github_pat_", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),
-    _shape("glpat-", r"\bglpat-[A-Za-z0-9_-]{20,}"),
-    _shape("xox", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-    _shape("hooks.slack.com", r"(hooks\.slack\.com/services/)[A-Za-z0-9/_-]+"),
-    _shape("_live_ _test_ whsec_", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|\bwhsec_[A-Za-z0-9]{10,}"),
-    _shape("sk-", r"\bsk-[A-Za-z0-9_-]{20,}"),
-    _shape("AIza", r"\bAIza[0-9A-Za-z_-]{35}"),
-    _shape(":AA", r"(?<![0-9])[0-9]{8,10}:AA[A-Za-z0-9_-]{33}"),  # Telegram bot tokens
-    _shape("@", r"(://)[^/?#\s@\"'<>]{1,256}(?=@[A-Za-z0-9\[])"),  # userinfo in a URL
+    _shape("eyJ", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*", "J."),
+    _shape("AKIA ASIA ABIA ACCA", r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b", "A"),
+    _shape("gh github_pat_", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})", "_"),
+    _shape("glpat-", r"\bglpat-[A-Za-z0-9_-]{20,}", "-"),
+    _shape("xox", r"\bxox[abposr]-[A-Za-z0-9-]{10,}", "x-"),
+    _shape("hooks.slack.com", r"(hooks\.slack\.com/services/)[A-Za-z0-9/_-]+", "/"),
+    _shape(
+        "_live_ _test_ whsec_", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|\bwhsec_[A-Za-z0-9]{10,}", "_"
+    ),
+    _shape("sk-", r"\bsk-[A-Za-z0-9_-]{20,}", "-"),
+    _shape("AIza", r"\bAIza[0-9A-Za-z_-]{35}", "zI"),
+    _shape(":AA", r"(?<![0-9])[0-9]{8,10}:AA[A-Za-z0-9_-]{33}", "A:"),  # Telegram bot tokens
+    _shape("@", r"(://)[^/?#\s@\"'<>]{1,256}(?=@[A-Za-z0-9\[])", ":/"),  # userinfo in a URL
 )
 
 # `name=value` and `name: value` in free text are found from the credential words in their names
@@ -184,6 +197,47 @@ _VALUE = re.compile(
 )
 
 
+# A stem is looked for only where every letter of it occurs (each a memory-speed look).
+_STEM_LETTERS = {stem: frozenset(stem) for stem in _STEMS}
+_LETTERS = "".join(sorted(set().union(*_STEM_LETTERS.values())))
+
+
+def _stems(lowered: str) -> list[str]:
+    """The stems that occur in a lower-cased text."""
+    have = {c for c in _LETTERS if c in lowered}
+    return [stem for stem, letters in _STEM_LETTERS.items() if letters <= have and stem in lowered]
+
+
+def _pairs_possible(value: str) -> bool:
+    # A pair has a `:` or `=` after its name (see _VALUE), and a JSON field name has a `:`.
+    return ":" in value or "=" in value
+
+
+def _trie(words: Iterable[str]) -> str:
+    """One pattern matching any of `words`, factored by prefix (the regex engine tries the
+    alternatives of a branch one by one at every position)."""
+    tree: dict[str, Any] = {}
+    for word in words:
+        node = tree
+        for c in word:
+            node = node.setdefault(c, {})
+        node[""] = {}
+
+    def pattern(node: dict[str, Any]) -> str:
+        if "" in node:  # a shorter word is enough to say one occurs
+            return ""
+        alternatives = [re.escape(c) + pattern(child) for c, child in sorted(node.items())]
+        return alternatives[0] if len(alternatives) == 1 else f"(?:{'|'.join(alternatives)})"
+
+    return pattern(tree)
+
+
+# Short strings (headers, URL parts, most JSON strings) get one look for any anchor or stem, in
+# lower case: cheaper below this length than a look for each.
+_ANY = re.compile(_trie({*(a.lower() for s in SHAPES for a in s.anchors), *_STEMS}))
+_SHORT = 256
+
+
 @dataclass(frozen=True)
 class Look:
     """Which shapes, and whether credential words, occur in a text: a string taken from it can
@@ -191,47 +245,60 @@ class Look:
 
     shapes: tuple[Shape, ...]
     pairs: bool
+    stems: tuple[str, ...] | None = None  # the stems that occur (None: not looked for)
 
     @staticmethod
     def at(value: str) -> Look:
         """What occurs in `value`."""
-        shapes = tuple(s for s in SHAPES if any(a in value for a in s.anchors))
-        lowered = value.lower()
-        return Look(shapes, any(stem in lowered for stem in _STEMS))
+        if len(value) <= _SHORT and _ANY.search(value.lower()) is None:
+            return NOTHING
+        shapes = tuple(s for s in SHAPES if s.occurs(value))
+        stems = tuple(_stems(value.lower())) if _pairs_possible(value) else ()
+        return Look(shapes, bool(stems), stems)
 
     def __bool__(self) -> bool:
         return bool(self.shapes) or self.pairs
 
 
 EVERYTHING = Look(SHAPES, True)
+NOTHING = Look((), False, ())
 
 
-# Short strings (headers, URL parts, most JSON strings) get one look for any anchor or stem.
-_ANY = re.compile(
-    "|".join(sorted(re.escape(a.lower()) for a in {*(a for s in SHAPES for a in s.anchors), *_STEMS}))
-)
-_SHORT = 512
+# Short strings seen to hold no anchor and no stem: header values, paths and field values repeat
+# from one request to the next. Only such strings are kept, never one that held a credential.
+_CLEAN: set[str] = set()
+_CLEAN_KEPT = 4096
 
 
 def text(value: str, look: Look | None = None) -> str:
     """A string with every credential-shaped part replaced (token formats, `password=...`)."""
-    if len(value) <= _SHORT and _ANY.search(value.lower()) is None:
-        return value
+    if len(value) <= _SHORT:
+        if value in _CLEAN:
+            return value
+        if _ANY.search(value.lower()) is None:
+            if len(_CLEAN) >= _CLEAN_KEPT:
+                _CLEAN.clear()
+            _CLEAN.add(value)
+            return value
     out = value
     for shape in SHAPES if look is None else look.shapes:
-        if any(a in out for a in shape.anchors):
+        if shape.occurs(out):
             out = shape.sub(out)
     if look is None or look.pairs:
-        out = _pairs(out)
+        out = _pairs(out, None if look is None else look.stems)
     return value if out == value else out
 
 
-def _pairs(value: str) -> str:
+def _pairs(value: str, stems: Iterable[str] | None = None) -> str:
+    """`value` with the values of its credential pairs replaced; `stems`: those that may occur
+    in it (a look at a text it was taken from found them)."""
+    if not _pairs_possible(value):
+        return value
     lowered = value.lower()
     if len(lowered) != len(value):  # a character whose lower case is longer: stay on the original
         lowered = value
     spans: set[tuple[int, int]] = set()
-    for stem in _STEMS:
+    for stem in _stems(lowered) if stems is None else stems:
         at = lowered.find(stem)
         while at >= 0:
             start, end = at, at + len(stem)
@@ -271,14 +338,14 @@ def walk(value: Any, look: Look | None = None) -> Any:
 
 
 class _Walk:
-    """One walk over a parsed value; plain type checks and a per-walk cache of field names keep
-    it cheap on bodies of thousands of fields."""
+    """One walk over a parsed value; plain type checks, loops written out and a per-walk cache
+    of field names keep it cheap on bodies of thousands of fields."""
 
     def __init__(self, look: Look):
         self.look = look
         self.scan = bool(look)
         self.pairs_only = not look.shapes
-        self.names: dict[str, bool] = {}
+        self.names: dict[Any, bool] = {}
 
     def value(self, value: Any) -> Any:
         t = type(value)
@@ -293,26 +360,35 @@ class _Walk:
         return self.items(value) if isinstance(value, list) else value
 
     def string(self, value: str) -> str:
-        # With no token shape about, only a `name=value` or `name: value` pair can be a secret.
+        # With no token shape about, only a `name=value` or `name: value` pair can be a secret
+        # (the loops below test the same inline).
         if not self.scan or (self.pairs_only and "=" not in value and ":" not in value):
             return value
         return text(value, self.look)
 
-    def secret(self, name: Any) -> bool:
-        known = self.names.get(name)
-        if known is None:
-            known = self.names[name] = _secret_field(name if type(name) is str else str(name))
-        return known
-
     def fields(self, value: dict[Any, Any]) -> dict[Any, Any]:
         out = None
+        names, scan, pairs_only = self.names, self.scan, self.pairs_only
         for k, v in value.items():
-            if self.secret(k):
+            secret = names.get(k)
+            if secret is None:
+                secret = names[k] = _secret_field(k if type(k) is str else str(k))
+            if secret:
                 new: Any = REDACTED
-            elif type(v) is int or type(v) is float or v is None or type(v) is bool:
-                continue
             else:
-                new = self.value(v)
+                t = type(v)
+                if t is str:
+                    if not scan or (pairs_only and "=" not in v and ":" not in v):
+                        continue
+                    new = text(v, self.look)
+                elif t is dict:
+                    new = self.fields(v)
+                elif t is list:
+                    new = self.items(v)
+                elif t is int or t is float or v is None or t is bool:
+                    continue
+                else:
+                    new = self.value(v)
             if new is not v:
                 if out is None:
                     out = dict(value)
@@ -321,10 +397,21 @@ class _Walk:
 
     def items(self, value: list[Any]) -> list[Any]:
         out = None
+        scan, pairs_only = self.scan, self.pairs_only
         for i, v in enumerate(value):
-            if type(v) is int or type(v) is float or v is None or type(v) is bool:
+            t = type(v)
+            if t is str:
+                if not scan or (pairs_only and "=" not in v and ":" not in v):
+                    continue
+                new: Any = text(v, self.look)
+            elif t is dict:
+                new = self.fields(v)
+            elif t is list:
+                new = self.items(v)
+            elif t is int or t is float or v is None or t is bool:
                 continue
-            new = self.value(v)
+            else:
+                new = self.value(v)
             if new is not v:
                 if out is None:
                     out = list(value)
@@ -419,13 +506,83 @@ def _json(data: bytes, raw: str, value: Any) -> bytes:
     look = EVERYTHING if "\\u" in raw else Look.at(raw)
     if not look:
         return data
-    redacted = walk(value, look)
-    if redacted is not value:
-        return json.dumps(redacted, ensure_ascii=False, separators=(",", ":")).encode()
+    if _walk_may_change(raw, look):
+        redacted = walk(value, look)
+        if redacted is not value:
+            return json.dumps(redacted, ensure_ascii=False, separators=(",", ":")).encode()
     # The walk saw the parsed document, in which a repeated key hides the values before it: the
     # raw text is searched too.
     cleaned = text(raw, look)
     return data if cleaned == raw else cleaned.encode()
+
+
+# Past this many strings holding a credential word (or escaped quotes passed to find one's ends),
+# walking the JSON is the cheaper way.
+_STRINGS_LOOKED_AT = 64
+_ESCAPED_QUOTES = 32
+_FIELD_END = re.compile(r"[ \t\r\n]*:")
+
+
+def _walk_may_change(raw: str, look: Look) -> bool:
+    """False when a walk for `look`, which found only credential words, would change nothing:
+    every string of the JSON text `raw` holding one of the words is a field name that is not a
+    credential's or a value with no credential pair. Outside its strings JSON has only numbers,
+    true, false and null, so every such word stands in one."""
+    if look.shapes or look.stems is None:
+        return True
+    lowered = raw.lower()
+    if len(lowered) != len(raw):
+        return True
+    seen: set[int] = set()
+    for stem in look.stems:
+        at = lowered.find(stem)
+        while at >= 0:
+            start, end = _quote_before(raw, at), _quote_after(raw, at)
+            if start < 0 or end < 0:
+                return True
+            if start not in seen:
+                if len(seen) >= _STRINGS_LOOKED_AT:
+                    return True
+                seen.add(start)
+                string = _loads(raw[start : end + 1].encode())
+                if type(string) is not str:
+                    return True
+                if _FIELD_END.match(raw, end + 1):
+                    if _secret_field(string):
+                        return True
+                elif text(string, look) != string:
+                    return True
+            at = lowered.find(stem, end + 1)
+    return False
+
+
+def _quote_before(raw: str, at: int) -> int:
+    """Where the string of a JSON text around `at` opens (the first quote before it that no
+    backslash escapes), or -1 (also past _ESCAPED_QUOTES escaped ones)."""
+    quote = raw.rfind('"', 0, at)
+    for _ in range(_ESCAPED_QUOTES):
+        if quote <= 0 or not _escaped(raw, quote):
+            return quote
+        quote = raw.rfind('"', 0, quote)
+    return -1
+
+
+def _quote_after(raw: str, at: int) -> int:
+    """Where the string of a JSON text around `at` closes, or -1 (also past _ESCAPED_QUOTES
+    escaped ones)."""
+    quote = raw.find('"', at)
+    for _ in range(_ESCAPED_QUOTES):
+        if quote < 0 or not _escaped(raw, quote):
+            return quote
+        quote = raw.find('"', quote + 1)
+    return -1
+
+
+def _escaped(raw: str, at: int) -> bool:
+    backslashes = 0
+    while at - backslashes > 0 and raw[at - backslashes - 1] == "\\":
+        backslashes += 1
+    return backslashes % 2 == 1
 
 
 _UNICODE_BOMS = (
