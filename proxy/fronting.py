@@ -11,7 +11,8 @@ naming both. Reverse listeners are exempt: mitmproxy sets the names to the named
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.net.http import url
@@ -59,6 +60,10 @@ def mismatch(flow: http.HTTPFlow) -> str | None:
     else:
         target, target_port = flow.request.host, flow.request.port
         destination = url.hostport(flow.request.scheme, target, target_port)
+        # The common case: every name is the destination as the client wrote it.
+        same = {target.lower(), destination.lower(), f"{target}:{target_port}".lower()}
+        if all(value.lower() in same for _, value in named):
+            return None
     for where, value in named:
         try:
             host, port = url.parse_authority(value, check=True)
@@ -89,24 +94,36 @@ class Fronting:
         self.upstreams = upstreams
         self.agent = agent
 
-    async def request(self, flow: http.HTTPFlow) -> None:
-        """Refuse, and log, a request naming another host inside than the one it goes to."""
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Refuse, and log, a request naming another host inside than the one it goes to.
+
+        The check is synchronous: only a refusal, which must be logged, returns a coroutine for
+        mitmproxy to await, so a request whose names agree costs no task switch.
+        """
         if flow.response or flow.error or not flow.live:
-            return
+            return None
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-            return
+            return None
         try:
             why = mismatch(flow)
-            if why is None:
-                return
+        except Exception:
+            # mitmproxy forwards a flow whose hook raised: refuse instead.
+            logger.exception("could not check the names of %s", flow.request.pretty_url)
+            flow.response = answers.internal_error(
+                "airlock could not check the names in this request; it was not forwarded"
+            )
+            return None
+        return None if why is None else self._refuse(flow, why)
+
+    async def _refuse(self, flow: http.HTTPFlow, why: str) -> None:
+        try:
             action = classify(
                 flow, agent=self.agent, upstream=self.upstreams.get(flow.client_conn.proxy_mode)
             )
             answer = await self.admission.refuse(action, refused_fronting(why))
             flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
         except Exception:
-            # mitmproxy forwards a flow whose hook raised: refuse instead.
-            logger.exception("could not check the names of %s", flow.request.pretty_url)
+            logger.exception("could not refuse %s", flow.request.pretty_url)
             flow.response = answers.internal_error(
                 "airlock could not check the names in this request; it was not forwarded"
             )

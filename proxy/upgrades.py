@@ -11,6 +11,8 @@ streams, is off as well).
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
@@ -63,14 +65,27 @@ class Upgrades:
         self.upstreams = upstreams
         self.agent = agent
 
-    async def request(self, flow: http.HTTPFlow) -> None:
-        """Refuse, and log, a request that asks to switch to another protocol than WebSocket."""
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Refuse, and log, a request that asks to switch to another protocol than WebSocket.
+
+        The check is synchronous: only a refusal, which must be logged, returns a coroutine for
+        mitmproxy to await.
+        """
         if flow.response or flow.error or not flow.live:
-            return
+            return None
         try:
             protocol = asked_protocol(flow.request)
-            if protocol is None:
-                return
+        except Exception:
+            # mitmproxy forwards a flow whose hook raised: refuse instead.
+            logger.exception("could not read the upgrade of %s", flow.request.pretty_url)
+            flow.response = answers.internal_error(
+                "airlock could not decide this upgrade; it was not forwarded"
+            )
+            return None
+        return None if protocol is None else self._refuse(flow, protocol)
+
+    async def _refuse(self, flow: http.HTTPFlow, protocol: str) -> None:
+        try:
             upstream = self.upstreams.get(flow.client_conn.proxy_mode)
             action = classify(flow, agent=self.agent, upstream=upstream)
             answer = await self.admission.refuse(action, refused_upgrade(protocol))
