@@ -21,7 +21,8 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
@@ -149,15 +150,21 @@ class Egress:
             if not servers:
                 del self._open[key]
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Before a decided request may reuse an open connection to its host, close those whose
-        address the check would not pick now (the answer changed, or the rules did)."""
+        address the check would not pick now (the answer changed, or the rules did). Only a
+        request with open connections to recheck returns a coroutine for mitmproxy to await."""
         if flow.response or flow.error or not self._open:
-            return
+            return None
         host, port = flow.request.host, flow.request.port
         servers = self._open.get((flow.client_conn.id, host, port))
         if not servers:
-            return
+            return None
+        return self._recheck(flow, host, port, servers)
+
+    async def _recheck(
+        self, flow: http.HTTPFlow, host: str, port: int, servers: dict[str, tuple[connection.Server, Address]]
+    ) -> None:
         try:
             addresses = await self.resolver.addresses(host)
         except Unresolvable:

@@ -87,7 +87,7 @@ def refused_fronting(why: str) -> Decision:
 
 
 class Fronting:
-    """The mitmproxy addon that refuses requests whose names disagree with their destination."""
+    """The gate's guard that refuses requests whose names disagree with their destination."""
 
     def __init__(self, admission: Admission, upstreams: dict[ProxyMode, str], *, agent: str):
         self.admission = admission
@@ -114,6 +114,9 @@ class Fronting:
             )
             return None
         return None if why is None else self._refuse(flow, why)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Nothing to check in an answer: the names are the request's."""
 
     async def _refuse(self, flow: http.HTTPFlow, why: str) -> None:
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
 
 from mitmproxy import http
 from mitmproxy.net.http import url
@@ -34,6 +36,17 @@ TRACK = "airlock.tracking"
 MCP = "airlock.mcp"
 INTRODUCTION = "airlock.introduction"  # `initialize` requests to a server not yet shown to be MCP
 STREAM_ABOVE = 256 * 1024
+
+
+class Guard(Protocol):
+    """A check that refuses a request outright before the gate decides it (another protocol,
+    names that disagree with the destination), run by the gate's own hooks in order."""
+
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """None when the request may go on to the gate; else the coroutine that refuses it."""
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Look at the answer before anything else reads it (and kill the flow if it must)."""
 
 
 class Gate:
@@ -63,6 +76,13 @@ class Gate:
         self.egress = Egress(lambda: self.ruleset)
         self.evidence = Evidence()  # which servers have shown they are MCP
         self.legacy: set[str] = set()  # URLs legacy SSE sessions POST to (their channels)
+        # Run from the gate's hooks rather than as addons of their own: every addon hook costs
+        # each request a dispatch, and the guards must run before the gate anyway.
+        self.guards: Sequence[Guard] = ()
+
+    def guard_with(self, *guards: Guard) -> None:
+        """Run `guards`, in order, before the gate decides each request."""
+        self.guards = guards
 
     @property
     def ruleset(self) -> Ruleset:
@@ -81,6 +101,11 @@ class Gate:
         """Decide and log a request before it may go upstream; on any failure, refuse it."""
         if flow.response or flow.error or not flow.live:
             return
+        for guard in self.guards:
+            if (refusing := guard.request(flow)) is not None:
+                await refusing
+            if flow.response or flow.error:
+                return
         try:
             upstream = self.upstreams.get(flow.client_conn.proxy_mode)
             if isinstance(flow.client_conn.proxy_mode, TransparentMode):
@@ -143,7 +168,9 @@ class Gate:
             self._settle_broken(flow, f"airlock could not read the response headers: {e!r}")
 
     def _responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
+        for guard in self.guards:
+            guard.responseheaders(flow)
+        if flow.response is None or flow.error:
             return
         tracking = flow.metadata.get(TRACK)
         exchange: Exchange | None = flow.metadata.get(MCP)

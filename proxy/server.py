@@ -73,14 +73,14 @@ def data_plane() -> list[object]:
 
 
 def gated(gate: Gate, named: dict[ProxyMode, str], agent: str) -> list[object]:
-    """Airlock's own addons, in the order their hooks must run: the guards that refuse what the
-    gate must never see (other protocols, mismatched names) first, then the gate, then what
-    follows an admitted upgrade (WebSocket messages), and egress as connections open."""
+    """Airlock's own addons, in the order their hooks must run: tunnels (what a connection may
+    carry), WebSocket messages (whose addon reads the agent header before the gate removes it),
+    the gate with its guards (other protocols, mismatched names: refused before it decides),
+    and egress as connections open."""
     admission = gate.admission
+    gate.guard_with(Upgrades(admission, named, agent=agent), Fronting(admission, named, agent=agent))
     return [
         Tunnels(admission, lambda: gate.ruleset, gate.egress, agent=agent),
-        Upgrades(admission, named, agent=agent),
-        Fronting(admission, named, agent=agent),
         WebSockets(admission, named, gate.calls.catalog, agent=agent),
         gate,
         gate.egress,

@@ -58,7 +58,7 @@ def refused_upgrade(protocol: str) -> Decision:
 
 
 class Upgrades:
-    """The mitmproxy addon that refuses upgrades to protocols the gate cannot read."""
+    """The gate's guard that refuses upgrades to protocols the gate cannot read."""
 
     def __init__(self, admission: Admission, upstreams: dict[ProxyMode, str], *, agent: str):
         self.admission = admission

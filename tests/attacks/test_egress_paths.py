@@ -591,7 +591,8 @@ def test_the_guards_run_before_the_gate_and_egress_after(tmp_path: Path) -> None
         kinds = [type(addon) for addon in gated(gate, {}, "t")]
     finally:
         log.close()
-    assert kinds == [Tunnels, Upgrades, Fronting, WebSockets, Gate, Egress]
+    assert kinds == [Tunnels, WebSockets, Gate, Egress]
+    assert [type(guard) for guard in gate.guards] == [Upgrades, Fronting]
     assert not any(type(addon).__name__ == "Block" for addon in data_plane())
     assert any(isinstance(addon, Clients) for addon in data_plane())
 
