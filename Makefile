@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Debian packages the tests drive: curl as a real client; iptables, iproute2 (ip) and
-# util-linux (setpriv) and procps (sysctl) for the capture and isolation tests, which run only as root.
-DEBS := curl:curl iptables:iptables ip:iproute2 setpriv:util-linux sysctl:procps
+# util-linux (setpriv) and procps (sysctl) for the capture and isolation tests, which run only as root;
+# nodejs for an upstream that reads JSON as Node does.
+DEBS := curl:curl iptables:iptables ip:iproute2 setpriv:util-linux sysctl:procps node:nodejs
 
 deps:
 	@missing=$$(for d in $(DEBS); do command -v $${d%%:*} >/dev/null || echo $${d#*:}; done); \
