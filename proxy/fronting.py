@@ -11,18 +11,15 @@ naming both. Reverse listeners are exempt: mitmproxy sets the names to the named
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from mitmproxy import http
 from mitmproxy.net.http import url
-from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode, TransparentMode
+from mitmproxy.proxy.mode_specs import ReverseMode, TransparentMode
 
 from rules import Decision, Verdict
 
-from . import answers
-from .admission import Admission
-from .protocols.http import classify
+from .guards import RequestGuard
 
 logger = logging.getLogger(__name__)
 
@@ -86,47 +83,14 @@ def refused_fronting(why: str) -> Decision:
     )
 
 
-class Fronting:
+class Fronting(RequestGuard):
     """The gate's guard that refuses requests whose names disagree with their destination."""
 
-    def __init__(self, admission: Admission, upstreams: dict[ProxyMode, str], *, agent: str):
-        self.admission = admission
-        self.upstreams = upstreams
-        self.agent = agent
+    checks = "the names in this request"
 
-    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        """Refuse, and log, a request naming another host inside than the one it goes to.
-
-        The check is synchronous: only a refusal, which must be logged, returns a coroutine for
-        mitmproxy to await, so a request whose names agree costs no task switch.
-        """
-        if flow.response or flow.error or not flow.live:
-            return None
+    def check(self, flow: http.HTTPFlow) -> Decision | None:
+        """The refusal of a request naming another host inside than the one it goes to."""
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-            return None
-        try:
-            why = mismatch(flow)
-        except Exception:
-            # mitmproxy forwards a flow whose hook raised: refuse instead.
-            logger.exception("could not check the names of %s", flow.request.pretty_url)
-            flow.response = answers.internal_error(
-                "airlock could not check the names in this request; it was not forwarded"
-            )
-            return None
-        return None if why is None else self._refuse(flow, why)
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """Nothing to check in an answer: the names are the request's."""
-
-    async def _refuse(self, flow: http.HTTPFlow, why: str) -> None:
-        try:
-            action = classify(
-                flow, agent=self.agent, upstream=self.upstreams.get(flow.client_conn.proxy_mode)
-            )
-            answer = await self.admission.refuse(action, refused_fronting(why))
-            flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
-        except Exception:
-            logger.exception("could not refuse %s", flow.request.pretty_url)
-            flow.response = answers.internal_error(
-                "airlock could not check the names in this request; it was not forwarded"
-            )
+            return None  # mitmproxy sets the names to the named upstream
+        why = mismatch(flow)
+        return None if why is None else refused_fronting(why)

@@ -11,18 +11,14 @@ streams, is off as well).
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
-from typing import Any
 
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ProxyMode
 
 from rules import Decision, Verdict
 
-from . import answers
-from .admission import Admission, Tracking
+from .admission import Tracking
 from .gate import TRACK
-from .protocols.http import classify
+from .guards import RequestGuard
 
 logger = logging.getLogger(__name__)
 
@@ -57,48 +53,18 @@ def refused_upgrade(protocol: str) -> Decision:
     )
 
 
-class Upgrades:
+class Upgrades(RequestGuard):
     """The gate's guard that refuses upgrades to protocols the gate cannot read."""
 
-    def __init__(self, admission: Admission, upstreams: dict[ProxyMode, str], *, agent: str):
-        self.admission = admission
-        self.upstreams = upstreams
-        self.agent = agent
+    checks = "this upgrade"
+    # The client may already be sending the other protocol's bytes: they must not be read as
+    # the next HTTP request, so the connection ends with the refusal.
+    closes = True
 
-    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        """Refuse, and log, a request that asks to switch to another protocol than WebSocket.
-
-        The check is synchronous: only a refusal, which must be logged, returns a coroutine for
-        mitmproxy to await.
-        """
-        if flow.response or flow.error or not flow.live:
-            return None
-        try:
-            protocol = asked_protocol(flow.request)
-        except Exception:
-            # mitmproxy forwards a flow whose hook raised: refuse instead.
-            logger.exception("could not read the upgrade of %s", flow.request.pretty_url)
-            flow.response = answers.internal_error(
-                "airlock could not decide this upgrade; it was not forwarded"
-            )
-            return None
-        return None if protocol is None else self._refuse(flow, protocol)
-
-    async def _refuse(self, flow: http.HTTPFlow, protocol: str) -> None:
-        try:
-            upstream = self.upstreams.get(flow.client_conn.proxy_mode)
-            action = classify(flow, agent=self.agent, upstream=upstream)
-            answer = await self.admission.refuse(action, refused_upgrade(protocol))
-            flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
-            # The client may already be sending the other protocol's bytes: they must not be read
-            # as the next HTTP request, so the connection ends with the refusal.
-            flow.response.headers["connection"] = "close"
-        except Exception:
-            # mitmproxy forwards a flow whose hook raised: refuse instead.
-            logger.exception("could not decide the upgrade of %s", flow.request.pretty_url)
-            flow.response = answers.internal_error(
-                "airlock could not decide this upgrade; it was not forwarded"
-            )
+    def check(self, flow: http.HTTPFlow) -> Decision | None:
+        """The refusal of a request that asks to switch to another protocol than WebSocket."""
+        protocol = asked_protocol(flow.request)
+        return None if protocol is None else refused_upgrade(protocol)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Kill a flow whose upstream switched to a protocol other than WebSocket."""
