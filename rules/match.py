@@ -23,7 +23,7 @@ import jsonschema
 from .action import Action
 from .body import parse_json
 from .paths import normalized_path as normalized_path  # where path rules have always found it
-from .readings import readings_of
+from .readings import Readings, readings_of
 
 Predicate = Callable[[Action], bool]
 
@@ -221,8 +221,11 @@ def _effect(v: Any, widen: bool) -> Predicate:
     return lambda a: a.effect.value in effects
 
 
-def _body(v: Any, widen: bool) -> Predicate:
-    valid = _schema(v)
+def _over_body(
+    pick: Callable[[Readings], Iterable[Any]], test: Callable[[Any], bool], widen: bool
+) -> Predicate:
+    """A test of the body's readings (its documents, or its texts): widened, any reading that
+    passes, or a body that cannot be read unambiguously, matches; strict, every reading must."""
 
     def widened(a: Action) -> bool:
         if not a.body:
@@ -230,16 +233,20 @@ def _body(v: Any, widen: bool) -> Predicate:
         r = readings_of(a)
         if r.problem is not None:
             return r.unknown()
-        return any(valid(doc) for doc in r.documents)
+        return any(test(x) for x in pick(r))
 
     def strict(a: Action) -> bool:
         if not a.body:
             return False
         r = readings_of(a)
-        docs = r.documents
-        return r.problem is None and bool(docs) and all(valid(doc) for doc in docs)
+        seen = list(pick(r))
+        return r.problem is None and bool(seen) and all(test(x) for x in seen)
 
     return widened if widen else strict
+
+
+def _body(v: Any, widen: bool) -> Predicate:
+    return _over_body(lambda r: r.documents, _schema(v), widen)
 
 
 def _args(v: Any, widen: bool) -> Predicate:
@@ -253,23 +260,7 @@ def _args(v: Any, widen: bool) -> Predicate:
 
 def _text(v: Any, widen: bool) -> Predicate:
     search = re.compile(v).search
-
-    def widened(a: Action) -> bool:
-        if not a.body:
-            return False
-        r = readings_of(a)
-        if r.problem is not None:
-            return r.unknown()
-        return any(search(t) is not None for t in r.texts)
-
-    def strict(a: Action) -> bool:
-        if not a.body:
-            return False
-        r = readings_of(a)
-        texts = r.texts
-        return r.problem is None and bool(texts) and all(search(t) is not None for t in texts)
-
-    return widened if widen else strict
+    return _over_body(lambda r: r.texts, lambda t: search(t) is not None, widen)
 
 
 def _all(v: Any, widen: bool) -> Predicate:
