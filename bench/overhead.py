@@ -286,9 +286,9 @@ async def serve_data_plane(port: int, work: Path) -> None:
     """Airlock's own mitmproxy data plane (its addons and options) with no gate and no log."""
     from mitmproxy import master, options
 
-    from proxy.config import Address, RunConfig
-    from proxy.datadir import DataDir
-    from proxy.server import configure, data_plane
+    from proxy.ops.config import Address, RunConfig
+    from proxy.ops.datadir import DataDir
+    from proxy.plane.server import configure, data_plane
 
     cfg = RunConfig(data=work, listen=Address("127.0.0.1", port))
     m = master.Master(options.Options())

@@ -2,9 +2,9 @@
 
 Usage: ``.venv/bin/python bench/redaction.py [--before REV] [--repeats R] [--batch-ms MS]``
 
-The previous `proxy/redact.py` is read from git (`git show REV:proxy/redact.py`) into a temporary
+The previous `proxy/core/redact.py` is read from git (`git show REV:proxy/core/redact.py`) into a temporary
 module, so both are measured in the same run on the same actions. REV defaults to HEAD when the
-working copy of `proxy/redact.py` differs from it, else to the commit before the last one that
+working copy of `proxy/core/redact.py` differs from it, else to the commit before the last one that
 changed the file. A third column, "none", swaps in a redaction that returns everything as it is:
 the floor of `describe` (building the record, digesting the body).
 
@@ -42,11 +42,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from proxy import records, redact  # noqa: E402
+from proxy.core import records, redact  # noqa: E402
 from rules import Action, Effect  # noqa: E402
 from rules.match import json_of  # noqa: E402
 
-MODULE = "proxy/redact.py"
+MODULE = "proxy/core/redact.py"
+EARLIER = ("proxy/redact.py",)
 
 
 # ---- the redactions ---------------------------------------------------------------------------
@@ -61,13 +62,28 @@ def before_rev() -> str:
     change to it."""
     if _git("diff", "--name-only", "HEAD", "--", MODULE).strip():
         return "HEAD"
-    return _git("log", "-n", "1", "--format=%H", "--", MODULE).strip() + "~"
+    # The last commit that changed its content, following it across moves.
+    changed = _git("log", "--follow", "--diff-filter=AM", "-n", "1", "--format=%H", "--", MODULE)
+    return changed.strip() + "~"
+
+
+def path_at(rev: str) -> str:
+    """Where the module lived at `rev` (it has moved once)."""
+    for path in (MODULE, *EARLIER):
+        if (
+            subprocess.run(
+                ["git", "cat-file", "-e", f"{rev}:{path}"], cwd=ROOT, capture_output=True
+            ).returncode
+            == 0
+        ):
+            return path
+    raise SystemExit(f"no redaction module at {rev}: pass --before with a revision that has one")
 
 
 def load_before(rev: str, into: Path) -> ModuleType:
     """The module as it was at `rev`, imported under another name."""
     path = into / "redact_before.py"
-    path.write_text(_git("show", f"{rev}:{MODULE}"))
+    path.write_text(_git("show", f"{rev}:{path_at(rev)}"))
     spec = importlib.util.spec_from_file_location("redact_before", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

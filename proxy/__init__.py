@@ -1,1 +1,3 @@
-"""The proxy process and its faces: the mitmproxy addons, protocol adapters, control API and CLI."""
+"""The proxy process: a transport-neutral core, MCP, the mitmproxy data plane, operations, routing
+and the `airlock` command. Imports flow core <- mcp, ops <- plane, routing <- cli; only plane/
+imports mitmproxy."""

@@ -13,11 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from rules import RulesError, Ruleset, default_path
-from store import Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
-
-from . import logview, records
-from .config import (
+from proxy.ops.config import (
     TRANSPARENT,
     Address,
     ConfigError,
@@ -30,9 +26,14 @@ from .config import (
     parse_uid,
     parse_upstream,
 )
-from .datadir import DataDir, DataDirError
-from .environ import agent_environment
+from proxy.ops.datadir import DataDir, DataDirError
+from proxy.routing.environ import agent_environment
+from rules import RulesError, Ruleset, default_path
+from store import Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
+
+from .core import records
 from .errors import CAFileError, StartupError
+from .ops import logview
 
 
 class UserError(Exception):
@@ -322,7 +323,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"ports must differ: --listen, --control, --transparent and --upstream use {ports}")
     if cfg.upstream_ca is not None and not cfg.upstream_ca.is_file():
         raise UserError(f"--upstream-ca {cfg.upstream_ca}: no such file")
-    from .server import serve  # mitmproxy loads only for the command that runs it
+    from proxy.plane.server import serve  # mitmproxy loads only for the command that runs it
 
     asyncio.run(serve(cfg))
     return 0
@@ -432,7 +433,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     """Print how the proxy would read the request, every rule that matched, and the decision."""
-    from .explain import ExplainError, body_argument, explain_request, header_arguments, render
+    from proxy.plane.explain import ExplainError, body_argument, explain_request, header_arguments, render
 
     ruleset = Ruleset.load(args.rules)
     try:
@@ -456,7 +457,7 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
 
 def cmd_ca(args: argparse.Namespace) -> int:
     """Print the CA certificate's path."""
-    from .ca import ensure_ca
+    from proxy.plane.ca import ensure_ca
 
     data = DataDir(args.data)
     data.prepare()
@@ -476,7 +477,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     cmd = _command(args, "airlock mcp -- CMD ARGS...")
     # stdout is the protocol: everything airlock says goes to stderr.
     logging.basicConfig(level=logging.WARNING, format="airlock: %(message)s", stream=sys.stderr)
-    from .stdio import StdioConfig, serve_stdio
+    from proxy.mcp.stdio import StdioConfig, serve_stdio
 
     cfg = StdioConfig(
         command=cmd, data=Path(args.data), rules=args.rules, agent=args.agent, rules_poll=args.rules_poll
@@ -486,7 +487,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     """Install (or remove) the capture rules for one user."""
-    from .capture import Capture, CaptureError, install, remove, resolvers
+    from proxy.routing.capture import Capture, CaptureError, install, remove, resolvers
 
     capture = Capture(args.uid, args.port, tuple(args.dns if args.dns is not None else resolvers()))
     try:
@@ -502,13 +503,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
     """Replace this process with the command, its environment pointed at the proxy (or, with
     --isolate, run it in a namespace that can reach nothing but the proxy)."""
     cmd = _command(args, "airlock exec -- CMD ARGS...")
-    from .ca import ensure_ca
+    from proxy.plane.ca import ensure_ca
 
     data = DataDir(args.data)
     data.prepare()
     cert = ensure_ca(data.ca)
     if args.isolate:
-        from .isolate import IsolateError, Isolation, run_isolated
+        from proxy.routing.isolate import IsolateError, Isolation, run_isolated
 
         private = (data.root.resolve(), args.rules.resolve(), *(p.resolve() for p in args.hide))
         isolation = Isolation(args.transparent, cert, private, args.user)

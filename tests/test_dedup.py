@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from proxy.protocols.http import AGENT_HEADER
+from proxy.plane.adapters.http import AGENT_HEADER
 
 from .conftest import Airlock, Upstream, free_port, wait_for
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.dedup import DedupPolicy, claim_for
-from proxy.storm import Breaker
+from proxy.core.breaker import Breaker
+from proxy.core.keys import DedupPolicy, claim_for
 from rules import Action, RulesError, Ruleset, Verdict
 from rules.dedup import KeyTemplate, StatusSet, Storm, fingerprint, seconds
 

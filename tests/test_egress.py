@@ -23,8 +23,8 @@ from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import tflow
 
-from proxy import egress as egress_module
-from proxy.egress import Egress, Resolver
+from proxy.plane import egress as egress_module
+from proxy.plane.egress import Egress, Resolver
 from rules import EGRESS_RULE, Action, Decision, Effect, Ruleset, Verdict
 from rules.addresses import Address, non_public
 from rules.ruleset import UNREFUSED as PASSED

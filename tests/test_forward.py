@@ -11,7 +11,7 @@ import httpx
 import lmdb
 import requests
 
-from proxy.protocols.http import AGENT_HEADER
+from proxy.plane.adapters.http import AGENT_HEADER
 from store import Log
 
 from .conftest import Airlock, Seen, Upstream, curl, free_port

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mitmproxy.test import taddons, tflow
 
-from proxy.gate import TRACK, Gate
-from proxy.records import BodyPolicy
+from proxy.core.records import BodyPolicy
+from proxy.plane.gate import TRACK, Gate
 from rules import Action, Decision, Ruleset
 from store import Log
 

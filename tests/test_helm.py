@@ -37,10 +37,10 @@ from cryptography.x509.oid import NameOID
 from dockerfile_parse import DockerfileParser  # type: ignore[import-untyped]
 from mitmproxy.certs import CertStore
 
-from proxy.ca import BASENAME, KEY_SIZE, cert_path, install_ca
 from proxy.cli import build_parser
-from proxy.datadir import DataDir
-from proxy.environ import BYPASS_VARS, CA_VARS, PROXY_VARS
+from proxy.ops.datadir import DataDir
+from proxy.plane.ca import BASENAME, KEY_SIZE, cert_path, install_ca
+from proxy.routing.environ import BYPASS_VARS, CA_VARS, PROXY_VARS
 from rules import Ruleset
 
 ROOT = Path(__file__).resolve().parent.parent

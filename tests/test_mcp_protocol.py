@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from proxy.admission import Admission
-from proxy.dedup import DedupPolicy
-from proxy.mcp_http import EventStream
-from proxy.protocols import mcp
-from proxy.protocols.mcp import NotJsonRpc, SseEvent, SseSplitter, ToolCatalog
-from proxy.records import BodyPolicy
-from proxy.stdio import StdioConfig, base_action
-from proxy.toolcalls import REFUSED, ToolCalls
+from proxy.core.admission import Admission
+from proxy.core.keys import DedupPolicy
+from proxy.core.records import BodyPolicy
+from proxy.mcp import messages as mcp
+from proxy.mcp.messages import NotJsonRpc, SseEvent, SseSplitter, ToolCatalog
+from proxy.mcp.stdio import StdioConfig, base_action
+from proxy.mcp.toolcalls import REFUSED, ToolCalls
+from proxy.plane.streams import EventStream
 from rules import Action, Effect, Ruleset, Verdict
 from store import Log
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from proxy import redact
+from proxy.core import redact
 
 # One token of every shape, as agents send them.
 TOKENS = [

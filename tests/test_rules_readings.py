@@ -16,8 +16,8 @@ import brotli  # type: ignore[import-untyped]
 import pytest
 from mitmproxy import http
 
-from proxy.protocols.encoding import MAX_LAYERS, decode
-from proxy.protocols.http import from_request
+from proxy.plane.adapters.encoding import MAX_LAYERS, decode
+from proxy.plane.adapters.http import from_request
 from rules import Action, Effect, Ruleset, Verdict
 from rules.paths import path_readings
 from rules.readings import readings_of

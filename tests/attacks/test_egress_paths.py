@@ -37,16 +37,16 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
-from proxy import egress as egress_module
-from proxy.clients import Clients, refusal
-from proxy.egress import Egress, Resolver
-from proxy.fronting import Fronting
-from proxy.gate import Gate
-from proxy.records import BodyPolicy
-from proxy.server import data_plane, gated
-from proxy.tunnels import Tunnels, readable, refused_layer
-from proxy.upgrades import Upgrades
-from proxy.websocket import WebSockets
+from proxy.core.records import BodyPolicy
+from proxy.plane import egress as egress_module
+from proxy.plane.clients import Clients, refusal
+from proxy.plane.egress import Egress, Resolver
+from proxy.plane.fronting import Fronting
+from proxy.plane.gate import Gate
+from proxy.plane.server import data_plane, gated
+from proxy.plane.tunnels import Tunnels, readable, refused_layer
+from proxy.plane.upgrades import Upgrades
+from proxy.plane.websocket import WebSockets
 from rules import Ruleset
 from store import Log
 

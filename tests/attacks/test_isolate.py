@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 import requests
 
-from proxy.isolate import Link
+from proxy.routing.isolate import Link
 from rules import EGRESS_RULE
 
 from ..conftest import AIRLOCK, Airlock, environ_without_proxy, free_port, wait_for

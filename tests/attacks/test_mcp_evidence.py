@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from mitmproxy.test import taddons, tflow
 
-from proxy.admission import Admission
-from proxy.dedup import DedupPolicy
-from proxy.gate import TRACK, Gate
-from proxy.mcp_evidence import Evidence, is_initialize_result
-from proxy.mcp_http import EventStream
-from proxy.protocols import mcp
-from proxy.records import BodyPolicy
-from proxy.toolcalls import ToolCalls
-from proxy.triage import Route, triage
+from proxy.core.admission import Admission
+from proxy.core.keys import DedupPolicy
+from proxy.core.records import BodyPolicy
+from proxy.mcp import messages as mcp
+from proxy.mcp.evidence import Evidence, is_initialize_result
+from proxy.mcp.toolcalls import ToolCalls
+from proxy.plane.gate import TRACK, Gate
+from proxy.plane.streams import EventStream
+from proxy.plane.triage import Route, triage
 from rules import Action, Effect, Ruleset
 from store import Log
 
@@ -291,7 +291,7 @@ def test_a_hook_that_raises_still_writes_an_outcome(
                 flow.response = tflow.tresp()
                 if hook == "responseheaders":
                     flow.response.headers["content-type"] = "text/event-stream"
-                    monkeypatch.setattr("proxy.gate.EventStream.__init__", _raise)
+                    monkeypatch.setattr("proxy.plane.gate.EventStream.__init__", _raise)
                     gate.responseheaders(flow)
                 elif hook == "response":
                     monkeypatch.setattr(gate, "_record_response", _raise)

@@ -24,9 +24,9 @@ from urllib.parse import quote, quote_plus
 import pytest
 import requests
 
-from proxy import records
-from proxy.redact import Redactor
-from proxy.verify import refusal
+from proxy.core import records
+from proxy.core.recheck import refusal
+from proxy.core.redact import Redactor
 from rules import Action, Effect
 from rules.dedup import parse_dedup
 

@@ -16,12 +16,12 @@ from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.http import HTTPMode
 
+from proxy.core.admission import Admission
+from proxy.plane.adapters.http import AGENT_HEADER
 from rules import Action, Decision, Effect, Ruleset, Verdict
 
 from . import answers
-from .admission import Admission
 from .egress import Egress
-from .protocols.http import AGENT_HEADER
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.core import records
+from proxy.core.reload import RulesReloader
 from rules import RulesError
 from store import Altered, Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
-
-from . import records
-from .reload import RulesReloader
 
 LOG = web.AppKey("log", Log)
 RELOADER = web.AppKey("reloader", RulesReloader)

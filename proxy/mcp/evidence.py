@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from rules import Action
 
-from .protocols import mcp
+from . import messages as mcp
 
 INITIALIZE = "initialize"
 SESSION_HEADER = "mcp-session-id"

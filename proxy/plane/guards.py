@@ -10,11 +10,11 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
+from proxy.core.admission import Admission
+from proxy.plane.adapters.http import classify
 from rules import Decision
 
 from . import answers
-from .admission import Admission
-from .protocols.http import classify
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.core.admission import Admission, Answer, Tracking
 from rules import Action, Decision, Explanation, Verdict
 
-from .admission import Admission, Answer, Tracking
-from .protocols import mcp
-from .triage import decide_messages
+from . import messages as mcp
+from .readings import decide_messages
 
 logger = logging.getLogger(__name__)
 

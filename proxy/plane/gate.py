@@ -16,19 +16,21 @@ from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ProxyMode, TransparentMode
 
+from proxy.core import records
+from proxy.core.admission import Admission, Answer, Tracking
+from proxy.core.keys import DedupPolicy
+from proxy.mcp import messages as mcp
+from proxy.mcp.evidence import SESSION_HEADER, Evidence, Introduction
+from proxy.mcp.readings import server_of
+from proxy.mcp.toolcalls import ToolCalls
+from proxy.plane.adapters.http import AGENT_HEADER, classify, header_map
 from rules import Action, Decision, Ruleset, Verdict
 from store import Log
 
-from . import answers, dedup, records
-from .admission import Admission, Answer, Tracking
-from .dedup import DedupPolicy
+from . import answers, replays
 from .egress import Egress
-from .mcp_evidence import SESSION_HEADER, Evidence, Introduction
-from .mcp_http import EventStream, Exchange, json_answer, settle_json
-from .protocols import mcp
-from .protocols.http import AGENT_HEADER, classify, header_map
-from .toolcalls import ToolCalls
-from .triage import Route, Triage, server_of, triage
+from .streams import EventStream, Exchange, json_answer, settle_json
+from .triage import Route, Triage, triage
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +249,7 @@ class Gate:
             meter(flow.response.raw_content)  # not streamed: the whole body is here
         reply = None
         if tracking.keyed is not None and error is None:
-            reply = dedup.reply_of(flow.response, meter.kept)
+            reply = replays.reply_of(flow.response, meter.kept)
         self.admission.finish(
             tracking,
             flow.response.status_code,
@@ -339,7 +341,7 @@ def _name_by_host_header(flow: http.HTTPFlow) -> None:
 def _http_answer(answer: Answer) -> http.Response:
     """An Answer as the HTTP response the client gets."""
     if answer.reply is not None and answer.replay_of is not None:
-        replayed = dedup.replay(answer.reply, answer.replay_of)
+        replayed = replays.replay(answer.reply, answer.replay_of)
         if replayed is not None:
             return replayed
         decision = Decision(

@@ -1,4 +1,4 @@
-"""Exactly-once effects: the dedup key an action claims, and the replies stored for replays.
+"""Exactly-once effects: the idempotency key an action claims, and what settles it.
 
 A key comes from the client's `Idempotency-Key` header (IETF draft semantics), else from the
 first matching rule's `dedup` (a template over the action, or `auto`: its fingerprint). It is
@@ -10,32 +10,15 @@ payload is a 422; a key whose action is in doubt after a crash is a 409.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass
 from typing import Any
-
-from mitmproxy import http
 
 from rules import Action, Decision
 from rules.dedup import StatusSet, Storm, fingerprint
 from store import Claim
 
 KEY_HEADER = "idempotency-key"
-REPLAYED_HEADER = "Idempotent-Replayed"
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-    }
-)
 
 
 DEFAULT_STORM = Storm(None)  # 5 failures in 60 s
@@ -101,27 +84,3 @@ def is_final(status: int | None) -> bool:
     """By default 2xx, 3xx and 4xx answers are effects (or final refusals) and are replayed;
     5xx and no answer at all let a retry through."""
     return status is not None and status < 500
-
-
-def reply_of(response: http.Response, body: bytes | None) -> dict[str, Any] | None:
-    """The reply to store for replays: status, headers minus hop-by-hop ones, body. It is kept
-    verbatim (cookies and tokens included) because a replay must give the client what the first
-    answer gave it; it lives in the keys database, never in the log's entries."""
-    if body is None:
-        return None
-    headers = [
-        [name, value] for name, value in response.headers.items(multi=True) if name.lower() not in HOP_BY_HOP
-    ]
-    return {"status": response.status_code, "headers": headers, "body": base64.b64encode(body).decode()}
-
-
-def replay(reply: dict[str, Any], original: int) -> http.Response | None:
-    """The stored HTTP reply, marked as a replay of the original action (None if the stored
-    reply is not an HTTP one)."""
-    if "status" not in reply:
-        return None
-    fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply["headers"]]
-    response = http.Response.make(reply["status"], base64.b64decode(reply["body"]), http.Headers(fields))
-    response.headers[REPLAYED_HEADER] = "true"
-    response.headers["X-Airlock-Replay-Of"] = str(original)
-    return response

@@ -12,9 +12,9 @@ of the link:
 - everything else from the namespace (other UDP, ICMP, IPv6, forwarding) is dropped.
 
 The command runs as an unprivileged user (`nobody` unless `--user` says another; never root,
-nor any user who could change airlock's files: `proxy/runas.py`), without capabilities, in
+nor any user who could change airlock's files: `proxy/routing/runas.py`), without capabilities, in
 mount, PID and IPC namespaces where airlock's paths are covered and the host's sockets are out
-of sight (`proxy/confine.py`). Everything made here is removed when the command ends, whatever way it
+of sight (`proxy/routing/confine.py`). Everything made here is removed when the command ends, whatever way it
 ends.
 """
 
@@ -31,8 +31,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.ops.config import Address
+
 from .capture import resolvers
-from .config import Address
 from .confine import CA_INSIDE, Confinement
 from .environ import captured_environment, for_user
 from .runas import RunAsError, check_out_of_reach, code_paths, identity, import_paths

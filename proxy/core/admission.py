@@ -26,10 +26,10 @@ from rules import Action, Decision, Ruleset, Verdict
 from rules.dedup import Storm, fingerprint
 from store import ActionRef, KeyTaken, Log, Record, Settle, State, StoreError
 
-from . import dedup, records
-from .dedup import DedupPolicy, Keyed
+from . import keys, records
+from .breaker import Breaker
+from .keys import DedupPolicy, Keyed
 from .redact import Redactor
-from .storm import Breaker
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Tracking:
 
     def final(self, status: int | None) -> bool:
         """True when the answer (None: none) is the action's effect rather than a failure."""
-        return self.keyed.final(status) if self.keyed is not None else dedup.is_final(status)
+        return self.keyed.final(status) if self.keyed is not None else keys.is_final(status)
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the action was let through."""
@@ -180,7 +180,7 @@ class Admission:
         """
         if decision.refused:
             return await self.refuse(action, decision)
-        keyed = dedup.claim_for(action, decision, self.policy)
+        keyed = keys.claim_for(action, decision, self.policy)
         storm = decision.storm or self.policy.storm
         unkeyed_mutation = keyed is None and action.effect.mutating
         tracking = Tracking(

@@ -15,14 +15,15 @@ from typing import Any
 
 from mitmproxy import http
 
+from proxy.core.records import BodyPolicy, describe
+from proxy.core.redact import Redactor
+from proxy.mcp import messages as mcp
+from proxy.mcp.evidence import Evidence
+from proxy.mcp.readings import server_of
+from proxy.plane.adapters.http import from_request
 from rules import Effect, Explanation, Rule, Ruleset
 
-from .mcp_evidence import Evidence
-from .protocols import mcp
-from .protocols.http import from_request
-from .records import BodyPolicy, describe
-from .redact import Redactor
-from .triage import Triage, server_of, triage
+from .triage import Triage, triage
 
 
 class ExplainError(ValueError):

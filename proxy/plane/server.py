@@ -18,22 +18,22 @@ from mitmproxy.addons import (
 )
 from mitmproxy.proxy.mode_specs import ProxyMode
 
+from proxy.core.recheck import settle_in_doubt
+from proxy.core.records import BodyPolicy
+from proxy.core.reload import RulesReloader
+from proxy.errors import StartupError
+from proxy.ops.config import Address, RunConfig
+from proxy.ops.control import make_app
+from proxy.ops.datadir import DataDir
 from rules import Ruleset
 from store import Log
 
 from .ca import ensure_ca, install_ca
 from .clients import Clients
-from .config import Address, RunConfig
-from .control import make_app
-from .datadir import DataDir
-from .errors import StartupError
 from .fronting import Fronting
 from .gate import Gate
-from .records import BodyPolicy
-from .reload import RulesReloader
 from .tunnels import Tunnels
 from .upgrades import Upgrades
-from .verify import settle_in_doubt
 from .websocket import WebSockets
 
 logger = logging.getLogger("airlock")
@@ -58,8 +58,8 @@ def data_plane() -> list[object]:
     Not the default set: playback, map local/remote, body and header rewriting, sticky
     cookies, scripts and the onboarding app would each be a path that the gate does not see,
     and every hook of every flow would pay for them. mitmproxy's `block_global` is replaced
-    by a rule per listener (proxy/clients.py), and its DNS resolver is left out: DNS is never
-    answered by the proxy (proxy/tunnels.py refuses it).
+    by a rule per listener (proxy/plane/clients.py), and its DNS resolver is left out: DNS is never
+    answered by the proxy (proxy/plane/tunnels.py refuses it).
     """
     return [
         core.Core(),

@@ -5,7 +5,7 @@ A `tools/call` is an action with the tool's name and arguments; its effect comes
 annotations the server gave the tool in its last `tools/list` (readOnlyHint: read,
 destructiveHint: destructive, else write; a tool not listed yet counts as a write). Every
 other request (`initialize`, `tools/list`, `resources/read`, ...) and every notification is a
-read. Which requests are MCP at all is the server's to show (see proxy/mcp_evidence.py): a
+read. Which requests are MCP at all is the server's to show (see proxy/mcp/evidence.py): a
 body shaped like JSON-RPC is not enough. Refusals are tool results with `isError: true` that
 the model reads; malformed JSON-RPC gets JSON-RPC errors.
 """

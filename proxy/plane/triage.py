@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from rules import Action, Decision, Effect, Explanation, Ruleset, Verdict
+from proxy.mcp import messages as mcp
+from proxy.mcp.evidence import Evidence, Introduction
+from proxy.mcp.readings import decide_messages, judge
+from rules import Action, Decision, Explanation, Ruleset, Verdict
 from rules.ruleset import PRECEDENCE
-
-from .mcp_evidence import Evidence, Introduction
-from .protocols import mcp
 
 
 class Route(StrEnum):
@@ -65,7 +65,7 @@ def triage(
     proven = evidence.proven(action)
     session = mcp.session_action(action, proven=proven, issued=lambda sid: evidence.issued(action, sid))
     if session is not None:
-        read = _judge(ruleset, session, complete=complete)
+        read = judge(ruleset, session, complete=complete)
         return Triage(Route.HTTP, read.action, read.decision, (read,))
     messages: list[dict[str, Any]] | None = None
     try:
@@ -76,7 +76,7 @@ def triage(
     if messages is not None and proven and action.method == "POST":
         readings = decide_messages(messages, action, ruleset, catalog, complete=complete)
         return Triage(Route.MCP, action, _strictest(readings).decision, tuple(readings), messages)
-    plain = _judge(ruleset, action, complete=complete)
+    plain = judge(ruleset, action, complete=complete)
     if messages is None:
         return Triage(Route.HTTP, plain.action, plain.decision, (plain,))
     # Shaped like JSON-RPC, to a server not shown to be MCP: every reading counts.
@@ -101,47 +101,12 @@ def triage(
     )
 
 
-def decide_messages(
-    messages: list[dict[str, Any]],
-    base: Action,
-    ruleset: Ruleset,
-    catalog: mcp.ToolCatalog,
-    *,
-    server: str | None = None,
-    floor: Effect | None = None,
-    complete: bool = False,
-) -> list[Explanation]:
-    """Each JSON-RPC message as an MCP action, decided. `server` names the server in the tool
-    catalog (default: the base action's host:port); `floor` is the least effect each counts as."""
-    server = server or server_of(base)
-    out = []
-    for message in messages:
-        action = mcp.action_of(message, base, catalog, server)
-        if floor is not None:
-            action = dataclasses.replace(action, effect=action.effect.stricter(floor))
-        out.append(_judge(ruleset, action, complete=complete))
-    return out
-
-
-def server_of(action: Action) -> str:
-    """The MCP server an action goes to, as the tool catalog knows it."""
-    return f"{action.host}:{action.port}"
-
-
-def _judge(ruleset: Ruleset, action: Action, *, complete: bool) -> Explanation:
-    """Decide one reading: with every matching rule for an explanation, else as the proxy does."""
-    if complete:
-        return ruleset.explain(action)
-    decided, decision = ruleset.decide(action)
-    return Explanation(decided, "", [], decision, "")
-
-
 def _strictest(readings: list[Explanation]) -> Explanation:
     return max(readings, key=lambda r: (r.decision.refused, PRECEDENCE[r.decision.verdict]))
 
 
 def _malformed(action: Action, ruleset: Ruleset, problem: str, complete: bool) -> Triage:
-    read = _judge(ruleset, dataclasses.replace(action, protocol="mcp"), complete=complete)
+    read = judge(ruleset, dataclasses.replace(action, protocol="mcp"), complete=complete)
     decision = Decision(Verdict.DENY, None, f"{problem}; nothing was forwarded", "invalid_jsonrpc")
     return Triage(
         Route.MALFORMED,

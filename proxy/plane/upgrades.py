@@ -1,7 +1,7 @@
 """Protocol upgrades: only WebSocket, whose messages the gate reads, may follow an HTTP request.
 
 After `101 Switching Protocols` a connection carries whatever the two ends agreed on. Airlock
-reads WebSocket messages (proxy/websocket.py); any other protocol would be a byte stream nobody
+reads WebSocket messages (proxy/plane/websocket.py); any other protocol would be a byte stream nobody
 inspects. So a request asking for another protocol (`Upgrade: foo`) is refused before it goes
 upstream, and a 101 answer that is not a WebSocket handshake is never passed to the client:
 the flow is killed and both connections close (mitmproxy's `rawtcp`, which would relay such
@@ -14,9 +14,9 @@ import logging
 
 from mitmproxy import http
 
+from proxy.core.admission import Tracking
 from rules import Decision, Verdict
 
-from .admission import Tracking
 from .gate import TRACK
 from .guards import RequestGuard
 

@@ -17,13 +17,12 @@ from urllib.parse import urljoin
 
 from mitmproxy import http
 
+from proxy.core.admission import Meter
+from proxy.mcp import messages as mcp
+from proxy.mcp.evidence import Evidence, Introduction
+from proxy.mcp.readings import server_of
+from proxy.mcp.toolcalls import ToolCalls
 from rules import Action
-
-from .admission import Meter
-from .mcp_evidence import Evidence, Introduction
-from .protocols import mcp
-from .toolcalls import ToolCalls
-from .triage import server_of
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from mitmproxy.certs import CertStore
 
-from .datadir import keep_private
-from .errors import CAFileError
+from proxy.errors import CAFileError
+from proxy.ops.datadir import keep_private
 
 BASENAME = "mitmproxy"  # mitmproxy looks for <confdir>/mitmproxy-ca.pem
 KEY_SIZE = 2048

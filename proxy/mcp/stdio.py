@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxy.core.admission import Admission
+from proxy.core.keys import DedupPolicy
+from proxy.core.records import BodyPolicy
+from proxy.core.reload import RulesReloader
+from proxy.errors import StartupError
+from proxy.ops.datadir import DataDir
 from rules import Action, Effect, Ruleset
 from store import Log
 
-from .admission import Admission
-from .datadir import DataDir
-from .dedup import DedupPolicy
-from .errors import StartupError
-from .protocols import mcp
-from .records import BodyPolicy
-from .reload import RulesReloader
+from . import messages as mcp
 from .toolcalls import ToolCalls
 
 logger = logging.getLogger("airlock")

@@ -1,7 +1,7 @@
 """WebSocket messages through the gate: decided, logged, and only then passed on.
 
 mitmproxy holds each message while its `websocket_message` hook runs. A message from the client
-is decided by the rules (proxy/protocols/websocket.py says how it reads) and its intent is
+is decided by the rules (proxy/plane/adapters/websocket.py says how it reads) and its intent is
 written, durably, before the hook returns; its outcome is written once it has been handed on.
 A refused message is dropped, logged as denied, and the socket is closed on both sides with
 1008 (policy violation) and a reason naming the rule. Messages from the server are logged as
@@ -20,12 +20,12 @@ from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.websocket import WebSocketMessage
 
+from proxy.core.admission import Admission, Answer, Tracking
+from proxy.mcp import messages as mcp
+from proxy.plane.adapters.http import AGENT_HEADER
 from rules import Action
 
-from .admission import Admission, Answer, Tracking
-from .protocols import mcp
-from .protocols import websocket as ws
-from .protocols.http import AGENT_HEADER
+from .adapters import websocket as ws
 
 logger = logging.getLogger(__name__)
 

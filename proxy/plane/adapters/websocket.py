@@ -14,10 +14,10 @@ from typing import Any
 
 from mitmproxy import http
 
+from proxy.mcp import messages as mcp
 from rules import Action, Effect, Explanation, Ruleset
 from rules.ruleset import PRECEDENCE
 
-from . import mcp
 from .http import from_request
 
 SEND = "SEND"

@@ -1,0 +1,1 @@
+"""Protocol adapters: each turns what a flow carries into an Action (HTTP, WebSocket messages)."""
