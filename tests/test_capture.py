@@ -30,7 +30,7 @@ import pytest
 from proxy.routing.isolate import Link
 from rules import EGRESS_RULE
 
-from .conftest import AIRLOCK, Airlock, environ_without_proxy, free_port, wait_for
+from .support import AIRLOCK, Airlock, environ_without_proxy, free_port, wait_for
 
 
 def _unsupported() -> str | None:

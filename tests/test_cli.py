@@ -27,7 +27,7 @@ import lmdb
 import pytest
 import requests
 
-from .conftest import (
+from .support import (
     AIRLOCK,
     Airlock,
     Upstream,

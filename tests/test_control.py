@@ -14,7 +14,7 @@ import requests
 
 from proxy.cli import build_parser
 
-from .conftest import (
+from .support import (
     Airlock,
     Upstream,
     entries_now,

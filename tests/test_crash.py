@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import requests
 
-from .conftest import Airlock, Upstream
+from .support import Airlock, Upstream
 
 
 def _load(a: Airlock, base: str, name: str, stop: threading.Event) -> None:

@@ -14,7 +14,7 @@ import requests
 
 from proxy.plane.adapters.http import AGENT_HEADER
 
-from .conftest import Airlock, Upstream, free_port, wait_for
+from .support import Airlock, Upstream, free_port, wait_for
 
 
 def post(a: Airlock, url: str, key: str, body: bytes = b'{"order": 1}', **headers: str) -> requests.Response:

@@ -29,7 +29,7 @@ from rules import EGRESS_RULE, Action, Decision, Effect, Ruleset, Verdict
 from rules.addresses import Address, non_public
 from rules.ruleset import UNREFUSED as PASSED
 
-from .conftest import Airlock, Upstream, curl, settle
+from .support import Airlock, Upstream, curl, settle
 
 PUBLIC = "93.184.216.34"  # a global unicast address; nothing here ever connects to it
 

@@ -14,7 +14,7 @@ import requests
 from proxy.plane.adapters.http import AGENT_HEADER
 from store import Log
 
-from .conftest import Airlock, Seen, Upstream, curl, free_port
+from .support import Airlock, Seen, Upstream, curl, free_port
 
 
 def test_requests_get_and_post_are_forwarded_and_logged(airlock: Airlock, upstream: Upstream) -> None:

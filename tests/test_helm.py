@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import io
 import json
 import os
@@ -31,9 +30,7 @@ import kubernetes_validate.utils as kubernetes_validate  # type: ignore[import-u
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from dockerfile_parse import DockerfileParser  # type: ignore[import-untyped]
 from mitmproxy.certs import CertStore
 
@@ -42,6 +39,8 @@ from proxy.ops.datadir import DataDir
 from proxy.plane.ca import BASENAME, KEY_SIZE, cert_path, install_ca
 from proxy.routing.environ import BYPASS_VARS, CA_VARS, PROXY_VARS
 from rules import Ruleset
+
+from .support import pem_of_key, self_signed_ca
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "airlock"
@@ -402,24 +401,9 @@ def assert_mitmproxy_intercepts_with(ca_pem: bytes, ca: x509.Certificate, direct
 
 
 def test_secret_uses_a_given_ca_and_token(chart: helm.Chart, tmp_path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Corp interception CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed_ca("Corp interception CA")
     cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    key_pem = pem_of_key(key).decode()
     token = "t0ken-" + "x" * 30
     values = {"secret": {"ca": {"cert": cert_pem, "key": key_pem}, "controlToken": token}}
     data = {k: base64.b64decode(v).decode() for k, v in render(chart, values).one("Secret")["data"].items()}

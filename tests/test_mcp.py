@@ -48,7 +48,7 @@ from mcp.types import (
     TextContent,
 )
 
-from .conftest import Airlock, environ_without_proxy, free_port, serving, wait_for
+from .support import Airlock, environ_without_proxy, free_port, serving, wait_for
 
 MODES = ["json", "sse-stream", "legacy-sse"]
 

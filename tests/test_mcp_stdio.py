@@ -27,7 +27,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult, ListToolsResult, TextContent
 
-from .conftest import AIRLOCK, wait_for
+from .support import AIRLOCK, wait_for
 from .test_mcp import Client
 
 MARKER = "notes-server-3f9c: started, stderr is passed through"

@@ -22,7 +22,7 @@ import requests
 
 from store import Log
 
-from .conftest import AIRLOCK, Airlock, Upstream, entries_now, plain_upstream, settle, wait_for
+from .support import AIRLOCK, Airlock, Upstream, entries_now, plain_upstream, settle, wait_for
 
 LOOPBACK = "version: 1\negress:\n  allow: [127.0.0.1]\n"
 

@@ -50,8 +50,7 @@ from proxy.plane.websocket import WebSockets
 from rules import Ruleset
 from store import Log
 
-from ..conftest import AIRLOCK, Airlock, Upstream, curl, free_port, settle, wait_for
-from ..conftest import TestCA as UpstreamCA
+from ..support import AIRLOCK, Airlock, Upstream, UpstreamCA, curl, free_port, settle, wait_for
 from ..test_capture import (
     NETNS_ETC,
     NOBODY,

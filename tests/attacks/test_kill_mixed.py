@@ -25,7 +25,7 @@ from aiohttp import web
 
 from store import Log
 
-from ..conftest import Airlock, free_port, wait_for
+from ..support import Airlock, free_port, wait_for
 
 RULES = """\
 version: 1

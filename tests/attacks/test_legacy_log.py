@@ -16,7 +16,6 @@ import re
 import shutil
 import tarfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import requests
 
 from store import Log
 
-from ..conftest import Upstream, _serve, curl, started_airlock, wait_for
+from ..support import Upstream, curl, running, started_airlock, wait_for
 from .fixtures.make_legacy_log import ARCHIVE, BODY, KEY, LEGACY_PORT, RULES
 from .test_tamper import databases, k, key_named, load, raw, verify
 
@@ -76,7 +75,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upgraded]:
     root = tmp_path_factory.mktemp("legacy")
     old = unpack(root / "old")
     shutil.copytree(old, root / "data")
-    with contextmanager(_serve)(Upstream(LEGACY_PORT, "http"), None) as up:
+    with running(Upstream(LEGACY_PORT, "http")) as up:
         a = started_airlock(root, RULES)
         try:
             assert curl("-x", a.proxy, f"{up.url}/after").returncode == 0

@@ -28,7 +28,7 @@ from rules import default_path
 from store import Log
 
 from .. import test_mcp, test_mcp_stdio
-from ..conftest import AIRLOCK, Airlock, Seen, Upstream, _handler, curl, free_port, serving, wait_for
+from ..support import AIRLOCK, Airlock, Seen, Upstream, curl, free_port, recording_handler, serving, wait_for
 from ..test_mcp import NotesServer, call, connect, note, run
 from ..test_mcp_stdio import Host, Setup
 from ..test_mcp_stdio import rules as stdio_rules
@@ -146,7 +146,7 @@ def witnessed(
             a = make_airlock(rules=rules, extra=extra)
             witness = Witness(a)
             up = Upstream(free_port(), "http", on_request=witness)
-            stack.enter_context(serving(_handler(up), up.port, release=up.release))
+            stack.enter_context(serving(recording_handler(up), up.port, release=up.release))
             return a, up, witness
 
         yield make

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import requests
 
-from ..conftest import AIRLOCK, Airlock, Upstream, curl, free_port, settle, wait_for
+from ..support import AIRLOCK, Airlock, Upstream, curl, free_port, settle, wait_for
 
 RULES = textwrap.dedent(
     """\

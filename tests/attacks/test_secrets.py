@@ -28,7 +28,7 @@ import requests
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from ..conftest import Airlock, Upstream, curl, environ_without_proxy, free_port, serving, wait_for
+from ..support import Airlock, Upstream, curl, environ_without_proxy, free_port, serving, wait_for
 
 RULES = """\
 version: 1

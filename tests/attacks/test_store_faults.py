@@ -20,7 +20,7 @@ import requests
 
 from store import ActionRef, Claim, Entry, Log, Record, Settle, State, StoreError
 
-from ..conftest import Airlock, Upstream, curl, settle
+from ..support import Airlock, Upstream, curl, settle
 
 RULES = """\
 version: 1

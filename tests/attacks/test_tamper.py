@@ -29,7 +29,7 @@ from store import Log, Record, State
 from store.keys import reply_digest
 from store.log import ActionRef
 
-from ..conftest import AIRLOCK, Airlock, Upstream, curl, plain_upstream, settle, started_airlock
+from ..support import AIRLOCK, Airlock, Upstream, curl, plain_upstream, settle, started_airlock
 
 RULES = """\
 version: 1

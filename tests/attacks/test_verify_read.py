@@ -30,7 +30,7 @@ from proxy.core.redact import Redactor
 from rules import Action, Effect
 from rules.dedup import parse_dedup
 
-from ..conftest import AIRLOCK, Airlock, Upstream, _handler, free_port, wait_for
+from ..support import AIRLOCK, Airlock, Upstream, free_port, recording_handler, wait_for
 
 OPERATOR_TOKEN = "operator-verify-token-7f3a"
 
@@ -138,7 +138,7 @@ class Backlogged(ThreadingHTTPServer):
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     up = Upstream(free_port(), "http")
-    server = Backlogged(("127.0.0.1", up.port), _handler(up))
+    server = Backlogged(("127.0.0.1", up.port), recording_handler(up))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield up

@@ -25,8 +25,7 @@ from websockets.sync.server import ServerConnection, serve
 
 from store import Log
 
-from ..conftest import Airlock, free_port, settle, wait_for
-from ..conftest import TestCA as UpstreamCA
+from ..support import Airlock, UpstreamCA, free_port, settle, wait_for
 
 PASSWORD = "correct-horse-battery-staple-42"
 

@@ -1,0 +1,31 @@
+"""What the tests share: a recording upstream, a real `airlock run`, test CAs, real clients, and
+waiting on a condition. Fixtures built on these live in tests/conftest.py."""
+
+from .airlock import AIRLOCK, RULES, Airlock, entries_now, hold_and_crash, settle, started_airlock
+from .ca import UpstreamCA, pem_of_key, self_signed_ca
+from .clients import curl, environ_without_proxy
+from .upstream import Seen, Upstream, free_port, plain_upstream, recording_handler, running, serving
+from .waiting import wait_for
+
+__all__ = [
+    "AIRLOCK",
+    "RULES",
+    "Airlock",
+    "Seen",
+    "Upstream",
+    "UpstreamCA",
+    "curl",
+    "entries_now",
+    "environ_without_proxy",
+    "free_port",
+    "hold_and_crash",
+    "pem_of_key",
+    "plain_upstream",
+    "recording_handler",
+    "running",
+    "self_signed_ca",
+    "serving",
+    "settle",
+    "started_airlock",
+    "wait_for",
+]
