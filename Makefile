@@ -41,6 +41,7 @@ run: $(STAMP)
 
 test: $(STAMP) deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(ARGS)
 
