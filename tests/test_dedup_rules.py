@@ -11,7 +11,7 @@ from proxy.core.keys import DedupPolicy, claim_for
 from rules import Action, RulesError, Ruleset, Verdict
 from rules.dedup import KeyTemplate, StatusSet, Storm, fingerprint, seconds
 
-from .test_rules import act
+from .support.actions import act
 
 RULES = """\
 version: 1
@@ -36,7 +36,7 @@ rules:
 
 
 def order(**fields: object) -> Action:
-    return act("POST", "/orders", **fields)  # type: ignore[arg-type]
+    return act("POST", "/orders", **fields)
 
 
 @pytest.fixture

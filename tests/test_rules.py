@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rules import Action, Effect, RulesError, Ruleset, Verdict, default_path
+
+from .support.actions import act
 
 RULES = """\
 version: 1
@@ -32,15 +35,9 @@ rules:
 """
 
 
-def action(
-    method: str = "GET",
-    host: str = "api.example.com",
-    path: str = "/",
-    agent: str = "agent",
-    upstream: str | None = None,
-) -> Action:
-    effect = {"GET": Effect.READ, "DELETE": Effect.DESTRUCTIVE}.get(method, Effect.WRITE)
-    return Action(method, "https", host, 443, path, effect, agent=agent, upstream=upstream)
+def action(method: str = "GET", *, host: str = "api.example.com", **fields: Any) -> Action:
+    """An action on the host the rules above allow by default."""
+    return act(method, host=host, **fields)
 
 
 @pytest.fixture
@@ -191,23 +188,6 @@ rules:
   - {id: effect-hold, match: {effect: destructive, host: "db.*"}, action: hold}
   - {id: agent-log, match: {agent: "audit-*"}, action: log}
 """
-
-
-def act(
-    method: str = "GET",
-    path: str = "/",
-    *,
-    host: str = "api.test",
-    port: int = 443,
-    query: str = "",
-    headers: dict[str, str] | None = None,
-    body: bytes | None = None,
-    **extra: object,
-) -> Action:
-    effect = {"GET": Effect.READ, "DELETE": Effect.DESTRUCTIVE}.get(method, Effect.WRITE)
-    return Action(
-        method, "https", host, port, path, effect, query=query, headers=headers or {}, body=body, **extra
-    )  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from proxy.plane.triage import Route, triage
 from rules import Action, Effect, Ruleset
 from store import Log
 
+from ..support.actions import act
+
 RULES = """\
 version: 1
 egress: {allow: [api.test]}
@@ -43,17 +45,8 @@ def ruleset(tmp_path: Path) -> Ruleset:
 
 
 def post(path: str, body: bytes | None, method: str = "POST", **headers: str) -> Action:
-    effect = {"GET": Effect.READ, "DELETE": Effect.DESTRUCTIVE}.get(method, Effect.WRITE)
-    return Action(
-        method=method,
-        scheme="https",
-        host="api.test",
-        port=443,
-        path=path,
-        effect=effect,
-        headers={k.replace("_", "-").lower(): v for k, v in headers.items()},
-        body=body,
-    )
+    """`method` on `path` with `body`; header names are given as keywords (mcp_session_id)."""
+    return act(method, path, headers={k.replace("_", "-").lower(): v for k, v in headers.items()}, body=body)
 
 
 def read(action: Action, ruleset: Ruleset, evidence: Evidence | None = None) -> Any:
