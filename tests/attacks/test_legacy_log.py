@@ -28,8 +28,8 @@ import requests
 from store import Log
 
 from ..support import Upstream, curl, running, started_airlock, wait_for
+from ..support.logfiles import databases, k, key_named, load, raw, verify
 from .fixtures.make_legacy_log import ARCHIVE, BODY, KEY, LEGACY_PORT, RULES
-from .test_tamper import databases, k, key_named, load, raw, verify
 
 OLD_ENTRIES = 8  # rules, GET (2), POST (2), keyed POST (2), denied DELETE
 OLD_ACTIONS = 4

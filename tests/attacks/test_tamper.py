@@ -15,12 +15,10 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import orjson
 import pytest
 import requests
@@ -29,6 +27,7 @@ from store import Log, Record, State
 from store.keys import reply_digest
 from store.log import ActionRef
 
+from ..support.logfiles import databases, k, key_named, load, raw, verify
 from ..support import AIRLOCK, Airlock, Upstream, curl, plain_upstream, settle, started_airlock
 
 RULES = """\
@@ -58,10 +57,6 @@ class Recorded:
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     """`airlock ARGS` as its own process."""
     return subprocess.run([AIRLOCK, *args], capture_output=True, text=True, timeout=60)
-
-
-def verify(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run("verify", "--data", str(data), *extra)
 
 
 def printed_head(proc: subprocess.CompletedProcess[str]) -> str:
@@ -106,43 +101,6 @@ def copy(recorded: Recorded, tmp_path: Path) -> Path:
     """A copy of the recorded data dir for one test to alter."""
     shutil.copytree(recorded.data, tmp_path / "data")
     return tmp_path / "data"
-
-
-@contextmanager
-def databases(data: Path) -> Iterator[tuple[lmdb.Transaction, dict[str, Any]]]:
-    """A write transaction on every database of the log, as an attacker with the file would open it."""
-    env = lmdb.open(str(data / "log"), max_dbs=8)
-    try:
-        with env.begin(write=True) as txn:
-            names = ("entries", "actions", "states", "meta", "keys")
-            yield txn, {n: env.open_db(n.encode(), txn=txn) for n in names}
-    finally:
-        env.close()
-
-
-def k(n: int) -> bytes:
-    return n.to_bytes(8, "big")
-
-
-def raw(txn: lmdb.Transaction, key: bytes, db: Any) -> bytes:
-    found = txn.get(key, db=db)
-    assert found is not None, key
-    return bytes(found)
-
-
-def load(txn: lmdb.Transaction, key: bytes, db: Any) -> Any:
-    raw = txn.get(key, db=db)
-    assert raw is not None, key
-    return orjson.loads(bytes(raw))
-
-
-def key_named(txn: lmdb.Transaction, db: Any, suffix: str) -> bytes:
-    """The stored idempotency key that ends with the client's key (stored keys are scoped)."""
-    found = [
-        bytes(key) for key in txn.cursor(db=db).iternext(values=False) if bytes(key).endswith(suffix.encode())
-    ]
-    assert len(found) == 1, found
-    return found[0]
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
