@@ -409,7 +409,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         who = os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"
         record = records.resolution(args.id, executed=args.executed, note=args.note, by=who)
         try:
-            entry = log.append_now(record)
+            entry = log.append_blocking(record)
         except (StateError, UnknownAction) as e:
             raise UserError(str(e)) from e
     finally:

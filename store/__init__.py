@@ -5,26 +5,27 @@ Knows nothing of HTTP or rules: it stores plain records about numbered actions.
 
 from .entry import Entry
 from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAction
-from .keys import Claim, KeyTaken, Settle
-from .log import ActionRef, Log, Record
+from .keys import Claim, KeyOutcome, KeyTaken
+from .log import Log
+from .record import ActionRef, Record
 from .states import State
-from .verify import Verdict, parse_head
+from .verify import ChainReport, parse_head
 
 __all__ = [
     "ActionRef",
     "Altered",
+    "ChainReport",
     "Claim",
     "Entry",
+    "KeyOutcome",
     "KeyTaken",
     "Log",
     "NoLog",
     "Record",
-    "Settle",
     "State",
     "StateError",
     "StoreError",
     "StoreFull",
     "UnknownAction",
-    "Verdict",
     "parse_head",
 ]

@@ -10,7 +10,7 @@ named with the database it is in.
 A log an older airlock wrote, upgraded in place, holds entries without those fields before its
 `format` entry (store/formats.py): they are checked by hash and link, their actions' index
 records for what the entries do say (entry list, state, times, writer), and the rest of those
-records is counted as unchecked in the verdict rather than failed. Where the old entries end is
+records is counted as unchecked in the report rather than failed. Where the old entries end is
 taken from the hashed `format` entry, never from an editable record.
 
 With an expected head recorded elsewhere, a log cut short or rolled back to an older copy is
@@ -36,7 +36,7 @@ from .index import advance, first_difference
 
 
 @dataclass(frozen=True)
-class Verdict:
+class ChainReport:
     """The result of checking the log: how many entries were checked, the head they end at,
     and the first disagreement (with the entry it is about, when there is one)."""
 
@@ -85,7 +85,7 @@ class _Chain:
     unchecked: int = 0
 
 
-def check(txn: lmdb.Transaction, dbs: dict[bytes, Any], expect: tuple[int, str] | None) -> Verdict:
+def check(txn: lmdb.Transaction, dbs: dict[bytes, Any], expect: tuple[int, str] | None) -> ChainReport:
     """Check the chain, the expected head if given, then every index; the first problem wins."""
     chain = _Chain()
     try:
@@ -95,8 +95,8 @@ def check(txn: lmdb.Transaction, dbs: dict[bytes, Any], expect: tuple[int, str] 
         _format(txn, dbs, chain)
         _indexes(txn, dbs, chain)
     except _Bad as bad:
-        return Verdict(chain.checked, bad.seq, bad.reason, *chain.head, failed=True)
-    return Verdict(chain.checked, None, "", *chain.head, unchecked=chain.unchecked)
+        return ChainReport(chain.checked, bad.seq, bad.reason, *chain.head, failed=True)
+    return ChainReport(chain.checked, None, "", *chain.head, unchecked=chain.unchecked)
 
 
 def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: _Chain) -> None:

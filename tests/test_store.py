@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from store import ActionRef, Log, Record, State, StateError, StoreError, StoreFull, UnknownAction
+from store import ActionRef, Entry, Log, Record, State, StateError, StoreError, StoreFull, UnknownAction
 from store.chain import canonical
 
 
@@ -21,15 +22,15 @@ def opened(path: Path, **kw: int) -> Log:
 
 
 def intent(data: dict[str, object] | None = None, state: State = State.PENDING) -> Record:
-    return Record("intent", ActionRef(), state, data or {}, {"method": "POST"}, opens=True)
+    return Record("intent", ActionRef(), state, data or {}, {"method": "POST"}, new_action=True)
 
 
 def test_entries_chain_and_index(tmp_path: Path) -> None:
     log = opened(tmp_path)
-    first = log.append_now(intent({"n": 1}))
+    first = log.append_blocking(intent({"n": 1}))
     ref = ActionRef(first.action)
-    log.append_now(Record("outcome", ref, State.COMMITTED, {"status": 201}, {"status": 201}))
-    denied = log.append_now(intent({"n": 2}, State.DENIED))
+    log.append_blocking(Record("outcome", ref, State.COMMITTED, {"status": 201}, {"status": 201}))
+    denied = log.append_blocking(intent({"n": 2}, State.DENIED))
     log.close()
 
     log = Log.open(tmp_path, readonly=True)
@@ -45,15 +46,15 @@ def test_entries_chain_and_index(tmp_path: Path) -> None:
 
 def test_moves_outside_the_state_machine_are_refused(tmp_path: Path) -> None:
     log = opened(tmp_path)
-    e = log.append_now(intent(state=State.DENIED))
+    e = log.append_blocking(intent(state=State.DENIED))
     with pytest.raises(StateError):
-        log.append_now(Record("outcome", ActionRef(e.action), State.COMMITTED))
+        log.append_blocking(Record("outcome", ActionRef(e.action), State.COMMITTED))
     with pytest.raises(UnknownAction):
-        log.append_now(Record("outcome", ActionRef(99), State.COMMITTED))
+        log.append_blocking(Record("outcome", ActionRef(99), State.COMMITTED))
     with pytest.raises(StateError):
-        log.append_now(Record("intent", ActionRef(), State.COMMITTED, opens=True))
+        log.append_blocking(Record("intent", ActionRef(), State.COMMITTED, new_action=True))
     # A refused record does not break the chain for the records around it.
-    log.append_now(intent())
+    log.append_blocking(intent())
     log.close()
     assert Log.open(tmp_path, readonly=True).verify().ok
 
@@ -83,27 +84,33 @@ def test_verify_names_the_first_bad_entry(
 ) -> None:
     log = opened(tmp_path)
     for n in (1, 2, 3):
-        log.append_now(intent({"n": n}))
+        log.append_blocking(intent({"n": n}))
     log.close()
     _rewrite(tmp_path, seq, change)
     verdict = Log.open(tmp_path, readonly=True).verify()
     assert not verdict.ok and needle in verdict.reason and verdict.bad_seq == seq
 
 
+async def appended(log: Log, records: list[Record]) -> list[Entry | BaseException]:
+    """Queue every record at once, then wait until each is durable (or failed)."""
+    return await asyncio.gather(*(log.append(r) for r in records), return_exceptions=True)
+
+
 def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
     log = opened(tmp_path)
     before = log._env.info()["last_txnid"]
-    futures = []
+    written: list[Entry | BaseException] = []
 
     def burst() -> None:
-        futures.extend(log.submit(intent({"t": threading.get_ident()})) for _ in range(500))
+        # Each thread its own event loop: the writer wakes each loop once per commit.
+        written.extend(asyncio.run(appended(log, [intent({"t": threading.get_ident()}) for _ in range(500)])))
 
     threads = [threading.Thread(target=burst) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    ids = {f.result().action for f in futures}
+    ids = {e.action for e in written if isinstance(e, Entry)}
     commits = log._env.info()["last_txnid"] - before
     log.close()
     assert ids == set(range(1, 2001))
@@ -117,7 +124,7 @@ import sys
 from store import ActionRef, Log, Record, State
 log = Log.open(sys.argv[1]); log.start()
 for i in range(int(sys.argv[2])):
-    log.append_now(Record("intent", ActionRef(), State.PENDING, {"i": i}, opens=True))
+    log.append_blocking(Record("intent", ActionRef(), State.PENDING, {"i": i}, new_action=True))
 print(log.writer_id, flush=True)
 if sys.argv[3] == "crash":
     import os; os._exit(0)
@@ -176,7 +183,7 @@ def test_a_full_log_refuses_instead_of_losing_entries(tmp_path: Path) -> None:
     written = 0
     with pytest.raises(StoreFull, match="log-max-size"):
         for _ in range(1000):
-            log.append_now(intent({"pad": "x" * 8000}))
+            log.append_blocking(intent({"pad": "x" * 8000}))
             written += 1
     # The map grew to its maximum before giving up, and everything acknowledged is intact.
     assert written > 30 and log._env.info()["map_size"] == 512 << 10
@@ -192,13 +199,11 @@ def test_canonical_form_is_stable() -> None:
 def test_a_record_that_cannot_be_encoded_fails_alone(tmp_path: Path) -> None:
     log = opened(tmp_path)
     try:
-        good = log.submit(intent({"n": 1}))
-        bad = log.submit(intent({"oops": object()}))
-        with pytest.raises(StoreError, match="could not be encoded"):
-            bad.result(10)
-        assert good.result(10).seq == 1
+        good, bad = asyncio.run(appended(log, [intent({"n": 1}), intent({"oops": object()})]))
+        assert isinstance(bad, StoreError) and "could not be encoded" in str(bad)
+        assert isinstance(good, Entry) and good.seq == 1
         # The writer is alive and the chain has no gap.
-        assert log.append_now(intent({"n": 2})).seq == 2
+        assert log.append_blocking(intent({"n": 2})).seq == 2
     finally:
         log.close()
     assert Log.open(tmp_path, readonly=True).verify().checked == 2

@@ -24,7 +24,7 @@ import orjson
 
 from rules import Action, Decision, Ruleset, Verdict
 from rules.dedup import Storm, fingerprint
-from store import ActionRef, KeyTaken, Log, Record, Settle, State, StoreError
+from store import ActionRef, KeyOutcome, KeyTaken, Log, Record, State, StoreError
 
 from . import keys, records
 from .breaker import Breaker
@@ -337,7 +337,7 @@ class Admission:
     def post(self, record: Record) -> None:
         """Write a record without waiting for it (reads, outcomes)."""
         try:
-            self.log.post(record)
+            self.log.append_soon(record)
         except StoreError as e:
             logger.error("a %s entry was not written: %s", record.kind, e)
 
@@ -367,9 +367,9 @@ class Admission:
         if not tracking.logged:
             return
         final = self._count(tracking, status)
-        settle = None
+        key_outcome = None
         if tracking.keyed is not None:
-            settle = Settle(final, reply if final else None)
+            key_outcome = KeyOutcome(final, reply if final else None)
         record = records.outcome(
             tracking.ref,
             status=status,
@@ -378,7 +378,7 @@ class Admission:
             duration_ms=tracking.elapsed_ms(),
             headers=self.redactor.headers(headers),
             error=error,
-            settle=settle,
+            key_outcome=key_outcome,
         )
         self.post(record)
 

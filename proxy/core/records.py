@@ -10,7 +10,7 @@ from typing import Any
 
 from rules import Action, Decision, Ruleset, Verdict
 from rules.match import json_of
-from store import ActionRef, Claim, Record, Settle, State
+from store import ActionRef, Claim, KeyOutcome, Record, State
 
 from . import redact
 from .redact import Redactor
@@ -98,7 +98,7 @@ def intent(
         kind="intent",
         action=ref,
         state=state,
-        opens=True,
+        new_action=True,
         claim=claim,
         data={
             "action": described,
@@ -191,7 +191,7 @@ def outcome(
     duration_ms: float,
     headers: dict[str, str],
     error: str | None = None,
-    settle: Settle | None = None,
+    key_outcome: KeyOutcome | None = None,
 ) -> Record:
     """The response an action got, whatever its status code (and a stream error, if it broke)."""
     data: dict[str, Any] = {
@@ -209,7 +209,7 @@ def outcome(
         state=State.COMMITTED,
         data=data,
         summary={"status": status},
-        settle=settle,
+        key_outcome=key_outcome,
     )
 
 
@@ -223,7 +223,7 @@ def failure(ref: ActionRef, *, error: str, duration_ms: float, keep_key: bool = 
         state=State.FAILED,
         data={"error": error, "duration_ms": round(duration_ms, 3)},
         summary={"error": error},
-        settle=Settle(keep=keep_key),
+        key_outcome=KeyOutcome(keep=keep_key),
     )
 
 
@@ -236,9 +236,9 @@ def resolution(
         kind="resolution",
         action=ActionRef(action_id),
         state=State.COMMITTED if executed else State.ABORTED,
-        expect=State.IN_DOUBT,
+        if_state=State.IN_DOUBT,
         # Executed: its key is spent. Not executed: its key is free for the next attempt.
-        settle=Settle(keep=executed),
+        key_outcome=KeyOutcome(keep=executed),
         data={"executed": executed, "note": redact.text(note), "by": by}
         | ({"found": _found(found)} if found else {}),
         summary={"resolution": "executed" if executed else "not_executed"},
@@ -250,7 +250,7 @@ def unsettled(action_id: int, *, found: dict[str, Any]) -> Record:
     return Record(
         kind="verify",
         action=ActionRef(action_id),
-        expect=State.IN_DOUBT,
+        if_state=State.IN_DOUBT,
         data={"found": _found(found), "note": "inconclusive: the action stays in doubt"},
         summary={"verify": "inconclusive"},
     )

@@ -5,20 +5,21 @@ and checking a big log never stops the proxy from answering.
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from store import ActionRef, Claim, Entry, Log, Record, Settle, State, StoreError
+import store.keys
+from store import ActionRef, Claim, Entry, KeyOutcome, Log, Record, State, StoreError
 
 from ..support import Airlock, Upstream, curl, settle
 
@@ -33,7 +34,7 @@ BAD_IDS = ["99999999999999999999999", str(1 << 64), str(1 << 63), str((1 << 64) 
 
 
 def opening(**data: Any) -> Record:
-    return Record(kind="intent", action=ActionRef(), state=State.PENDING, opens=True, data=data)
+    return Record(kind="intent", action=ActionRef(), state=State.PENDING, new_action=True, data=data)
 
 
 # ---- one record fails alone ------------------------------------------------------------------
@@ -97,7 +98,7 @@ def test_records_that_cannot_be_written_fail_alone_in_one_batch(tmp_path: Path) 
     log.start()
     try:
         first = ActionRef()
-        log.append_now(Record(kind="intent", action=first, state=State.PENDING, opens=True))
+        log.append_blocking(Record(kind="intent", action=first, state=State.PENDING, new_action=True))
         bad: list[Record] = [
             Record(kind="resolution", action=ActionRef(10**30), state=State.COMMITTED),  # past 64 bits
             Record(kind="resolution", action=ActionRef(1 << 64), state=State.COMMITTED),
@@ -105,20 +106,19 @@ def test_records_that_cannot_be_written_fail_alone_in_one_batch(tmp_path: Path) 
                 kind="intent",
                 action=ActionRef(),
                 state=State.PENDING,
-                opens=True,
+                new_action=True,
                 claim=Claim("k" * 600, "p", 60),
             ),
             opening(oops=object()),  # not JSON
             opening(big=1 << 70),  # an integer orjson cannot encode
-            Record(kind="intent", action=ActionRef(), state=State.PENDING, opens=True, summary={1: "x"}),  # type: ignore[dict-item]
+            Record(kind="intent", action=ActionRef(), state=State.PENDING, new_action=True, summary={1: "x"}),  # type: ignore[dict-item]
             Record(kind="outcome", action=first, state=State.ABORTED),  # a move the log refuses
         ]
         good = [opening(n=n) for n in range(5)]
         # Queued together, so that they share commits with the bad ones.
-        futures = [log.submit(r) for pair in zip(good, bad, strict=False) for r in pair]
-        futures += [log.submit(r) for r in bad[len(good) :]]
-        futures.append(log.submit(Record(kind="outcome", action=first, state=State.COMMITTED)))
-        results = [_result(f) for f in futures]
+        queued = [r for pair in zip(good, bad, strict=False) for r in pair] + bad[len(good) :]
+        queued.append(Record(kind="outcome", action=first, state=State.COMMITTED))
+        results = _results(log, queued)
     finally:
         log.close()
     failed = [r for r in results if isinstance(r, StoreError)]
@@ -131,11 +131,13 @@ def test_records_that_cannot_be_written_fail_alone_in_one_batch(tmp_path: Path) 
     assert reader.verify().ok
 
 
-def _result(f: Future[Entry]) -> Entry | StoreError:
-    try:
-        return f.result(30)
-    except StoreError as e:
-        return e
+def _results(log: Log, records: list[Record]) -> list[Entry | BaseException]:
+    """Queue every record at once, then wait until each is durable (or failed)."""
+
+    async def appended() -> list[Entry | BaseException]:
+        return await asyncio.gather(*(log.append(r) for r in records), return_exceptions=True)
+
+    return asyncio.run(appended())
 
 
 def test_a_record_failing_half_way_leaves_nothing_of_itself(
@@ -149,22 +151,22 @@ def test_a_record_failing_half_way_leaves_nothing_of_itself(
         refs = [ActionRef() for _ in range(3)]
         for n, ref in enumerate(refs):
             claim = Claim(f"key-{n}", "p", 60)
-            log.append_now(Record(kind="intent", action=ref, state=State.PENDING, opens=True, claim=claim))
-        real = Log._settle_key
+            log.append_blocking(
+                Record(kind="intent", action=ref, state=State.PENDING, new_action=True, claim=claim)
+            )
+        real = store.keys.keep_or_release
 
-        def failing(self: Log, txn: Any, key: str, entry: Entry, reply: Any) -> None:
-            real(self, txn, key, entry, reply)
+        def failing(txn: Any, dbs: Any, key: str, entry: Entry, reply: Any) -> None:
+            real(txn, dbs, key, entry, reply)
             if key == "key-1":
                 raise RuntimeError("the disk said no")
 
-        monkeypatch.setattr(Log, "_settle_key", failing)
-        futures = [
-            log.submit(
-                Record(kind="outcome", action=ref, state=State.COMMITTED, settle=Settle(True, {"n": n}))
-            )
+        monkeypatch.setattr(store.keys, "keep_or_release", failing)
+        outcomes = [
+            Record(kind="outcome", action=ref, state=State.COMMITTED, key_outcome=KeyOutcome(True, {"n": n}))
             for n, ref in enumerate(refs)
         ]
-        results = [_result(f) for f in futures]
+        results = _results(log, outcomes)
     finally:
         log.close()
     assert isinstance(results[1], StoreError) and "the disk said no" in str(results[1])
@@ -183,7 +185,9 @@ from store import ActionRef, Log, Record, State
 log = Log.open(sys.argv[1])
 log.start()
 for n in range(int(sys.argv[2])):
-    log.append_now(Record(kind="intent", action=ActionRef(), state=State.PENDING, opens=True, data={"n": n}))
+    log.append_blocking(
+        Record(kind="intent", action=ActionRef(), state=State.PENDING, new_action=True, data={"n": n})
+    )
 os._exit(0)  # no outcome, no close: as if killed
 """
 
@@ -319,17 +323,12 @@ def test_healthz_answers_while_verify_checks_a_big_log(
     data = tmp_path / "big"
     log = Log.open(data / "log")
     log.start()
-    pending = []
+    pending: list[Record] = []
     for n in range(40_000):
         ref = ActionRef()
-        pending.append(
-            log.submit(Record(kind="intent", action=ref, state=State.PENDING, opens=True, data={"n": n}))
-        )
-        pending.append(
-            log.submit(Record(kind="outcome", action=ref, state=State.COMMITTED, summary={"status": 200}))
-        )
-    for f in pending:
-        f.result(60)
+        pending.append(Record(kind="intent", action=ref, state=State.PENDING, new_action=True, data={"n": n}))
+        pending.append(Record(kind="outcome", action=ref, state=State.COMMITTED, summary={"status": 200}))
+    assert not [r for r in _results(log, pending) if not isinstance(r, Entry)]
     log.close()
     a = make_airlock(RULES, data=data)
     auth = {"Authorization": f"Bearer {a.token}"}

@@ -23,12 +23,11 @@ import orjson
 import pytest
 import requests
 
-from store import Log, Record, State
+from store import ActionRef, Log, Record, State
 from store.keys import reply_digest
-from store.log import ActionRef
 
-from ..support.logfiles import databases, k, key_named, load, raw, verify
 from ..support import AIRLOCK, Airlock, Upstream, curl, plain_upstream, settle, started_airlock
+from ..support.logfiles import databases, k, key_named, load, raw, verify
 
 RULES = """\
 version: 1
@@ -362,7 +361,7 @@ def test_a_replaced_history_is_caught_by_expect(tmp_path: Path) -> None:
     log = Log.open(tmp_path / "a")
     log.start()
     for n in range(3):
-        log.append_now(Record(kind="note", data={"n": n}))
+        log.append_blocking(Record(kind="note", data={"n": n}))
     log.close()
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     heads = []
@@ -370,8 +369,10 @@ def test_a_replaced_history_is_caught_by_expect(tmp_path: Path) -> None:
         other = Log.open(tmp_path / name)
         other.start()
         for n in range(2):
-            other.append_now(
-                Record(kind="intent", action=ActionRef(), state=State.PENDING, opens=True, data={word: n})
+            other.append_blocking(
+                Record(
+                    kind="intent", action=ActionRef(), state=State.PENDING, new_action=True, data={word: n}
+                )
             )
         heads.append(other.head())
         other.close()
