@@ -43,8 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from proxy.core import records, redact  # noqa: E402
-from rules import Action, Effect  # noqa: E402
-from rules.match import json_of  # noqa: E402
+from rules import Action, Effect, json_of  # noqa: E402
 
 MODULE = "proxy/core/redact.py"
 EARLIER = ("proxy/redact.py",)

@@ -1,15 +1,23 @@
 """The rule engine: the normalized Action, rule files and their schema, and the evaluator.
 
-Knows nothing of flows or LMDB; the proxy builds an Action and asks `Ruleset.evaluate`.
+Knows nothing of flows or LMDB; the proxy builds an Action and asks `Ruleset.decide` (or
+`Ruleset.explain`, which also says why). Everything outside the package imports from here.
 """
 
 from importlib import resources
 from pathlib import Path
 
 from .action import Action, Effect
-from .decision import Decision, Verdict
-from .ruleset import EGRESS_RULE, Explanation, Rule, Ruleset
+from .addresses import Address, address_of, non_public
+from .allowlist import EGRESS_RULE, Allowlist
+from .decision import ALLOWED, PRECEDENCE, Decision, Verdict
+from .parsed import BODIES, ParsedBodies, ParsedJson, json_of
+from .readings import Readings, readings_of
+from .repeats import Dedup, StatusSet, Storm, VerifyRead, fingerprint, parse_dedup, seconds
+from .rule import Rule
+from .ruleset import Explanation, Ruleset
 from .source import RulesError, rule_files_in
+from .templates import KeyTemplate, origin
 
 
 def default_path() -> Path:
@@ -18,15 +26,36 @@ def default_path() -> Path:
 
 
 __all__ = [
+    "ALLOWED",
+    "BODIES",
     "EGRESS_RULE",
+    "PRECEDENCE",
     "Action",
+    "Address",
+    "Allowlist",
     "Decision",
+    "Dedup",
     "Effect",
     "Explanation",
+    "KeyTemplate",
+    "ParsedBodies",
+    "ParsedJson",
+    "Readings",
     "Rule",
     "RulesError",
     "Ruleset",
+    "StatusSet",
+    "Storm",
     "Verdict",
+    "VerifyRead",
+    "address_of",
     "default_path",
+    "fingerprint",
+    "json_of",
+    "non_public",
+    "origin",
+    "parse_dedup",
+    "readings_of",
     "rule_files_in",
+    "seconds",
 ]

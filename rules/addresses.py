@@ -1,9 +1,9 @@
 """IP addresses in egress rules: which destinations are public, and the ranges rules allow.
 
 A host name on the allowlist reaches the public addresses it resolves to. Loopback, private,
-link-local (the cloud metadata services among them), carrier-grade NAT and the other
-non-public ranges are reached only through an explicit range in `egress.allow`, and so is any
-destination given as a bare IP address.
+link-local (the cloud metadata services among them), carrier-grade NAT, documentation and the
+other special-purpose ranges are reached only through an explicit range in `egress.allow`, and
+so is any destination given as a bare IP address. Refusals name each range for what it is.
 """
 
 from __future__ import annotations
@@ -46,8 +46,32 @@ def _plain(address: Address) -> Address:
     return address
 
 
+# The special-purpose ranges (RFC 6890 and its successors) by what they are, for refusals that
+# say why an address is not public; most specific first.
+_NAMED: tuple[tuple[Network, str], ...] = tuple(
+    (ipaddress.ip_network(net), name)
+    for name, nets in (
+        ("private", ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
+        ("unique local", ("fc00::/7",)),  # IPv6's private addresses
+        ("documentation", ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")),
+        ("benchmarking", ("198.18.0.0/15", "2001:2::/48")),
+        ("this-network", ("0.0.0.0/8",)),
+        ("broadcast", ("255.255.255.255/32",)),
+        ("reserved", ("240.0.0.0/4",)),
+        ("discard-only", ("100::/64",)),
+        ("local-use NAT64", ("64:ff9b:1::/48",)),
+        ("Teredo", ("2001::/32",)),
+        ("6to4", ("2002::/16",)),
+        ("IETF protocol assignment", ("192.0.0.0/24", "2001::/23")),
+    )
+    for net in nets
+)
+_AN = frozenset({"unspecified", "IETF protocol assignment"})  # the kinds said with "an"
+
+
 def non_public(address: Address) -> str | None:
-    """What kind of non-public address this is, or None for a public one."""
+    """What kind of non-public address this is (loopback, private, link-local, documentation,
+    ...), or None for a public one."""
     address = _plain(address)
     if address in METADATA:
         return "cloud metadata"
@@ -61,11 +85,18 @@ def non_public(address: Address) -> str | None:
         return "unspecified"
     if address.is_multicast:
         return "multicast"
-    if address.is_private:
-        return "private"
-    if not address.is_global:
-        return "reserved"
-    return None
+    if not address.is_private and address.is_global:
+        return None
+    named = (name for network, name in _NAMED if address.version == network.version and address in network)
+    return next(named, "private" if address.is_private else "reserved")
+
+
+def described(address: Address) -> str | None:
+    """The kind of a non-public address in words, `a loopback address`; None for a public one."""
+    kind = non_public(address)
+    if kind is None:
+        return None
+    return f"{'an' if kind in _AN else 'a'} {kind} address"
 
 
 @dataclass(frozen=True)

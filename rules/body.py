@@ -15,12 +15,12 @@ import codecs
 import contextlib
 import json
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
-MAX_DEPTH = 64  # nesting levels of a JSON document that rules read
+from .parsed import BODIES, MAX_DEPTH
+
 MULTIPART_TEXT = 4096  # a file part this small and in UTF-8 is read as a field too
 
 _BOMS = (
@@ -33,16 +33,6 @@ _BOMS = (
 # Unambiguous at every step (no two parts can take the same characters): linear on any input.
 _QUERY_LIKE = re.compile(r"[^=&\s{}\[\]\"]+=[^&\s]*(?:&[^=&\s]*(?:=[^&\s]*)?)*")
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d{0,15})(?:\.\d{1,15})?")
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedJson:
-    """A body read as JSON: Python's reading (the last of repeated keys wins), or why it cannot
-    be read unambiguously."""
-
-    doc: Any = None
-    problem: str | None = None
-    found: bool = False  # the body is a JSON document
 
 
 class _Repeats:
@@ -87,32 +77,17 @@ def looks_like_json(body: bytes) -> bool:
 
 
 @lru_cache(maxsize=16)
-def parse_json(body: bytes) -> ParsedJson:
-    """The body's JSON reading, or why it is ambiguous (cached by the exact bytes)."""
-    try:
-        doc = json.loads(body)
-    except RecursionError:
-        return ParsedJson(problem=f"its JSON nests deeper than {MAX_DEPTH} levels")
-    except ValueError as e:
-        reason = str(e).split(":")[0] if "digits" not in str(e) else "an integer has more than 4300 digits"
-        if isinstance(e, UnicodeDecodeError):
-            reason = "it is not valid UTF-8"
-        return ParsedJson(problem=f"it is not JSON that every parser reads alike ({reason})")
-    return ParsedJson(doc=doc, found=True)
-
-
-@lru_cache(maxsize=16)
 def too_deep(body: bytes) -> bool:
-    """True when a JSON body that `parse_json` reads nests deeper than MAX_DEPTH (cached)."""
+    """True when a body read as JSON nests deeper than MAX_DEPTH (cached)."""
     if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
         return False
-    return _depth_exceeds(parse_json(body).doc, MAX_DEPTH)
+    return _depth_exceeds(BODIES.reading(body).doc, MAX_DEPTH)
 
 
 @lru_cache(maxsize=16)
 def first_wins(body: bytes) -> Any:
     """The document a first-wins parser reads from a JSON body in which some object repeats a
-    key, or None when no key repeats (cached; only for a body `parse_json` reads)."""
+    key, or None when no key repeats (cached; only for a body read as JSON)."""
     repeats = _Repeats()
     json.loads(body, object_pairs_hook=repeats.last)
     return json.loads(body, object_pairs_hook=_Repeats.first) if repeats.seen else None

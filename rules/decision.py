@@ -7,11 +7,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .dedup import Dedup, Storm
+    from .repeats import Dedup, Storm
 
 
 class Verdict(StrEnum):
-    """The outcome of evaluating the rules; deny beats hold beats log and allow."""
+    """What a rule says of the actions it matches; deny beats hold beats log and allow."""
 
     ALLOW = "allow"
     LOG = "log"
@@ -19,10 +19,18 @@ class Verdict(StrEnum):
     DENY = "deny"
 
 
+# How strict each verdict is: of the rules matching an action, the strictest decides.
+PRECEDENCE = {Verdict.ALLOW: 0, Verdict.LOG: 1, Verdict.HOLD: 2, Verdict.DENY: 3}
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The verdict on an action, the rule that decided it (None for the defaults) and why;
-    with the first matching rule's `dedup` and `storm` settings, if any rule has them."""
+    with the first matching rule's `dedup` and `storm` settings, if any rule has them.
+
+    A decision never carries HOLD: a held action is refused until votes can be taken, so its
+    decision is DENY with the error `held`.
+    """
 
     verdict: Verdict
     rule: str | None = None
@@ -34,4 +42,10 @@ class Decision:
     @property
     def refused(self) -> bool:
         """True when the action must not go upstream."""
-        return self.verdict in (Verdict.DENY, Verdict.HOLD)
+        return self.verdict == Verdict.DENY
+
+
+# Allowed by no rule and refused by nothing: what the defaults say of an action no rule decides
+# when its effect defaults to allow, and what egress says of a destination it lets go. A value:
+# any Decision(Verdict.ALLOW) equals it.
+ALLOWED = Decision(Verdict.ALLOW)

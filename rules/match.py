@@ -21,8 +21,7 @@ from urllib.parse import parse_qsl
 import jsonschema
 
 from .action import Action
-from .body import parse_json
-from .paths import normalized_path as normalized_path  # where path rules have always found it
+from .parsed import json_of as json_of  # where importers not yet moved look
 from .readings import Readings, readings_of
 
 Predicate = Callable[[Action], bool]
@@ -76,12 +75,6 @@ def _parsed_query(query: str) -> dict[str, list[str]]:
     for name, value in parse_qsl(query, keep_blank_values=True):
         params.setdefault(name, []).append(value)
     return params
-
-
-def json_of(body: bytes) -> Any:
-    """The body parsed as JSON (cached; the last of repeated keys wins), or None when it is not
-    JSON that every parser reads alike (see rules.body)."""
-    return parse_json(body).doc
 
 
 def _pairs(spec: dict[str, Any], *, fold_keys: bool) -> dict[str, Callable[[str | None], bool]]:

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote_plus
 
 from . import body as bodies
 from .action import Action
+from .parsed import BODIES, MAX_DEPTH, ParsedJson
 from .paths import path_readings
 
 OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
@@ -56,7 +57,7 @@ class Readings:
         self._documents: tuple[Any, ...] | None = None
         self._forms: tuple[Any, ...] | None = None
         self._texts: tuple[str, ...] | None = None
-        self._json: bodies.ParsedJson | None = None
+        self._json: ParsedJson | None = None
         self._type: tuple[str, dict[str, str]] | None = None
         self._decoded: list[str] | None = None
         self._problem: str | bool | None = False  # False: not computed yet
@@ -127,16 +128,16 @@ class Readings:
             self._type = bodies.media_type(self._action.headers.get("content-type"))
         return self._type
 
-    def _parsed(self) -> bodies.ParsedJson | None:
+    def _parsed(self) -> ParsedJson | None:
         body = self._action.body
         if not body:
             return None
         if self._json is None:
             kind, _ = self._media()
             if bodies.declares_json(kind) or bodies.looks_like_json(body):
-                self._json = bodies.parse_json(body)
+                self._json = BODIES.reading(body)
             else:
-                self._json = bodies.ParsedJson()
+                self._json = ParsedJson()
         return self._json
 
     @property
@@ -155,7 +156,7 @@ class Readings:
         if parsed is not None and parsed.problem is not None:
             return parsed.problem
         if parsed is not None and parsed.found and self._action.body and bodies.too_deep(self._action.body):
-            return f"its JSON nests deeper than {bodies.MAX_DEPTH} levels"
+            return f"its JSON nests deeper than {MAX_DEPTH} levels"
         kind, params = self._media()
         if kind == "multipart/form-data" and self._action.body:
             try:

@@ -1,6 +1,6 @@
-"""The Ruleset: rules loaded from YAML files, and the one function that decides an Action.
+"""The Ruleset: every rule from one rules path, indexed, and how it decides an Action.
 
-Evaluation: egress first (is the host, and port, reachable at all?), then every rule whose
+Deciding: egress first (is the host, and port, reachable at all?), then every rule whose
 `match` holds; the strictest verdict wins (deny > hold > log > allow), so adding an allow rule
 can never unlock what a deny rule blocks. No match falls to `defaults` for the action's effect.
 Rules whose top-level match names only literal hosts or `*.domain` globs are indexed by host
@@ -13,69 +13,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import jsonschema
-
-from .action import Action, Effect
-from .addresses import Address, Range, address_of, network_of, non_public
+from .action import Action
+from .addresses import Address
+from .compiling import Compiled
+from .decision import PRECEDENCE as PRECEDENCE  # where importers not yet moved look
 from .decision import Decision, Verdict
-from .dedup import Dedup, Storm, parse_dedup, parse_storm
-from .match import Predicate, compile_match, globs, is_literal, strings
 from .readings import KINDS, readings_of
-from .source import Document, files, read
-
-PRECEDENCE = {Verdict.ALLOW: 0, Verdict.LOG: 1, Verdict.HOLD: 2, Verdict.DENY: 3}
-EGRESS_RULE = "egress"
-UNREFUSED = Decision(Verdict.ALLOW, None, "")  # what egress says of a destination it lets go
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One rule: an id, what it matches, and what happens to the actions it matches.
-
-    A rule without a verdict only modifies its actions: how repeats are handled (`dedup`,
-    `storm`) or which effect they count as (`effect`), and leaves the verdict to the other
-    rules and the defaults.
-    """
-
-    id: str
-    verdict: Verdict | None
-    message: str
-    description: str
-    source: Path
-    position: int
-    test: Predicate
-    hosts: frozenset[str] | None = None  # index keys: literal hosts and "*.domain" globs
-    methods: frozenset[str] | None = None
-    protocols: frozenset[str] | None = None
-    dedup: Dedup | None = None
-    storm: Storm | None = None
-    hides: bool = False  # a deny rule that refuses every call to a tool: hide the tool
-    effect: Effect | None = None  # the effect the matched actions are treated as
-    widen: bool = False  # any reading of the action matches (deny, hold): see rules.readings
-
-    def matches(self, action: Action) -> bool:
-        """True when every field of the rule's `match` holds for the action (for a deny or hold
-        rule under any reading of it, for the others under every reading)."""
-        if self.methods is not None:
-            sent = action.method.upper() in self.methods
-            # The method as sent decides a deny it is in and an allow it is not in; otherwise
-            # the other readings of the method (overrides) decide, when there are any.
-            if sent is not self.widen:
-                others = readings_of(action).methods[1:]
-                if self.widen:
-                    if not others or not any(m in self.methods for m in others):
-                        return False
-                elif others and not all(m in self.methods for m in others):
-                    return False
-            elif not sent:
-                return False
-        if self.protocols is not None and action.protocol not in self.protocols:
-            return False
-        return self.test(action)
+from .rule import Rule
+from .source import RulesError, files, read
 
 
 @dataclass(frozen=True)
@@ -89,61 +37,6 @@ class Explanation:
     reason: str
 
 
-@dataclass(frozen=True)
-class _Egress:
-    test: Callable[[str | None], bool]
-    ports: frozenset[int] | None
-    literal: str | None = None  # the host, when the entry is not a glob
-
-
-@dataclass
-class _Parts:
-    rules: list[Rule] = field(default_factory=list)
-    egress: list[_Egress] = field(default_factory=list)
-    ranges: list[Range] = field(default_factory=list)
-    egress_modes: list[str] = field(default_factory=list)
-    defaults: dict[Effect, Verdict] = field(default_factory=dict)
-    secrets: set[str] = field(default_factory=set)
-
-
-def _egress_entry(entry: str | dict[str, Any]) -> _Egress | Range:
-    if isinstance(entry, str) and (network := network_of(entry)) is not None:
-        return Range(network, None)  # an address or range alone (an IPv6 one has colons)
-    if isinstance(entry, dict):
-        host, ports = entry["host"], frozenset(entry["ports"]) if "ports" in entry else None
-    else:
-        head, sep, port = entry.rpartition(":")
-        if sep and port.isdigit() and head and ":" not in head.strip("[]").replace("::", ""):
-            host, ports = head.strip("[]"), frozenset({int(port)})
-        else:
-            host, ports = entry, None
-    if (network := network_of(host)) is not None:
-        return Range(network, ports)
-    return _Egress(globs([host], fold=True), ports, host.lower() if is_literal(host) else None)
-
-
-def _literal_set(spec: dict[str, Any], key: str, fold: Callable[[str], str]) -> frozenset[str] | None:
-    if key not in spec:
-        return None
-    values = strings(spec[key])
-    if not all(is_literal(v) for v in values):
-        return None
-    return frozenset(fold(v) for v in values)
-
-
-def _host_keys(spec: dict[str, Any]) -> frozenset[str] | None:
-    """Index keys for a rule's hosts: literal hosts, and `*.domain` globs as `*.domain`."""
-    if "host" not in spec:
-        return None
-    keys = []
-    for pattern in (p.lower() for p in strings(spec["host"])):
-        if is_literal(pattern) or (pattern.startswith("*.") and is_literal(pattern[2:])):
-            keys.append(pattern)
-        else:
-            return None
-    return frozenset(keys)
-
-
 def _lookup_keys(host: str) -> list[str]:
     """The index keys an action's host can be filed under: itself and `*.` each parent domain."""
     host = host.lower()
@@ -153,107 +46,6 @@ def _lookup_keys(host: str) -> list[str]:
         rest = rest.split(".", 1)[1]
         keys.append(f"*.{rest}")
     return keys
-
-
-# Fields that are the same for every call to one tool of one server: a deny rule that looks
-# only at these refuses every call to the tools it matches.
-_PER_TOOL = frozenset({"agent", "protocol", "host", "port", "method", "path", "service", "tool", "effect"})
-
-
-def _per_tool(match: dict[str, Any]) -> bool:
-    for key, value in match.items():
-        if key in ("all", "any"):
-            if not all(_per_tool(m) for m in value):
-                return False
-        elif key == "not":
-            if not _per_tool(value):
-                return False
-        elif key not in _PER_TOOL:
-            return False
-    return True
-
-
-def _names(match: dict[str, Any], key: str) -> bool:
-    """True when the match, or a match nested in it, tests `key`."""
-    nested = [*match.get("all", []), *match.get("any", []), *([match["not"]] if "not" in match else [])]
-    return key in match or any(_names(m, key) for m in nested)
-
-
-def _check_schemas(doc: Document, steps: list[str | int], match: dict[str, Any]) -> None:
-    for key in ("body", "args"):
-        if key in match:
-            try:
-                jsonschema.Draft202012Validator.check_schema(match[key])
-            except jsonschema.SchemaError as e:
-                raise doc.error([*steps, key], f"not a valid JSON Schema: {e.message}") from e
-    for key in ("all", "any"):
-        for i, inner in enumerate(match.get(key, [])):
-            _check_schemas(doc, [*steps, key, i], inner)
-    if "not" in match:
-        _check_schemas(doc, [*steps, "not"], match["not"])
-
-
-def _add_document(parts: _Parts, doc: Document, seen: dict[str, Path]) -> None:
-    content = doc.content
-    egress = content.get("egress", {})
-    for entry in map(_egress_entry, egress.get("allow", [])):
-        if isinstance(entry, Range):
-            parts.ranges.append(entry)
-        else:
-            parts.egress.append(entry)
-    if "action" in egress:
-        parts.egress_modes.append(egress["action"])
-    for effect, verdict in content.get("defaults", {}).items():
-        current = parts.defaults.get(Effect(effect))
-        # Across files the strictest default wins, like the rules themselves.
-        if current is None or PRECEDENCE[Verdict(verdict)] > PRECEDENCE[current]:
-            parts.defaults[Effect(effect)] = Verdict(verdict)
-    parts.secrets.update(h.lower() for h in content.get("secrets", {}).get("headers", []))
-    for i, spec in enumerate(content.get("rules", [])):
-        if spec["id"] in seen:
-            raise doc.error(
-                ["rules", i, "id"],
-                f"{spec['id']!r} is already defined in {seen[spec['id']]}; rule ids must be unique",
-            )
-        seen[spec["id"]] = doc.path
-        match = spec["match"]
-        _check_schemas(doc, ["rules", i, "match"], match)
-        methods = _literal_set(match, "method", str.upper)
-        protocols = _literal_set(match, "protocol", str.lower)
-        # Literal methods and protocols are checked by Rule.matches before the rest: not twice.
-        prechecked = {k for k, v in (("method", methods), ("protocol", protocols)) if v is not None}
-        rest = {k: v for k, v in match.items() if k not in prechecked}
-        if "effect" in spec and _names(match, "effect"):
-            raise doc.error(
-                ["rules", i, "match"],
-                "a rule that sets effect cannot also match on effect; match the tool, host or method",
-            )
-        verdict = Verdict(spec["action"]) if "action" in spec else None
-        # Rules that refuse, or make an action count as destructive, hold under any reading.
-        widen = verdict in (Verdict.DENY, Verdict.HOLD) or spec.get("effect") == "destructive"
-        try:
-            dedup = parse_dedup(spec["id"], spec["dedup"]) if "dedup" in spec else None
-        except ValueError as e:
-            raise doc.error(["rules", i, "dedup", "key"], str(e)) from e
-        parts.rules.append(
-            Rule(
-                id=spec["id"],
-                verdict=verdict,
-                message=spec.get("message", ""),
-                description=spec.get("description", ""),
-                source=doc.path,
-                position=len(parts.rules),
-                test=compile_match(rest, widen=widen),
-                hosts=_host_keys(match),
-                methods=methods,
-                protocols=protocols,
-                dedup=dedup,
-                storm=parse_storm(spec["id"], spec["storm"]) if "storm" in spec else None,
-                hides=spec.get("action") == "deny" and spec.get("hide", True) and _per_tool(match),
-                effect=Effect(spec["effect"]) if "effect" in spec else None,
-                widen=widen,
-            )
-        )
 
 
 AMBIGUOUS = "ambiguous"  # a rule matched only because the body it reads cannot be read
@@ -313,26 +105,17 @@ def _ambiguous(rule: Rule, action: Action) -> Decision:
     )
 
 
-def _add_range(address: Address) -> str:
-    prefix = 32 if address.version == 4 else 128
-    return f"add a range such as {address}/{prefix} to egress.allow if the agent should reach it"
-
-
 class Ruleset:
     """Every rule from one rules path, with the egress allowlist, defaults and secret headers."""
 
-    def __init__(self, parts: _Parts, *, digest: str, sources: list[Path]):
-        self.rules = parts.rules
-        self.defaults = parts.defaults
-        self.secret_headers = frozenset(parts.secrets)
-        # Report mode only if every file that says anything about it says report.
-        self.egress_report = bool(parts.egress_modes) and all(m == "report" for m in parts.egress_modes)
+    def __init__(self, compiled: Compiled, *, digest: str, sources: list[Path]):
+        self.rules = compiled.rules
+        self.defaults = compiled.defaults
+        self.secret_headers = frozenset(compiled.secrets)
+        self.allowlist = compiled.allowlist()
+        self.egress_report = self.allowlist.report
         self.digest = digest
         self.sources = sources
-        # Literal hosts allowed on any port answer from a set; the rest are tested one by one.
-        self._egress_any_port = frozenset(e.literal for e in parts.egress if e.literal and e.ports is None)
-        self._egress = [e for e in parts.egress if not (e.literal and e.ports is None)]
-        self._ranges = parts.ranges
         self._effects = [r for r in self.rules if r.effect is not None]
         self._by_host: dict[str, list[Rule]] = {}
         self._any_host: list[Rule] = []
@@ -345,83 +128,57 @@ class Ruleset:
 
     @classmethod
     def load(cls, path: Path | str) -> Ruleset:
-        """Load and validate a rule file, or every *.yaml in a directory; raise RulesError."""
-        docs = [read(p) for p in files(Path(path))]
-        parts = _Parts()
-        seen: dict[str, Path] = {}
-        for doc in docs:
-            _add_document(parts, doc, seen)
-        digest = hashlib.sha256("".join(d.digest for d in docs).encode()).hexdigest()
-        return cls(parts, digest=digest, sources=[d.path for d in docs])
+        """Load and validate a rule file, or every *.yaml in a directory; RulesError names every
+        problem found in every file, one a line."""
+        compiled = Compiled()
+        problems: list[str] = []
+        digests, sources = [], []
+        for source in files(Path(path)):
+            try:
+                doc = read(source)
+            except RulesError as e:
+                problems.extend(e.problems)
+                continue
+            compiled.add(doc)
+            digests.append(doc.digest)
+            sources.append(doc.path)
+        problems.extend(p.text for p in compiled.problems)
+        if problems:
+            raise RulesError(*problems)
+        digest = hashlib.sha256("".join(digests).encode()).hexdigest()
+        return cls(compiled, digest=digest, sources=sources)
+
+    # ---- egress: the allowlist's answers, asked of the Ruleset the proxy holds ---------------
 
     def egress_allows(self, host: str, port: int | None = None) -> bool:
-        """True when the host (and port, where the entry names ports) is on the allowlist: a
-        name by the name entries, a bare IP address only by a range entry."""
-        if (address := address_of(host)) is not None:
-            return self.range_allows(address, port)
-        if host.lower() in self._egress_any_port:
-            return True
-        return any(e.test(host) and (e.ports is None or port in e.ports) for e in self._egress)
+        """True when the host (and port) is on the egress allowlist (see Allowlist.allows)."""
+        return self.allowlist.allows(host, port)
 
     def egress_refusal(self, host: str, port: int | None) -> str | None:
         """Why the allowlist refuses the host (and port), or None when it allows it."""
-        if self.egress_allows(host, port):
-            return None
-        if (address := address_of(host)) is not None:
-            return f"{host}:{port} is a bare IP address, not on the egress allowlist; " + _add_range(address)
-        return (
-            f"{host}:{port} is not on the egress allowlist; "
-            "add it to egress.allow in the rules if the agent should reach it"
-        )
+        return self.allowlist.refusal(host, port)
 
     def range_allows(self, address: Address, port: int | None) -> bool:
         """True when a range entry of the allowlist holds the address (and port)."""
-        return any(r.allows(address, port) for r in self._ranges)
+        return self.allowlist.range_allows(address, port)
 
     def address_refusal(self, host: str, address: Address, port: int | None) -> str | None:
-        """Why the connection for `host` may not go to `address`, or None when it may: a range
-        entry allows any address; otherwise a name reaches only public addresses."""
-        if self.range_allows(address, port):
-            return None
-        if address_of(host) is not None:
-            return f"{host}:{port} is a bare IP address, not on the egress allowlist; " + _add_range(address)
-        kind = non_public(address)
-        if kind is None:
-            return None
-        return f"{host} resolves to {address}, a {kind} address; " + _add_range(address)
+        """Why the connection for `host` may not go to `address`, or None when it may."""
+        return self.allowlist.address_refusal(host, address, port)
 
     def check_address(
         self, decision: Decision, host: str, port: int, addresses: list[Address]
     ) -> tuple[Address | None, Decision]:
-        """The address a connection for `host` may go to (the first the rules allow) and the
-        decision once the addresses are known: a refusal when none is allowed (a log entry
-        saying so in report mode)."""
-        refusals = []
-        for address in addresses:
-            if (why := self.address_refusal(host, address, port)) is None:
-                return address, decision
-            refusals.append(why)
-        if not refusals or decision.refused:
-            return None, decision
-        if self.egress_report:
-            return addresses[0], Decision(Verdict.LOG, EGRESS_RULE, f"report only: {refusals[0]}")
-        return None, Decision(Verdict.DENY, EGRESS_RULE, "; ".join(dict.fromkeys(refusals)), "egress_denied")
+        """The address a connection for `host` may go to and the decision once the addresses
+        are known (see Allowlist.check_address)."""
+        return self.allowlist.check_address(decision, host, port, addresses)
 
     def egress_decision(self, action: Action) -> Decision | None:
-        """What egress says of the action: None when it may go (a named upstream always may),
-        else a refusal, or in report mode a log entry saying what would be refused. The host
-        is checked by name and, where the action carries them, by its addresses."""
-        if action.upstream is not None:
-            return None
-        message = self.egress_refusal(action.host, action.port)
-        if message is None:
-            if not action.addresses:
-                return None
-            _, by_address = self.check_address(UNREFUSED, action.host, action.port, list(action.addresses))
-            return None if by_address is UNREFUSED else by_address
-        if self.egress_report:
-            return Decision(Verdict.LOG, EGRESS_RULE, f"report only: {message}")
-        return Decision(Verdict.DENY, EGRESS_RULE, message, "egress_denied")
+        """What egress says of the action: None when it may go, else a refusal or, in report
+        mode, a log entry (see Allowlist.decision)."""
+        return self.allowlist.decision(action)
+
+    # ---- the rules ---------------------------------------------------------------------------
 
     def candidates(self, action: Action) -> Iterable[Rule]:
         """The rules that can match the action: those filed under its host or a parent domain,
@@ -458,7 +215,8 @@ class Ruleset:
         return explained.action, explained.decision
 
     def evaluate(self, action: Action) -> Decision:
-        """Decide an action (see the module docstring for the order)."""
+        """The decision alone, for callers that need not see the action as the rules do (the
+        benchmark, tests); the proxy calls `decide`."""
         return self.decide(action)[1]
 
     def explain(self, action: Action, *, complete: bool = True) -> Explanation:

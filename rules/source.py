@@ -18,7 +18,21 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class RulesError(Exception):
-    """A rule file is missing, unreadable or invalid; the message names file, line and field."""
+    """Rule files that are missing, unreadable or invalid: every problem found, one a line, each
+    naming file, line and field."""
+
+    def __init__(self, *problems: str):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a rule file: the line saying where and why, and its place for ordering."""
+
+    text: str  # file:line:col: field: why
+    line: int = 0
+    column: int = 0
 
 
 @dataclass(frozen=True)
@@ -29,11 +43,19 @@ class Document:
     content: dict[str, Any]
     digest: str
     node: yaml.Node | None = None
+    problems: tuple[Problem, ...] = ()  # what the schema refuses, in the order of the file
+    refused: tuple[tuple[str | int, ...], ...] = ()  # where: the fields the schema refuses
 
-    def error(self, steps: list[str | int], message: str) -> RulesError:
-        """An error about the value at `steps`, as `file:line:col: field: message`."""
-        at = _node_at(self.node, steps)
-        return RulesError(f"{_where(self.path, at)}: {_field(steps)}: {message}")
+    def problem(self, steps: list[str | int], message: str) -> Problem:
+        """A problem with the value at `steps`, as `file:line:col: field: message`."""
+        return _problem(self.path, _node_at(self.node, steps), _field(steps), message)
+
+    def valid(self, steps: list[str | int]) -> bool:
+        """True when the schema refuses nothing in or around the value at `steps` (a refusal of
+        the whole document, such as an unknown top-level key, leaves each part valid)."""
+        return not any(
+            r and (tuple(steps[: len(r)]) == r or r[: len(steps)] == tuple(steps)) for r in self.refused
+        )
 
 
 @cache
@@ -61,7 +83,8 @@ def rule_files_in(path: Path) -> list[Path]:
 
 
 def read(path: Path) -> Document:
-    """Parse and validate one rule file."""
+    """Parse one rule file and check it against the schema; its `problems` say what the schema
+    refuses. RulesError when it cannot be read or parsed at all."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -82,19 +105,29 @@ def read(path: Path) -> Document:
     if not isinstance(content, dict):
         raise RulesError(f"{path}:1:1: a rule file must be a mapping with at least 'version: 1'")
     validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
-    error = jsonschema.exceptions.best_match(validator.iter_errors(content))
-    if error is not None:
-        raise RulesError(_describe(path, node, error))
-    return Document(path, content, hashlib.sha256(text.encode()).hexdigest(), node)
+    # Each error the schema finds, at its most telling alternative: one problem per mistake.
+    errors = [jsonschema.exceptions.best_match([e]) for e in validator.iter_errors(content)]
+    found = {p.text: p for p in (_describe(path, node, e) for e in errors if e is not None)}
+    return Document(
+        path,
+        content,
+        hashlib.sha256(text.encode()).hexdigest(),
+        node,
+        problems=tuple(sorted(found.values(), key=lambda p: (p.line, p.column))),
+        refused=tuple(tuple(e.absolute_path) for e in errors if e is not None),
+    )
 
 
 def _field(steps: list[str | int]) -> str:
     return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).lstrip(".") or "(top)"
 
 
-def _where(path: Path, node: yaml.Node | None) -> str:
+def _problem(path: Path, node: yaml.Node | None, field: str, message: str) -> Problem:
     mark = node.start_mark if node is not None else None
-    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    if mark is None:
+        return Problem(f"{path}: {field}: {message}")
+    line, column = mark.line + 1, mark.column + 1
+    return Problem(f"{path}:{line}:{column}: {field}: {message}", line, column)
 
 
 def _node_at(root: yaml.Node | None, steps: list[str | int]) -> yaml.Node | None:
@@ -112,7 +145,7 @@ def _node_at(root: yaml.Node | None, steps: list[str | int]) -> yaml.Node | None
     return node
 
 
-def _describe(path: Path, root: yaml.Node | None, error: jsonschema.ValidationError) -> str:
+def _describe(path: Path, root: yaml.Node | None, error: jsonschema.ValidationError) -> Problem:
     steps: list[str | int] = list(error.absolute_path)
     node = _node_at(root, steps)
     field, message = _field(steps), error.message
@@ -132,7 +165,7 @@ def _describe(path: Path, root: yaml.Node | None, error: jsonschema.ValidationEr
         message = f"{error.instance!r} is not {error.schema['title']}"
     elif error.validator in ("anyOf", "oneOf"):
         message = _alternatives(error)
-    return f"{_where(path, node)}: {field}: {message}"
+    return _problem(path, node, field, message)
 
 
 def _alternatives(error: jsonschema.ValidationError) -> str:

@@ -8,8 +8,7 @@ import pytest
 
 from proxy.core.breaker import Breaker
 from proxy.core.keys import DedupPolicy, claim_for
-from rules import Action, RulesError, Ruleset, Verdict
-from rules.dedup import KeyTemplate, StatusSet, Storm, fingerprint, seconds
+from rules import Action, KeyTemplate, RulesError, Ruleset, StatusSet, Storm, Verdict, fingerprint, seconds
 
 from .support.actions import act
 

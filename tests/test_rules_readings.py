@@ -18,9 +18,8 @@ from mitmproxy import http
 
 from proxy.plane.adapters.encoding import MAX_LAYERS, decode
 from proxy.plane.adapters.http import from_request
-from rules import Action, Effect, Ruleset, Verdict
+from rules import Action, Effect, Ruleset, Verdict, readings_of
 from rules.paths import path_readings
-from rules.readings import readings_of
 
 RULES = """\
 version: 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 
-from rules.dedup import Storm
+from rules import Storm
 
 
 class Breaker:

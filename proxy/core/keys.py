@@ -14,8 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from rules import Action, Decision
-from rules.dedup import StatusSet, Storm, fingerprint
+from rules import Action, Decision, StatusSet, Storm, fingerprint
 from store import Claim
 
 KEY_HEADER = "idempotency-key"

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from rules.dedup import StatusSet, origin
+from rules import StatusSet, origin
 from store import Log, Record, State, StoreError
 
 from . import records

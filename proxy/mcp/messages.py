@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules import Action, Effect
-from rules.match import json_of
+from rules import Action, Effect, json_of
 
 CALL = "tools/call"
 LIST = "tools/list"

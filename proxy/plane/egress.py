@@ -28,9 +28,7 @@ from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from rules import Action, Ruleset
-from rules.addresses import Address, address_of
-from rules.ruleset import UNREFUSED
+from rules import ALLOWED, Action, Address, Ruleset, address_of
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +118,7 @@ class Egress:
             server.error = str(e)
             return
         # The name itself was decided by the gate (requests, tunnels) or refused (raw TCP).
-        allowed, decision = self.rules().check_address(UNREFUSED, host, port, addresses)
+        allowed, decision = self.rules().check_address(ALLOWED, host, port, addresses)
         if allowed is None:
             server.error = f"airlock refused the connection: {decision.message}"
             logger.warning("egress: %s", server.error)

@@ -18,8 +18,7 @@ from typing import Any
 from proxy.mcp import messages as mcp
 from proxy.mcp.evidence import Evidence, Introduction
 from proxy.mcp.readings import decide_messages, judge
-from rules import Action, Decision, Explanation, Ruleset, Verdict
-from rules.ruleset import PRECEDENCE
+from rules import PRECEDENCE, Action, Decision, Explanation, Ruleset, Verdict
 
 
 class Route(StrEnum):

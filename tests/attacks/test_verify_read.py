@@ -27,8 +27,7 @@ import requests
 from proxy.core import records
 from proxy.core.recheck import refusal
 from proxy.core.redact import Redactor
-from rules import Action, Effect
-from rules.dedup import parse_dedup
+from rules import Action, Effect, parse_dedup
 
 from ..support import AIRLOCK, Airlock, Upstream, free_port, recording_handler, wait_for
 

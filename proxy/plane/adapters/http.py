@@ -12,8 +12,7 @@ import dataclasses
 
 from mitmproxy import http
 
-from rules import Action, Effect
-from rules.readings import readings_of
+from rules import Action, Effect, readings_of
 
 from .encoding import decode
 

@@ -15,8 +15,7 @@ from typing import Any
 from mitmproxy import http
 
 from proxy.mcp import messages as mcp
-from rules import Action, Effect, Explanation, Ruleset
-from rules.ruleset import PRECEDENCE
+from rules import PRECEDENCE, Action, Effect, Explanation, Ruleset
 
 from .http import from_request
 

@@ -1,0 +1,58 @@
+"""A Rule: one entry of a rule file's `rules`, compiled, and the test of whether it matches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .action import Action, Effect
+from .decision import Verdict
+from .match import Predicate
+from .readings import readings_of
+from .repeats import Dedup, Storm
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: an id, what it matches, and what happens to the actions it matches.
+
+    A rule without a verdict only modifies its actions: how repeats are handled (`dedup`,
+    `storm`) or which effect they count as (`effect`), and leaves the verdict to the other
+    rules and the defaults.
+    """
+
+    id: str
+    verdict: Verdict | None
+    message: str
+    description: str
+    source: Path
+    position: int
+    test: Predicate
+    hosts: frozenset[str] | None = None  # index keys: literal hosts and "*.domain" globs
+    methods: frozenset[str] | None = None
+    protocols: frozenset[str] | None = None
+    dedup: Dedup | None = None
+    storm: Storm | None = None
+    hides: bool = False  # a deny rule that refuses every call to a tool: hide the tool
+    effect: Effect | None = None  # the effect the matched actions are treated as
+    widen: bool = False  # any reading of the action matches (deny, hold): see rules.readings
+
+    def matches(self, action: Action) -> bool:
+        """True when every field of the rule's `match` holds for the action (for a deny or hold
+        rule under any reading of it, for the others under every reading)."""
+        if self.methods is not None:
+            sent = action.method.upper() in self.methods
+            # The method as sent decides a deny it is in and an allow it is not in; otherwise
+            # the other readings of the method (overrides) decide, when there are any.
+            if sent is not self.widen:
+                others = readings_of(action).methods[1:]
+                if self.widen:
+                    if not others or not any(m in self.methods for m in others):
+                        return False
+                elif others and not all(m in self.methods for m in others):
+                    return False
+            elif not sent:
+                return False
+        if self.protocols is not None and action.protocol not in self.protocols:
+            return False
+        return self.test(action)
