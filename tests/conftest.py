@@ -3,14 +3,20 @@ are built from lives in tests/support/."""
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 import signal
 import ssl
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from .support import RULES, Airlock, Upstream, UpstreamCA, free_port, running
+from .support.capture import UPSTREAM_IP
+from .support.namespaces import NETNS_ETC, Netns, Processes, add_link, quiet, sh
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +93,41 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "AIRLOCK_DATA",
     ):
         monkeypatch.delenv(var, raising=False)
+
+
+# ---- namespaces (the capture, isolation and egress-path tests) ------------------------------
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Every process a test starts is killed when it ends."""
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop()
+
+
+@pytest.fixture
+def netns(processes: Processes) -> Iterator[Netns]:
+    """A namespace with loopback up and 10.77.0.1/24 on a link; its hosts file names allowed.test
+    and forgotten.test there and its resolv.conf says nameserver 10.77.0.1."""
+    ns = Netns(f"al-t-{secrets.token_hex(4)}")
+    etc = NETNS_ETC / ns.name
+    sh("ip", "netns", "add", ns.name)
+    try:
+        etc.mkdir(parents=True)
+        (etc / "hosts").write_text(
+            f"127.0.0.1 localhost\n::1 localhost\n{UPSTREAM_IP} allowed.test forgotten.test\n"
+        )
+        (etc / "resolv.conf").write_text(f"nameserver {UPSTREAM_IP}\n")
+        sh(*ns.exec("ip", "link", "set", "lo", "up"))
+        add_link(ns.exec(), "up0", f"{UPSTREAM_IP}/24")
+        yield ns
+    finally:
+        processes.stop()
+        for pid in quiet("ip", "netns", "pids", ns.name).split():
+            with suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        quiet("ip", "netns", "del", ns.name)
+        shutil.rmtree(etc, ignore_errors=True)

@@ -51,23 +51,8 @@ from rules import Ruleset
 from store import Log
 
 from ..support import AIRLOCK, Airlock, Upstream, UpstreamCA, curl, free_port, settle, wait_for
-from ..test_capture import (
-    NETNS_ETC,
-    NOBODY,
-    PA,
-    TRANSPARENT,
-    Netns,
-    Processes,
-    add_link,
-    curl_args,
-    logged,
-    netns,  # noqa: F401  (a fixture)
-    processes,  # noqa: F401  (a fixture)
-    reply_of,
-    serve,
-    start_airlock,
-)
-from ..test_capture import _unsupported as capture_unsupported
+from ..support.capture import NOBODY, PA, TRANSPARENT, curl_args, logged, reply_of, serve, start_airlock
+from ..support.namespaces import NETNS_ETC, Netns, Processes, add_link, netns_unsupported
 
 # ---- servers that record every byte ---------------------------------------------------------
 
@@ -547,10 +532,10 @@ def test_keep_alive_to_a_named_host_reuses_the_checked_connection(airlock: Airlo
 # ---- a captured agent with a public source address --------------------------------------------
 
 
-@pytest.mark.skipif(capture_unsupported() is not None, reason=capture_unsupported() or "")
+@pytest.mark.skipif(netns_unsupported() is not None, reason=netns_unsupported() or "")
 def test_capture_serves_an_agent_whose_address_is_public(
-    netns: Netns,  # noqa: F811  (the fixture imported above)
-    processes: Processes,  # noqa: F811
+    netns: Netns,
+    processes: Processes,
     tmp_path: Path,
 ) -> None:
     # The agent's connection to 1.2.3.4 (a public address, here held by the namespace itself)
@@ -688,10 +673,10 @@ print(json.dumps({"first": first, "reload": reloaded.status_code, "second": seco
 """
 
 
-@pytest.mark.skipif(capture_unsupported() is not None, reason=capture_unsupported() or "")
+@pytest.mark.skipif(netns_unsupported() is not None, reason=netns_unsupported() or "")
 def test_a_kept_alive_connection_does_not_outlive_the_rules_that_allowed_its_address(
-    netns: Netns,  # noqa: F811  (the fixture imported above)
-    processes: Processes,  # noqa: F811
+    netns: Netns,
+    processes: Processes,
     tmp_path: Path,
 ) -> None:
     # moving.test has a private address (allowed by a range) and a public one. A connection

@@ -40,7 +40,7 @@ from proxy.routing.isolate import Link
 from rules import EGRESS_RULE
 
 from ..support import AIRLOCK, Airlock, environ_without_proxy, free_port, wait_for
-from ..test_capture import Traces, quiet, scrub, sh
+from ..support.namespaces import Traces, quiet, scrub, sh
 
 # The probe runs as an unprivileged user, who cannot run the test's interpreter (it may live in
 # root's home): it needs a system Python.
