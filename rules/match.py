@@ -21,7 +21,6 @@ from urllib.parse import parse_qsl
 import jsonschema
 
 from .action import Action
-from .parsed import json_of as json_of  # where importers not yet moved look
 from .readings import Readings, readings_of
 
 Predicate = Callable[[Action], bool]

@@ -19,8 +19,7 @@ from pathlib import Path
 from .action import Action
 from .addresses import Address
 from .compiling import Compiled
-from .decision import PRECEDENCE as PRECEDENCE  # where importers not yet moved look
-from .decision import Decision, Verdict
+from .decision import PRECEDENCE, Decision, Verdict
 from .readings import KINDS, readings_of
 from .rule import Rule
 from .source import RulesError, files, read

@@ -22,8 +22,7 @@ from typing import Any
 
 import orjson
 
-from rules import Action, Decision, Ruleset, Verdict
-from rules.dedup import Storm, fingerprint
+from rules import Action, Decision, Ruleset, Storm, Verdict, fingerprint
 from store import ActionRef, KeyOutcome, KeyTaken, Log, Record, State, StoreError
 
 from . import keys, records

@@ -8,8 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rules import Action, Decision, Ruleset, Verdict
-from rules.match import json_of
+from rules import Action, Decision, Ruleset, Verdict, json_of
 from store import ActionRef, Claim, KeyOutcome, Record, State
 
 from . import redact
