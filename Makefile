@@ -36,10 +36,14 @@ deps:
 	  elif ! command -v curl >/dev/null; then \
 	    echo "the tests need curl: install it (apt-get install curl)" >&2; exit 1; fi; fi
 
+WHERE := airlock is not on PATH: run it as $(VENV)/bin/airlock (or 'source $(VENV)/bin/activate' first)
+
 run: $(STAMP)
+	@echo "$(WHERE)" >&2
 	$(VENV)/bin/airlock run $(ARGS)
 
 test: $(STAMP) deps
+	@echo "$(WHERE)" >&2
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

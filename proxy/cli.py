@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -21,12 +22,14 @@ from proxy.ops.config import (
     default_data,
     parse_address,
     parse_port,
+    parse_resolver,
     parse_seconds,
     parse_size,
     parse_uid,
     parse_upstream,
 )
 from proxy.ops.datadir import DataDir, DataDirError
+from proxy.ops.trust import write_bundle
 from proxy.routing.environ import agent_environment
 from rules import RulesError, Ruleset, default_path
 from store import Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
@@ -94,10 +97,23 @@ def _rules_poll_arg(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--rules-poll", type=_typed(parse_seconds), default=1.0, metavar="SECONDS", help=help)
 
 
+def _commands(parser: Parser, dest: str) -> argparse._SubParsersAction[Parser]:
+    """The subcommands of `parser`; given none, it prints its usage and names them."""
+    sub = parser.add_subparsers(dest=dest, parser_class=Parser, metavar="COMMAND")
+
+    def missing(args: argparse.Namespace) -> int:
+        parser.print_usage(sys.stderr)
+        names = ", ".join(sub.choices)
+        parser.exit(2, f"{parser.prog}: error: a command is needed: {names} (see {parser.prog} --help)\n")
+
+    parser.set_defaults(func=missing)
+    return sub
+
+
 def build_parser() -> Parser:
     """The command line: one subcommand per task."""
     parser = Parser(prog="airlock", description="A gate between AI agents and what they act on.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    sub = _commands(parser, "command")
 
     run = sub.add_parser("run", help="run the proxy and the control API")
     _data_arg(run)
@@ -110,7 +126,9 @@ def build_parser() -> Parser:
         action="append",
         default=[],
         metavar="NAME=URL@PORT",
-        help="serve URL in reverse mode on local PORT (repeatable)",
+        help="serve URL in reverse mode on local PORT (repeatable). A path in URL is a base path: "
+        "with tools=http://h:9000/mcp@9001, GET / on 9001 reaches /mcp (the URL as written) and "
+        "GET /x reaches /mcp/x; rules and the log see the path the upstream receives",
     )
     _agent_arg(run, "agent name recorded on actions (a request may say X-Airlock-Agent)")
     run.add_argument(
@@ -158,8 +176,11 @@ def build_parser() -> Parser:
     run.add_argument(
         "--upstream-ca",
         type=Path,
-        metavar="FILE",
-        help="extra CA bundle trusted for upstream TLS (e.g. an internal CA)",
+        action="append",
+        default=[],
+        metavar="FILE|DIR",
+        help="a CA certificate (PEM) trusted for upstream TLS besides the public CAs, e.g. an internal "
+        "CA; a directory: its *.pem, *.crt and *.cer files (repeatable: all are trusted together)",
     )
     run.set_defaults(func=cmd_run)
 
@@ -197,7 +218,7 @@ def build_parser() -> Parser:
     resolve.set_defaults(func=cmd_resolve)
 
     rules_cmd = sub.add_parser("rules", help="check rule files, or explain how they decide an action")
-    rules_sub = rules_cmd.add_subparsers(dest="rules_command", required=True, parser_class=Parser, metavar="")
+    rules_sub = _commands(rules_cmd, "rules_command")
     check = rules_sub.add_parser("check", help="validate rule files; exit 1 with file:line:col on error")
     check.add_argument("path", nargs="?", type=Path, default=default_path(), help="file or directory")
     check.set_defaults(func=cmd_rules_check)
@@ -287,6 +308,7 @@ def build_parser() -> Parser:
     )
     cap.add_argument(
         "--dns",
+        type=_typed(parse_resolver),
         action="append",
         default=None,
         metavar="ADDRESS",
@@ -310,7 +332,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         agent=args.agent,
         body_limit=args.body_limit,
         log_max_size=args.log_max_size,
-        upstream_ca=args.upstream_ca,
         rules_poll=args.rules_poll,
         transparent=args.transparent,
         ca=args.ca,
@@ -321,8 +342,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     ports += [cfg.transparent.port] if cfg.transparent else []
     if len(set(ports)) != len(ports):
         raise UserError(f"ports must differ: --listen, --control, --transparent and --upstream use {ports}")
-    if cfg.upstream_ca is not None and not cfg.upstream_ca.is_file():
-        raise UserError(f"--upstream-ca {cfg.upstream_ca}: no such file")
+    names = [u.name for u in cfg.upstreams]
+    if len(set(names)) != len(names):
+        again = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"--upstream names must differ (the log names upstreams by them): {', '.join(again)}")
+    if args.upstream_ca:
+        data = DataDir(cfg.data)
+        data.prepare()
+        try:
+            cfg = dataclasses.replace(cfg, upstream_ca=write_bundle(args.upstream_ca, data.upstream_ca))
+        except ConfigError as e:
+            raise UserError(str(e)) from e
     from proxy.plane.server import serve  # mitmproxy loads only for the command that runs it
 
     asyncio.run(serve(cfg))
@@ -330,7 +360,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _open_log(args: argparse.Namespace) -> Log:
-    return Log.open(DataDir(args.data).log, readonly=True)
+    data = DataDir(args.data)
+    data.check()
+    return Log.open(data.log, readonly=True)
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -399,6 +431,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_resolve(args: argparse.Namespace) -> int:
     """Record an operator's resolution of an in_doubt action."""
     data = DataDir(args.data)
+    data.check()
     if not (data.log / "data.mdb").exists():
         raise UserError(f"no log at {data.log}: nothing to resolve")
     log = Log.open(data.log)

@@ -546,7 +546,7 @@ CASES: dict[str, Case] = {
     ),
     "data-not-writable": Case(
         ("run", "--data", "{file}/sub", "--listen", "127.0.0.1:{port}", "--control", "127.0.0.1:{port2}"),
-        ("{file}/sub", "not writable"),
+        ("{file}/sub", "which is a file"),
     ),
     "listen-in-use": Case(
         ("run", "--data", "{data}", "--listen", "127.0.0.1:{busy}", "--control", "127.0.0.1:{port}"),

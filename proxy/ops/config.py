@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -30,11 +31,24 @@ class Address:
 
 @dataclass(frozen=True)
 class Upstream:
-    """A named upstream served in reverse mode on a local port."""
+    """A named upstream served in reverse mode on a local port. A path in its URL is a base
+    path: the listener's `/` is the URL itself and `/x` is `URL/x`."""
 
     name: str
     url: str
     port: int
+
+    @property
+    def origin(self) -> str:
+        """The URL's scheme, host and port: where connections go."""
+        url = urlsplit(self.url)
+        return f"{url.scheme}://{url.netloc}"
+
+    @property
+    def base(self) -> str:
+        """The URL's path ('' for none or `/`): put in front of every path asked of the listener."""
+        path = urlsplit(self.url).path
+        return "" if path in ("", "/") else path
 
 
 TRANSPARENT = Address("127.0.0.1", 8082)  # where `exec --isolate` looks for the transparent listener
@@ -75,14 +89,35 @@ def parse_address(text: str) -> Address:
 
 
 def parse_upstream(text: str) -> Upstream:
-    """NAME=URL@PORT, e.g. tools=http://127.0.0.1:9000/mcp@9001."""
+    """NAME=URL@PORT, e.g. tools=http://127.0.0.1:9000/mcp@9001: a URL of scheme, host, port
+    and a base path."""
     m = re.fullmatch(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)=(?P<url>.+)@(?P<port>\d{1,5})", text)
-    if not m or int(m["port"]) > 65535:
+    if not m or not 0 < int(m["port"]) < 65536:
         raise ConfigError(f"{text!r} is not NAME=URL@PORT (e.g. tools=http://127.0.0.1:9000@9001)")
-    url = urlsplit(m["url"])
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise ConfigError(f"{m['url']!r} in {text!r} is not an http:// or https:// URL")
-    return Upstream(m["name"], m["url"], int(m["port"]))
+    url, port = m["url"], int(m["port"])
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{url!r} in {text!r} is not an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"{url!r} in {text!r} carries credentials: give the URL without them (the agent's "
+            "requests carry their own)"
+        )
+    where = _NETLOC.fullmatch(parts.netloc)
+    if not where:
+        raise ConfigError(f"{url!r} in {text!r}: {parts.netloc!r} is not HOST or HOST:PORT")
+    if where["port"] is not None and not 0 < int(where["port"]) < 65536:
+        raise ConfigError(f"{url!r} in {text!r}: the port must be a number from 1 to 65535")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ConfigError(
+            f"{url!r} in {text!r} has a query or fragment: give the scheme, host, port and a base path only"
+        )
+    return Upstream(m["name"], url, port)
+
+
+# A DNS name (underscores allowed, as mitmproxy allows them), an IPv4 address or an IPv6 one in
+# brackets, and an optional port.
+_NETLOC = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?")
 
 
 _UNITS = {
@@ -133,3 +168,11 @@ def parse_port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise ConfigError(f"{text!r} is not a port (1-65535)")
     return int(text)
+
+
+def parse_resolver(text: str) -> str:
+    """A DNS resolver's IP address (IPv4 or IPv6)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an IP address (e.g. 10.0.0.2 or fd00::53)") from None

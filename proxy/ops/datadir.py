@@ -28,13 +28,25 @@ class DataDir:
         self.log = self.root / "log"
         self.ca = self.root / "ca"
         self.token_file = self.root / "control.token"
+        self.upstream_ca = self.root / "upstream-ca.pem"  # the CAs trusted for upstream TLS
+
+    def check(self) -> None:
+        """Raise DataDirError if the path, or a directory above it, is a file."""
+        for path in (self.root, *self.root.parents):
+            if path.exists() and not path.is_dir():
+                what = "is a file" if path == self.root else f"is under {path}, which is a file"
+                raise DataDirError(
+                    f"data dir {self.root} {what}; --data needs a directory (created if missing): "
+                    "pick another path"
+                )
 
     def prepare(self) -> None:
         """Create the directory if needed (mode 0700), tighten whatever in it others could
         read, and check that it is writable."""
+        self.check()
         try:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            loosened = restrict(self.root, [self.log, self.ca, self.token_file])
+            loosened = restrict(self.root, [self.log, self.ca, self.token_file, self.upstream_ca])
             if loosened:
                 logger.warning(
                     "data dir %s: %s could be read by other users; tightened to owner only "

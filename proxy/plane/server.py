@@ -28,6 +28,7 @@ from proxy.ops.datadir import DataDir
 from rules import Ruleset
 from store import Log
 
+from .basepaths import BasePaths
 from .ca import ensure_ca, install_ca
 from .clients import Clients
 from .fronting import Fronting
@@ -46,7 +47,7 @@ def modes(cfg: RunConfig) -> tuple[list[str], dict[ProxyMode, str]]:
         specs.append(f"transparent@{cfg.transparent}")
     named: dict[ProxyMode, str] = {}
     for up in cfg.upstreams:
-        spec = f"reverse:{up.url}@{Address(cfg.listen.host, up.port)}"
+        spec = f"reverse:{up.origin}@{Address(cfg.listen.host, up.port)}"  # its path: BasePaths
         specs.append(spec)
         named[ProxyMode.parse(spec)] = up.name
     return specs, named
@@ -124,6 +125,7 @@ async def serve(cfg: RunConfig) -> None:
             upstreams=named,
             reads_pass_unlogged=cfg.reads_when_log_down == "pass",
         )
+        m.addons.add(BasePaths.of(named, cfg.upstreams))  # first: every later hook sees the upstream's path
         m.addons.add(*gated(gate, named, cfg.agent))
         configure(m.options, cfg, data, specs)
 
