@@ -32,7 +32,7 @@ class Entry:
     hash: str
     summary: dict[str, Any] = field(default_factory=dict)  # fields it sets on its action's index
     claim: dict[str, Any] | None = None  # the idempotency key an opening entry claims
-    settle: dict[str, Any] | None = None  # what this entry does to its action's key
+    settle: dict[str, Any] | None = None  # keeps or releases its action's key (with a reply's digest)
 
     @classmethod
     def parse(cls, raw: bytes) -> Entry:

@@ -28,10 +28,10 @@ from .entry import Entry
 from .errors import NoLog, StoreError
 from .record import Record
 from .recovery import DIR_MODE, FILE_MODE, WriterLock, recover
-from .stored import in_range
+from .stored import MAX_NUMBER, in_range
 from .upgrade import record_format
 from .verify import ChainReport, check
-from .view import DBS, MAX_KEY, View
+from .view import DBS, View
 from .writer import Writer
 
 DEFAULT_MAP_SIZE = 64 << 20
@@ -115,7 +115,7 @@ class Log:
     def entries(self, start: int = 1) -> Iterator[Entry]:
         """Entries in order from sequence number `start` (Altered at the first damaged one)."""
         start = max(start, 1)
-        if start > MAX_KEY:
+        if start > MAX_NUMBER:
             return
         with self._view() as view:
             yield from view.entries(start)
@@ -141,7 +141,7 @@ class Log:
         indexes, or an entry missing from an action's list, is refused instead of passed over
         (memory: two numbers per action)."""
         after = max(after, 0)
-        if after >= MAX_KEY:
+        if after >= MAX_NUMBER:
             return
         with self._view() as view:
             yield from view.actions(state, after, whole=whole)

@@ -17,7 +17,7 @@ from .entry import Entry
 from .errors import Altered
 from .states import State
 
-_MAX_KEY = (1 << 64) - 1
+MAX_NUMBER = (1 << 64) - 1  # the largest entry or action number a database key holds
 _STATES = frozenset(State)
 
 
@@ -28,7 +28,7 @@ def seq_key(n: int) -> bytes:
 
 def in_range(n: int) -> bool:
     """True when `n` fits a database key (0 to 2**64 - 1)."""
-    return 0 <= n <= _MAX_KEY
+    return 0 <= n <= MAX_NUMBER
 
 
 def as_bytes(raw: bytes | memoryview) -> bytes:

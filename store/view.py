@@ -31,7 +31,6 @@ from .stored import (
 DBS = (b"entries", b"actions", b"states", b"meta", b"keys")
 HEAD = b"head"
 NEXT_ACTION = b"next_action"
-MAX_KEY = (1 << 64) - 1
 
 
 class View:
