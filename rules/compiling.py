@@ -1,7 +1,7 @@
 """Compiling rule files into rules: each document's rules, egress entries, defaults and secret
 headers, gathered into one `Compiled`, with every problem found on the way.
 
-A part of a document that the schema refuses is not compiled (its problems are reported
+A part of a document that the schema finds wrong is not compiled (its problems are reported
 already); every other part is, so one pass reports every mistake in every file.
 """
 
@@ -40,7 +40,7 @@ class Compiled:
     defaults: dict[Effect, Verdict] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
-    _seen: dict[str, Path] = field(default_factory=dict)  # rule ids, and the file of each
+    _seen: dict[str, Path] = field(default_factory=dict, init=False, repr=False)  # id: its file
 
     def allowlist(self) -> Allowlist:
         """The egress allowlist; report mode only if every file that names a mode says report."""
@@ -48,7 +48,7 @@ class Compiled:
         return Allowlist(self.hosts, self.ranges, report=report)
 
     def add(self, doc: Document) -> None:
-        """Compile one document into this whole, keeping its problems (schema ones first found)."""
+        """Compile one document into this whole, keeping its problems in the order of the file."""
         found = list(doc.problems)
         content = doc.content
         if doc.valid(["egress"]):

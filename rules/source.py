@@ -37,25 +37,26 @@ class Problem:
 
 @dataclass(frozen=True)
 class Document:
-    """One parsed and validated rule file, with its YAML nodes for pointing at lines."""
+    """One parsed rule file checked against the schema, with its YAML nodes for pointing at
+    lines and what the schema found wrong."""
 
     path: Path
     content: dict[str, Any]
     digest: str
     node: yaml.Node | None = None
-    problems: tuple[Problem, ...] = ()  # what the schema refuses, in the order of the file
-    refused: tuple[tuple[str | int, ...], ...] = ()  # where: the fields the schema refuses
+    problems: tuple[Problem, ...] = ()  # what the schema finds wrong, in the order of the file
+    invalid: tuple[tuple[str | int, ...], ...] = ()  # the fields it finds wrong, as steps
 
     def problem(self, steps: list[str | int], message: str) -> Problem:
         """A problem with the value at `steps`, as `file:line:col: field: message`."""
         return _problem(self.path, _node_at(self.node, steps), _field(steps), message)
 
     def valid(self, steps: list[str | int]) -> bool:
-        """True when the schema refuses nothing in or around the value at `steps` (a refusal of
-        the whole document, such as an unknown top-level key, leaves each part valid)."""
-        return not any(
-            r and (tuple(steps[: len(r)]) == r or r[: len(steps)] == tuple(steps)) for r in self.refused
-        )
+        """True when the schema finds nothing wrong in the value at `steps` or in a value that
+        holds it (a mistake of the whole document, such as an unknown top-level key, leaves each
+        part valid)."""
+        at = tuple(steps)
+        return not any(i and (at[: len(i)] == i or i[: len(at)] == at) for i in self.invalid)
 
 
 @cache
@@ -84,7 +85,7 @@ def rule_files_in(path: Path) -> list[Path]:
 
 def read(path: Path) -> Document:
     """Parse one rule file and check it against the schema; its `problems` say what the schema
-    refuses. RulesError when it cannot be read or parsed at all."""
+    finds wrong. RulesError when it cannot be read or parsed at all."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -114,7 +115,7 @@ def read(path: Path) -> Document:
         hashlib.sha256(text.encode()).hexdigest(),
         node,
         problems=tuple(sorted(found.values(), key=lambda p: (p.line, p.column))),
-        refused=tuple(tuple(e.absolute_path) for e in errors if e is not None),
+        invalid=tuple(tuple(e.absolute_path) for e in errors if e is not None),
     )
 
 
