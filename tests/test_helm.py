@@ -626,7 +626,8 @@ def test_dockerfile_copies_what_pip_install_needs() -> None:
     parsed = dockerfile()
     copied = {src.rstrip("/") for value in instructions(parsed, "COPY") for src in value.split()[:-1]}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = {p.split(".")[0] for p in pyproject["tool"]["setuptools"]["packages"]}
+    found = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]  # e.g. "proxy*"
+    packages = {p.split(".")[0].rstrip("*") for p in found}
     needed = {"pyproject.toml", pyproject["project"]["readme"], *packages}
     assert needed <= copied
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
