@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from proxy.ops.config import (
     TRANSPARENT,
@@ -21,6 +21,8 @@ from proxy.ops.config import (
     RunConfig,
     default_data,
     parse_address,
+    parse_agent,
+    parse_http_url,
     parse_port,
     parse_resolver,
     parse_seconds,
@@ -45,6 +47,17 @@ class UserError(Exception):
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, not a usage dump."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.set_defaults(command_parser=self)  # the innermost command's parser: its own wins
+
+    def parse(self, args: Sequence[str] | None = None) -> argparse.Namespace:
+        """Parse `args`; arguments the command does not take are reported by that command."""
+        parsed, extra = self.parse_known_args(args)
+        if extra:
+            parsed.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -90,7 +103,9 @@ def _rules_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _agent_arg(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--agent", default=os.environ.get("AIRLOCK_AGENT", "agent"), help=help)
+    p.add_argument(
+        "--agent", type=_typed(parse_agent), default=os.environ.get("AIRLOCK_AGENT") or "agent", help=help
+    )
 
 
 def _rules_poll_arg(p: argparse.ArgumentParser, help: str) -> None:
@@ -208,7 +223,7 @@ def build_parser() -> Parser:
     )
     verify.set_defaults(func=cmd_verify)
 
-    resolve = sub.add_parser("resolve", help="settle an in_doubt action")
+    resolve = sub.add_parser("resolve", help="resolve an in_doubt action: record whether it took effect")
     _data_arg(resolve)
     resolve.add_argument("id", type=int, help="action id")
     how = resolve.add_mutually_exclusive_group(required=True)
@@ -227,7 +242,12 @@ def build_parser() -> Parser:
         "--rules", type=Path, default=default_path(), metavar="PATH", help="file or directory"
     )
     explain.add_argument("--method", help="HTTP method (default GET, or POST with --tool)")
-    explain.add_argument("--url", required=True, help="full URL, e.g. https://api.example.com/v1/items")
+    explain.add_argument(
+        "--url",
+        type=_typed(parse_http_url),
+        required=True,
+        help="full URL, e.g. https://api.example.com/v1/items",
+    )
     explain.add_argument("--header", action="append", default=[], metavar="K:V", help="a header (repeatable)")
     explain.add_argument("--body", metavar="@FILE|TEXT", help="request body, or @FILE to read it")
     explain.add_argument("--tool", help="an MCP tool call: the tool's name")
@@ -243,7 +263,7 @@ def build_parser() -> Parser:
         help="the server has shown it is MCP (answered initialize) and issued any Mcp-Session-Id given: "
         "the body is read as MCP messages, as the proxy reads them then",
     )
-    explain.add_argument("--agent", default=os.environ.get("AIRLOCK_AGENT", "agent"), help="agent name")
+    _agent_arg(explain, "agent name")
     explain.add_argument("--json", action="store_true", help="print JSON")
     explain.set_defaults(func=cmd_rules_explain)
 
@@ -563,7 +583,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `airlock` command."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
     try:
         return int(args.func(args))
     except (UserError, RulesError, DataDirError, StartupError, NoLog, StoreError, CAFileError) as e:

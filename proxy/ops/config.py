@@ -176,3 +176,20 @@ def parse_resolver(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise ConfigError(f"{text!r} is not an IP address (e.g. 10.0.0.2 or fd00::53)") from None
+
+
+def parse_agent(text: str) -> str:
+    """An agent's name as actions record it: not empty, no control characters."""
+    if not text.strip() or not text.isprintable():
+        raise ConfigError(f"{text!r} is not an agent name (e.g. billing-bot): it names the agent in the log")
+    return text
+
+
+def parse_http_url(text: str) -> str:
+    """An http:// or https:// URL with a host."""
+    url = urlsplit(text)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ConfigError(
+            f"{text!r} is not an http:// or https:// URL (e.g. https://api.example.com/v1/items)"
+        )
+    return text
