@@ -363,7 +363,7 @@ def test_the_event_stream_sends_on_an_event_begun_before_its_rewrite_was_settled
         )
         is None
     )
-    stream = EventStream(tc, url="http://127.0.0.1:8000/mcp", action=http, channel="c", legacy=set())
+    stream = EventStream(tc, url="http://127.0.0.1:8000/mcp", action=http, channel="c")
     listing = json.dumps({"jsonrpc": "2.0", "id": 2, "result": {"tools": [{"name": "read_note"}]}})
     note = json.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "hi"}})
     body = f"event: message\ndata: {listing}\n\nevent: message\ndata: {note}\n\n".encode()

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 KEY_RULE = "idempotency-key"
 STORM_RULE = "retry-storm"
-KEY_POLL = 0.02  # how often a duplicate looks whether the first request has settled
+KEY_POLL = 0.02  # how often a duplicate looks whether the first request has ended
 
 
 class Meter:
@@ -75,20 +75,20 @@ class Tracking:
     ref: ActionRef
     keyed: Keyed | None = None  # holds a dedup key: its outcome keeps or releases it
     storm: Storm | None = None
-    repeat_of: Action | None = None  # an unkeyed mutation: the breaker knows it by fingerprint
+    unkeyed: Action | None = None  # an unkeyed mutation: the breaker knows it by fingerprint
     started: float = field(default_factory=time.monotonic)
     meter: Meter = field(default_factory=Meter)
     logged: bool = True  # False: a read let through while the log was down; no outcome is due
-    _repeat: str | None = None
+    _breaker_key: str | None = None
 
-    def repeat(self) -> str | None:
+    def breaker_key(self) -> str | None:
         """Who the action is to the retry-storm breaker: its dedup key, or for an unkeyed
         mutation its agent and fingerprint (computed only when the breaker asks)."""
         if self.keyed is not None:
             return self.keyed.claim.key
-        if self._repeat is None and self.repeat_of is not None:
-            self._repeat = f"{self.repeat_of.agent}|{fingerprint(self.repeat_of)}"
-        return self._repeat
+        if self._breaker_key is None and self.unkeyed is not None:
+            self._breaker_key = f"{self.unkeyed.agent}|{fingerprint(self.unkeyed)}"
+        return self._breaker_key
 
     def final(self, status: int | None) -> bool:
         """True when the answer (None: none) is the action's effect rather than a failure."""
@@ -183,7 +183,7 @@ class Admission:
         storm = decision.storm or self.policy.storm
         unkeyed_mutation = keyed is None and action.effect.mutating
         tracking = Tracking(
-            ActionRef(), keyed=keyed, storm=storm, repeat_of=action if unkeyed_mutation else None
+            ActionRef(), keyed=keyed, storm=storm, unkeyed=action if unkeyed_mutation else None
         )
         if (wait := self._storm_wait(tracking, storm)) is not None:
             return await self._storm(action, storm, wait)
@@ -239,7 +239,7 @@ class Admission:
         # While nothing is failing, the breaker has nothing to say: no fingerprint is taken.
         if not self.breaker:
             return None
-        repeat = tracking.repeat()
+        repeat = tracking.breaker_key()
         return None if repeat is None else self.breaker.retry_after(repeat, storm)
 
     async def _storm(self, action: Action, storm: Storm, wait: float) -> Answer:
@@ -275,50 +275,20 @@ class Admission:
         self, action: Action, keyed: Keyed, taken: KeyTaken, deadline: float
     ) -> Answer | None:
         """Answer an action whose key another action holds; None if the key came free."""
-        holder, label = taken.holder_id, keyed.label
-        if taken.payload != keyed.claim.payload:
-            message = (
-                f"this {label} was used by action {holder} for a different request; "
-                "use a new key for a new request"
-            )
-            return await self._refuse_key(action, "idempotency_key_reused", message, 422)
-        if taken.legacy:
-            message = (
-                f"action {holder} with this {label} was recorded by an older airlock, whose stored "
-                "responses the log cannot vouch for, so it is not replayed and this request was not "
-                f"executed; see `airlock show {holder}` for what happened, and do not retry"
-            )
-            return await self._refuse_key(action, "idempotency_key_unverifiable", message, 409)
+        refusal = _key_refusal(keyed, taken)
+        if refusal is not None:
+            return await self._refuse_key(action, *refusal)
         if taken.final:
-            if taken.reply is not None:
-                return await self._replay(action, taken)
-            message = (
-                f"action {holder} with this {label} already took effect, and its response "
-                "cannot be replayed (it was resolved after a crash, or too large to keep); do not retry"
-            )
-            return await self._refuse_key(action, "idempotency_key_completed", message, 409)
-        if taken.state == State.IN_DOUBT:
-            message = (
-                f"action {holder} with this {label} is in doubt: the proxy stopped while it was "
-                "in flight, so whether it took effect is unknown and this request was not executed; "
-                f"an operator settles it with `airlock resolve {holder} --executed|--not-executed`, "
-                "then retry with the same key"
-            )
-            return await self._refuse_key(action, "idempotency_in_doubt", message, 409)
-        if keyed.reject:
-            message = (
-                f"action {holder} with this {label} is in flight, and the rule rejects duplicates "
-                "instead of waiting; wait for the first request's answer instead of sending it again"
-            )
-            return await self._refuse_key(action, "idempotency_in_flight", message, 409)
-        # In flight: wait for the first action to settle, then replay it or take the key.
+            return await self._replay(action, taken)
+        holder = taken.holder_id
+        # In flight: wait for the first action to end, then replay it or take the key.
         while time.monotonic() < deadline:
             await asyncio.sleep(KEY_POLL)
             held = self.log.key(keyed.claim.key)
             if held is None or held["action"] != holder or held.get("final"):
                 return None
         message = (
-            f"action {holder} with this {label} is still in flight after {keyed.wait:g} s; "
+            f"action {holder} with this {keyed.label} is still in flight after {keyed.wait:g} s; "
             "retry later with the same key"
         )
         return await self._refuse_key(action, "idempotency_in_flight", message, 409)
@@ -333,7 +303,7 @@ class Admission:
             logger.error("a replay was not logged: %s", e)
         return Answer(decision, ref.id, 200, reply=taken.reply, replay_of=taken.holder_id)
 
-    def post(self, record: Record) -> None:
+    def append_soon(self, record: Record) -> None:
         """Write a record without waiting for it (reads, outcomes)."""
         try:
             self.log.append_soon(record)
@@ -345,7 +315,7 @@ class Admission:
         final = tracking.final(status)
         if tracking.storm is None or (final and not self.breaker):
             return final
-        repeat = tracking.repeat()
+        repeat = tracking.breaker_key()
         if repeat is not None:
             if final:
                 self.breaker.succeeded(repeat)
@@ -379,7 +349,7 @@ class Admission:
             error=error,
             key_outcome=key_outcome,
         )
-        self.post(record)
+        self.append_soon(record)
 
     def fail(self, tracking: Tracking, error: str) -> None:
         """Write the outcome of an action that got no answer."""
@@ -387,4 +357,49 @@ class Admission:
             return
         final = self._count(tracking, None)
         record = records.failure(tracking.ref, error=error, duration_ms=tracking.elapsed_ms(), keep_key=final)
-        self.post(record)
+        self.append_soon(record)
+
+
+def _key_refusal(keyed: Keyed, taken: KeyTaken) -> tuple[str, str, int] | None:
+    """Why an action whose key another action holds is refused (the reason, the message, the
+    status); None when it is replayed (a final answer is stored) or waits for the holder."""
+    holder, label = taken.holder_id, keyed.label
+    if taken.payload != keyed.claim.payload:
+        return (
+            "idempotency_key_reused",
+            f"this {label} was used by action {holder} for a different request; "
+            "use a new key for a new request",
+            422,
+        )
+    if taken.legacy:
+        return (
+            "idempotency_key_unverifiable",
+            f"action {holder} with this {label} was recorded by an older airlock, whose stored "
+            "responses the log cannot vouch for, so it is not replayed and this request was not "
+            f"executed; see `airlock show {holder}` for what happened, and do not retry",
+            409,
+        )
+    if taken.final and taken.reply is None:
+        return (
+            "idempotency_key_completed",
+            f"action {holder} with this {label} already took effect, and its response "
+            "cannot be replayed (it was resolved after a crash, or too large to keep); do not retry",
+            409,
+        )
+    if taken.state == State.IN_DOUBT:
+        return (
+            "idempotency_in_doubt",
+            f"action {holder} with this {label} is in doubt: the proxy stopped while it was "
+            "in flight, so whether it took effect is unknown and this request was not executed; "
+            f"an operator resolves it with `airlock resolve {holder} --executed|--not-executed`, "
+            "then retry with the same key",
+            409,
+        )
+    if keyed.reject:
+        return (
+            "idempotency_in_flight",
+            f"action {holder} with this {label} is in flight, and the rule rejects duplicates "
+            "instead of waiting; wait for the first request's answer instead of sending it again",
+            409,
+        )
+    return None

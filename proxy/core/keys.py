@@ -1,4 +1,4 @@
-"""Exactly-once effects: the idempotency key an action claims, and what settles it.
+"""Exactly-once effects: the idempotency key an action claims, and when its answer is final.
 
 A key comes from the client's `Idempotency-Key` header (IETF draft semantics), else from the
 first matching rule's `dedup` (a template over the action, or `auto`: its fingerprint). It is
@@ -43,7 +43,7 @@ class Keyed:
     label: str = "Idempotency-Key"  # what the key is called in answers to the agent
     reject: bool = False
     final_statuses: StatusSet | None = None
-    verify: dict[str, Any] | None = None  # the read that settles it if it is left in doubt
+    verify: dict[str, Any] | None = None  # the read that resolves it if it is left in doubt
 
     def final(self, status: int | None) -> bool:
         """True when this answer (None: no answer at all) is the action's effect, to be replayed."""

@@ -1,4 +1,4 @@
-"""Settling in-doubt actions by asking the upstream, when their rule named a verify read.
+"""Rechecking in-doubt actions by asking the upstream, when their rule named a verify read.
 
 On start, every in-doubt action whose intent carries a verify read (see `dedup.verify` in the
 rules) gets that read, after its delay: a status the rule counts as executed resolves the
@@ -76,7 +76,7 @@ async def check(session: aiohttp.ClientSession, action_id: int, read: dict[str, 
     found: dict[str, Any] = {"method": method, "url": url}
     if (why := refusal(read)) is not None:
         found["error"] = f"not sent: {why}"
-        return records.unsettled(action_id, found=found)
+        return records.still_in_doubt(action_id, found=found)
     assert url is not None
     try:
         # Sent exactly as stored (encoded=True): no client-side re-quoting or dot-segment
@@ -95,18 +95,18 @@ async def check(session: aiohttp.ClientSession, action_id: int, read: dict[str, 
     if status is not None and status in StatusSet(read["not_executed"]):
         note = f"{method} {url} answered {status}: the action did not take effect"
         return records.resolution(action_id, executed=False, note=note, by=BY, found=found)
-    return records.unsettled(action_id, found=found)
+    return records.still_in_doubt(action_id, found=found)
 
 
-async def settle_in_doubt(log: Log, *, cafile: Path | None = None) -> int:
-    """Issue the verify reads of every in-doubt action that has one; return how many settled."""
+async def recheck_in_doubt(log: Log, *, cafile: Path | None = None) -> int:
+    """Issue the verify reads of every in-doubt action that has one; return how many were resolved."""
     reads = in_doubt_reads(log)
     if not reads:
         return 0
     # Let requests the stopped proxy had sent reach the upstream before asking about them.
     await asyncio.sleep(max(float(read.get("delay", 0)) for _, read in reads))
     context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
-    settled = 0
+    resolved = 0
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=context)) as session:
         for action_id, read in reads:
@@ -114,13 +114,13 @@ async def settle_in_doubt(log: Log, *, cafile: Path | None = None) -> int:
                 record = await check(session, action_id, read)
             except Exception as e:  # one malformed stored read must not keep the others in doubt
                 found = {"error": f"the stored read could not be made: {type(e).__name__}: {e}"}
-                record = records.unsettled(action_id, found=found)
+                record = records.still_in_doubt(action_id, found=found)
             try:
                 await log.append(record)
             except StoreError as e:
                 logger.info("verify of action %d not recorded: %s", action_id, e)
                 continue
             if record.kind == "resolution":
-                settled += 1
+                resolved += 1
             logger.warning("airlock: in-doubt action %d: %s", action_id, record.data.get("note"))
-    return settled
+    return resolved

@@ -84,7 +84,7 @@ def intent(
 
     With `claim` the action takes an idempotency key; with `replay_of` it was answered from
     that earlier action's stored reply instead of going upstream; `verify` is the read that
-    can settle the action if it is left in doubt.
+    can resolve the action if it is left in doubt.
     """
     described = describe(action, redactor=redactor, bodies=bodies)
     url = described["url"]
@@ -244,7 +244,7 @@ def resolution(
     )
 
 
-def unsettled(action_id: int, *, found: dict[str, Any]) -> Record:
+def still_in_doubt(action_id: int, *, found: dict[str, Any]) -> Record:
     """A verify read that could not tell whether an in-doubt action ran: it stays in doubt."""
     return Record(
         kind="verify",

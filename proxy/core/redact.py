@@ -338,8 +338,8 @@ def walk(value: Any, look: Look | None = None) -> Any:
 
 
 class _Walk:
-    """One walk over a parsed value; plain type checks, loops written out and a per-walk cache
-    of field names keep it cheap on bodies of thousands of fields."""
+    """One walk over a parsed value; plain type checks and a per-walk cache of field names keep
+    it cheap on bodies of thousands of fields."""
 
     def __init__(self, look: Look):
         self.look = look
@@ -360,35 +360,28 @@ class _Walk:
         return self.items(value) if isinstance(value, list) else value
 
     def string(self, value: str) -> str:
-        # With no token shape about, only a `name=value` or `name: value` pair can be a secret
-        # (the loops below test the same inline).
+        # With no token shape about, only a `name=value` or `name: value` pair can be a secret.
         if not self.scan or (self.pairs_only and "=" not in value and ":" not in value):
             return value
         return text(value, self.look)
 
+    def element(self, value: Any) -> Any:
+        """A field's value or a list's item, redacted; itself when nothing in it changed."""
+        t = type(value)
+        if t is str:
+            return self.string(value)
+        if t is int or t is float or value is None or t is bool:
+            return value
+        return self.value(value)
+
     def fields(self, value: dict[Any, Any]) -> dict[Any, Any]:
         out = None
-        names, scan, pairs_only = self.names, self.scan, self.pairs_only
+        names, element = self.names, self.element
         for k, v in value.items():
             secret = names.get(k)
             if secret is None:
                 secret = names[k] = _secret_field(k if type(k) is str else str(k))
-            if secret:
-                new: Any = REDACTED
-            else:
-                t = type(v)
-                if t is str:
-                    if not scan or (pairs_only and "=" not in v and ":" not in v):
-                        continue
-                    new = text(v, self.look)
-                elif t is dict:
-                    new = self.fields(v)
-                elif t is list:
-                    new = self.items(v)
-                elif t is int or t is float or v is None or t is bool:
-                    continue
-                else:
-                    new = self.value(v)
+            new = REDACTED if secret else element(v)
             if new is not v:
                 if out is None:
                     out = dict(value)
@@ -397,21 +390,9 @@ class _Walk:
 
     def items(self, value: list[Any]) -> list[Any]:
         out = None
-        scan, pairs_only = self.scan, self.pairs_only
+        element = self.element
         for i, v in enumerate(value):
-            t = type(v)
-            if t is str:
-                if not scan or (pairs_only and "=" not in v and ":" not in v):
-                    continue
-                new: Any = text(v, self.look)
-            elif t is dict:
-                new = self.fields(v)
-            elif t is list:
-                new = self.items(v)
-            elif t is int or t is float or v is None or t is bool:
-                continue
-            else:
-                new = self.value(v)
+            new = element(v)
             if new is not v:
                 if out is None:
                     out = list(value)

@@ -129,7 +129,7 @@ class Bridge:
         self.child.stdin.close()
 
     async def child_to_host(self) -> None:
-        """Pass on what the child says, settling the calls it answers."""
+        """Pass on what the child says, completing the calls it answers."""
         assert self.child.stdout is not None
         while line := await self.child.stdout.readline():
             try:

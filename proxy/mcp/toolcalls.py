@@ -2,7 +2,7 @@
 
 What the client sends is decided and logged before it is passed on: each request is an action
 (a `tools/call` with its tool, arguments and effect), refused or replayed requests are answered
-here in JSON-RPC and never reach the server. What the server sends back settles the pending
+here in JSON-RPC and never reach the server. What the server sends back completes the pending
 calls (the outcome entry is written when a call's response has passed), teaches the tool
 catalog the tools' effects, and has tools that the rules deny outright removed from
 `tools/list` results. A channel is one place responses come back on: an HTTP exchange, a
@@ -42,7 +42,7 @@ class Channel:
 
     pending: dict[str, Pending] = field(default_factory=dict)
     stand_ins: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lists: int = 0  # pending `tools/list` requests, whose results may be rewritten
+    tool_lists_due: int = 0  # pending `tools/list` requests, whose results may be rewritten
 
 
 def _text(answer: Answer) -> str:
@@ -53,12 +53,24 @@ def _text(answer: Answer) -> str:
 
 
 class ToolCalls:
-    """Decides and logs MCP messages and settles their responses, for every transport."""
+    """Decides and logs MCP messages and completes them with their responses, for every transport."""
 
     def __init__(self, admission: Admission, catalog: mcp.ToolCatalog | None = None):
         self.admission = admission
         self.catalog = catalog or mcp.ToolCatalog()
         self.channels: dict[str, Channel] = {}
+        self._sessions: set[str] = set()  # channels of open legacy SSE sessions: the URLs they POST to
+
+    # ---- legacy SSE sessions -------------------------------------------------------------
+
+    def open_session(self, channel: str) -> None:
+        """A legacy SSE stream named `channel` (a URL) as where its session POSTs: answers to
+        what is POSTed there come back on that stream."""
+        self._sessions.add(channel)
+
+    def is_session(self, url: str) -> bool:
+        """True when `url` is the channel of an open legacy SSE session."""
+        return url in self._sessions
 
     # ---- client to server ----------------------------------------------------------------
 
@@ -107,7 +119,7 @@ class ToolCalls:
             if mcp.is_request(message):
                 due = self.channels.setdefault(channel, Channel())
                 due.pending[mcp.message_key(message["id"])] = Pending(str(message["method"]), tracking)
-                due.lists += message["method"] == mcp.LIST
+                due.tool_lists_due += message["method"] == mcp.LIST
             else:
                 # Notifications and responses get no answer: they are done once passed on.
                 self.admission.finish(tracking, 202, headers={})
@@ -199,10 +211,10 @@ class ToolCalls:
         """True while a response that will be rewritten is due on the channel (a `tools/list`
         result, or a stand-in's)."""
         due = self.channels.get(channel)
-        return due is not None and (due.lists > 0 or bool(due.stand_ins))
+        return due is not None and (due.tool_lists_due > 0 or bool(due.stand_ins))
 
     def receive(self, message: Any, raw: bytes | None, *, channel: str, server: str, base: Action) -> Any:
-        """Take in one message from the server: settle the call it answers, and return the
+        """Take in one message from the server: complete the call it answers, and return the
         message to pass on (a `tools/list` result without hidden tools)."""
         if not isinstance(message, dict) or not mcp.is_response(message):
             return message
@@ -216,7 +228,7 @@ class ToolCalls:
         if pending is None:
             return message
         out = message
-        due.lists -= pending.method == mcp.LIST
+        due.tool_lists_due -= pending.method == mcp.LIST
         if pending.method == mcp.LIST and "result" in message:
             self.catalog.learn(server, message["result"])
             result, hidden = mcp.hide_tools(message["result"], lambda t: self._hidden(t, base, server))
@@ -238,7 +250,9 @@ class ToolCalls:
         return self.admission.ruleset.hidden_by(probe) is not None
 
     def close(self, channel: str, error: str) -> None:
-        """The channel ended: calls still waiting on it got no response."""
+        """The channel ended (and the legacy session on it, if any): calls still waiting on it
+        got no response."""
+        self._sessions.discard(channel)
         due = self.channels.pop(channel, None)
         for pending in due.pending.values() if due is not None else ():
             self.admission.fail(pending.tracking, error)

@@ -123,7 +123,7 @@ async def show_action(request: web.Request) -> web.Response:
 
 
 async def resolve_action(request: web.Request) -> web.Response:
-    """POST /v1/actions/{id}/resolve {"executed": bool, "note": str}: settle an in-doubt action."""
+    """POST /v1/actions/{id}/resolve {"executed": bool, "note": str}: resolve an in-doubt action."""
     try:
         body = await request.json()
         executed = body["executed"]

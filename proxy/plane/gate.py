@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from mitmproxy import http
@@ -29,7 +30,7 @@ from store import Log
 
 from . import answers, replays
 from .egress import Egress
-from .streams import EventStream, Exchange, json_answer, settle_json
+from .streams import EventStream, Exchange, json_answer, receive_json
 from .triage import Route, Triage, triage
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,10 @@ class Gate:
         )
         self.calls = ToolCalls(self.admission)
         self.egress = Egress(lambda: self.ruleset)
+        # Registered with the gate as its child addon: mitmproxy runs a child's hooks right after
+        # its parent's, so every connection the gate lets open is pinned to a checked address.
+        self.addons = [self.egress]
         self.evidence = Evidence()  # which servers have shown they are MCP
-        self.legacy: set[str] = set()  # URLs legacy SSE sessions POST to (their channels)
         # Run from the gate's hooks rather than as addons of their own: every addon hook costs
         # each request a dispatch, and the guards must run before the gate anyway.
         self.guards: Sequence[Guard] = ()
@@ -146,7 +149,7 @@ class Gate:
         assert read.messages is not None
         action = read.action
         url = flow.request.url
-        legacy = url in self.legacy
+        legacy = self.calls.is_session(url)
         exchange = Exchange(url if legacy else f"flow:{flow.id}", server_of(action), action, not legacy)
         answers = await self.calls.send(
             read.messages, action, channel=exchange.channel, server=exchange.server, readings=read.readings
@@ -163,11 +166,8 @@ class Gate:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Stream large or open-ended response bodies through a meter instead of buffering them;
         read MCP event streams on the way. Any failure here still writes an outcome."""
-        try:
+        with self._failure_recorded(flow, "the response headers"):
             self._responseheaders(flow)
-        except Exception as e:
-            logger.exception("could not read the response headers of %s", flow.request.pretty_url)
-            self._settle_broken(flow, f"airlock could not read the response headers: {e!r}")
 
     def _responseheaders(self, flow: http.HTTPFlow) -> None:
         for guard in self.guards:
@@ -187,7 +187,6 @@ class Gate:
                     url=flow.request.url,
                     action=exchange.action if exchange else classify(flow, agent=self.agent),
                     channel=exchange.channel if exchange else None,
-                    legacy=self.legacy,
                     evidence=self.evidence,
                     introduction=(introduction, session) if introduction is not None else None,
                     meter=tracking.meter if tracking else None,
@@ -204,11 +203,8 @@ class Gate:
     def response(self, flow: http.HTTPFlow) -> None:
         """Write the outcome once the whole response has passed; any failure reading the
         response still writes one (an error outcome naming the failure)."""
-        try:
+        with self._failure_recorded(flow, "the response"):
             self._response(flow)
-        except Exception as e:
-            logger.exception("could not record the response of %s", flow.request.pretty_url)
-            self._settle_broken(flow, f"airlock could not read the response: {e!r}")
 
     def _response(self, flow: http.HTTPFlow) -> None:
         introduction: Introduction | None = flow.metadata.pop(INTRODUCTION, None)
@@ -216,9 +212,9 @@ class Gate:
             _introduce(introduction, flow.response)
         exchange: Exchange | None = flow.metadata.get(MCP)
         if exchange is not None and flow.response is not None:
-            settle_json(self.calls, exchange, flow.response)
+            receive_json(self.calls, exchange, flow.response)
             flow.metadata.pop(MCP, None)
-            if exchange.scoped:
+            if exchange.own_channel:
                 status = flow.response.status_code
                 self.calls.close(exchange.channel, f"the server answered {status} without a response")
         tracking: Tracking | None = flow.metadata.get(TRACK)
@@ -226,17 +222,26 @@ class Gate:
             self._record_response(flow, tracking)
             flow.metadata.pop(TRACK, None)
 
-    def _settle_broken(self, flow: http.HTTPFlow, error: str) -> None:
+    @contextmanager
+    def _failure_recorded(self, flow: http.HTTPFlow, what: str) -> Iterator[None]:
+        """A hook after forwarding that fails still writes an outcome, naming what failed."""
+        try:
+            yield
+        except Exception as e:
+            logger.exception("could not read %s of %s", what, flow.request.pretty_url)
+            self._record_failure(flow, f"airlock could not read {what}: {e!r}")
+
+    def _record_failure(self, flow: http.HTTPFlow, error: str) -> None:
         """Write an error outcome for whatever this flow still owes: its action, and the calls
         it carried. The answer itself passes on as the server sent it."""
         flow.metadata.pop(INTRODUCTION, None)
         try:
             _end_stream(flow, error)
             exchange: Exchange | None = flow.metadata.pop(MCP, None)
-            if exchange is not None and exchange.scoped:
+            if exchange is not None and exchange.own_channel:
                 self.calls.close(exchange.channel, error)
         except Exception:
-            logger.exception("the calls of %s could not all be settled", flow.request.pretty_url)
+            logger.exception("the calls of %s could not all be completed", flow.request.pretty_url)
         tracking: Tracking | None = flow.metadata.pop(TRACK, None)
         if tracking is not None:
             status = flow.response.status_code if flow.response is not None else None
@@ -265,13 +270,13 @@ class Gate:
             self._error(flow, message)
         except Exception as e:
             logger.exception("could not record the failure of %s", flow.request.pretty_url)
-            self._settle_broken(flow, f"{message}; airlock could not record it in full: {e!r}")
+            self._record_failure(flow, f"{message}; airlock could not record it in full: {e!r}")
 
     def _error(self, flow: http.HTTPFlow, message: str) -> None:
         flow.metadata.pop(INTRODUCTION, None)
         _end_stream(flow, message)
         exchange: Exchange | None = flow.metadata.pop(MCP, None)
-        if exchange is not None and exchange.scoped:
+        if exchange is not None and exchange.own_channel:
             self.calls.close(exchange.channel, message)
         tracking: Tracking | None = flow.metadata.get(TRACK)
         if tracking is None:

@@ -18,7 +18,7 @@ from mitmproxy.addons import (
 )
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from proxy.core.recheck import settle_in_doubt
+from proxy.core.recheck import recheck_in_doubt
 from proxy.core.records import BodyPolicy
 from proxy.core.reload import RulesReloader
 from proxy.errors import StartupError
@@ -76,15 +76,14 @@ def data_plane() -> list[object]:
 def gated(gate: Gate, named: dict[ProxyMode, str], agent: str) -> list[object]:
     """Airlock's own addons, in the order their hooks must run: tunnels (what a connection may
     carry), WebSocket messages (whose addon reads the agent header before the gate removes it),
-    the gate with its guards (other protocols, mismatched names: refused before it decides),
-    and egress as connections open."""
+    and the gate with its guards (other protocols, mismatched names: refused before it decides)
+    and its child addon, egress, that pins each connection it lets open."""
     admission = gate.admission
     gate.guard_with(Upgrades(admission, named, agent=agent), Fronting(admission, named, agent=agent))
     return [
         Tunnels(admission, lambda: gate.ruleset, gate.egress, agent=agent),
         WebSockets(admission, named, gate.calls.catalog, agent=agent),
         gate,
-        gate.egress,
     ]
 
 
@@ -102,6 +101,26 @@ def configure(opts: options.Options, cfg: RunConfig, data: DataDir, specs: list[
     )
 
 
+def build(cfg: RunConfig, data: DataDir, log: Log, ruleset: Ruleset) -> tuple[master.Master, Gate]:
+    """The mitmproxy master `serve` runs: the data plane, then the gate and its company, and
+    the options they run with. Listeners open when it runs."""
+    specs, named = modes(cfg)
+    m = master.Master(options.Options())
+    m.addons.add(*data_plane())
+    gate = Gate(
+        log,
+        ruleset,
+        agent=cfg.agent,
+        bodies=BodyPolicy(cfg.body_limit),
+        upstreams=named,
+        reads_pass_unlogged=cfg.reads_when_log_down == "pass",
+    )
+    m.addons.add(BasePaths.of(named, cfg.upstreams))  # first: every later hook sees the upstream's path
+    m.addons.add(*gated(gate, named, cfg.agent))
+    configure(m.options, cfg, data, specs)
+    return m, gate
+
+
 async def serve(cfg: RunConfig) -> None:
     """Run until SIGINT or SIGTERM; raise StartupError if anything cannot start."""
     data = DataDir(cfg.data)
@@ -114,20 +133,7 @@ async def serve(cfg: RunConfig) -> None:
     log = Log.open(data.log, max_size=cfg.log_max_size)
     log.start()
     try:
-        specs, named = modes(cfg)
-        m = master.Master(options.Options())
-        m.addons.add(*data_plane())
-        gate = Gate(
-            log,
-            ruleset,
-            agent=cfg.agent,
-            bodies=BodyPolicy(cfg.body_limit),
-            upstreams=named,
-            reads_pass_unlogged=cfg.reads_when_log_down == "pass",
-        )
-        m.addons.add(BasePaths.of(named, cfg.upstreams))  # first: every later hook sees the upstream's path
-        m.addons.add(*gated(gate, named, cfg.agent))
-        configure(m.options, cfg, data, specs)
+        m, gate = build(cfg, data, log, ruleset)
 
         # Listeners first: the control API's /healthz answers only once the proxy does.
         # mitmproxy's own complaint about a busy port would repeat ours: keep it quiet here.
@@ -160,7 +166,7 @@ async def serve(cfg: RunConfig) -> None:
                     reloader.watch(cfg.rules_poll) if cfg.rules_poll > 0 else asyncio.Event().wait(),
                     name="rules watcher",
                 ),
-                asyncio.create_task(_settle(log, cfg), name="verify in-doubt actions"),
+                asyncio.create_task(_recheck(log, cfg), name="verify in-doubt actions"),
             ]
             logger.info(
                 "airlock: proxy on %s, control API on %s, data in %s, rules %s",
@@ -182,9 +188,9 @@ async def serve(cfg: RunConfig) -> None:
         log.close()
 
 
-async def _settle(log: Log, cfg: RunConfig) -> None:
+async def _recheck(log: Log, cfg: RunConfig) -> None:
     try:
-        await settle_in_doubt(log, cafile=cfg.upstream_ca)
+        await recheck_in_doubt(log, cafile=cfg.upstream_ca)
     except Exception:
         logger.exception("airlock: verifying in-doubt actions failed; they stay in doubt")
 

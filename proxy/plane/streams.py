@@ -4,7 +4,7 @@ transport, as the gate sees them in mitmproxy flows.
 A POSTed JSON-RPC body goes through `ToolCalls.send`. Answers come back in the POST's own
 response (streamable HTTP: JSON, or an event stream that is passed on event by event), or on
 a separate event stream (legacy SSE: the stream's `endpoint` event names the URL its session
-POSTs to, and that URL is the channel its responses settle).
+POSTs to, and that URL is the channel its responses come back on).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Exchange:
-    """A POST of JSON-RPC messages that were forwarded: where their answers settle."""
+    """A POST of JSON-RPC messages that were forwarded: where their answers come back."""
 
     channel: str
     server: str
     action: Action
-    scoped: bool  # the channel is this exchange alone (streamable HTTP), not a legacy session
+    own_channel: bool  # the channel is this exchange alone (streamable HTTP), not a legacy session
 
 
 def json_answer(answers: list[dict[str, Any]], batch: bool, status: int = 200) -> http.Response:
@@ -45,8 +45,8 @@ def json_answer(answers: list[dict[str, Any]], batch: bool, status: int = 200) -
     return http.Response.make(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
 
-def settle_json(calls: ToolCalls, exchange: Exchange, response: http.Response) -> None:
-    """Settle the calls a JSON response answers, rewriting `tools/list` results if needed."""
+def receive_json(calls: ToolCalls, exchange: Exchange, response: http.Response) -> None:
+    """Complete the calls a JSON response answers, rewriting `tools/list` results if needed."""
     if "application/json" not in response.headers.get("content-type", "") or not response.content:
         return
     try:
@@ -79,7 +79,6 @@ class EventStream:
         url: str,
         action: Action,
         channel: str | None,
-        legacy: set[str],
         evidence: Evidence | None = None,
         introduction: tuple[Introduction, str | None] | None = None,
         meter: Meter | None = None,
@@ -92,7 +91,6 @@ class EventStream:
         self.action = action
         self.server = server_of(action)
         self.channel = channel
-        self.legacy = legacy
         self.meter = meter
         self.splitter = mcp.SseSplitter()
 
@@ -140,7 +138,7 @@ class EventStream:
             if self.evidence is not None and not self.evidence.announce(self.url, posts_to):
                 return None  # another origin: this stream cannot vouch for it
             self.channel = posts_to
-            self.legacy.add(self.channel)
+            self.calls.open_session(posts_to)
             return None
         if self.introduction is not None:
             introduction, session = self.introduction
@@ -165,4 +163,3 @@ class EventStream:
         """The stream is over: calls still waiting on its channel got no answer."""
         if self.channel is not None:
             self.calls.close(self.channel, error)
-            self.legacy.discard(self.channel)

@@ -1,8 +1,8 @@
 """From a request to what it asks for and how the rules decide it: the one path that the proxy
 and `airlock rules explain` both take, so that they cannot disagree.
 
-A request is read as MCP only when its server has shown it is one (see mcp_evidence). Without
-that evidence a body shaped like JSON-RPC is decided under every reading an upstream could make
+A request is read as MCP only when its server has shown it is one (proxy/mcp/evidence.py).
+Without that evidence a body shaped like JSON-RPC is decided under every reading an upstream could make
 of it: the plain HTTP request (its method's effect, its URL and body), and each message read as
 MCP for `tool`, `args` and `operation` rules, with an effect never lower than the method's.
 The strictest decision of all readings is the request's.

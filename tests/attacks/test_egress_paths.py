@@ -27,6 +27,7 @@ import h2.connection
 import h2.events
 import pytest
 import requests
+from mitmproxy.addonmanager import traverse
 from mitmproxy.connection import Server
 from mitmproxy.options import Options
 from mitmproxy.proxy import layers
@@ -37,13 +38,14 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
-from proxy.core.records import BodyPolicy
+from proxy.ops.config import Address, RunConfig
+from proxy.ops.datadir import DataDir
 from proxy.plane import egress as egress_module
 from proxy.plane.clients import Clients, refusal
 from proxy.plane.egress import Egress, Resolver
 from proxy.plane.fronting import Fronting
 from proxy.plane.gate import Gate
-from proxy.plane.server import data_plane, gated
+from proxy.plane.server import build
 from proxy.plane.tunnels import Tunnels, readable, refused_layer
 from proxy.plane.upgrades import Upgrades
 from proxy.plane.websocket import WebSockets
@@ -564,21 +566,33 @@ def test_capture_serves_an_agent_whose_address_is_public(
 # ---- the order the addons run in --------------------------------------------------------------
 
 
-def test_the_guards_run_before_the_gate_and_egress_after(tmp_path: Path) -> None:
-    # mitmproxy runs a hook addon by addon, in order: what refuses a request outright must see it
-    # before the gate forwards it, and the WebSocket addon must read the agent header before the
-    # gate removes it.
+def test_the_master_serve_runs_has_the_guards_before_the_gate_and_egress_as_its_child(tmp_path: Path) -> None:
+    # mitmproxy runs a hook addon by addon, in order, a child right after its parent: what refuses
+    # a request outright must see it before the gate forwards it, the WebSocket addon must read the
+    # agent header before the gate removes it, and every connection the gate lets open is pinned
+    # by egress. Checked on the master `serve` builds, not on a list made for the test.
     (tmp_path / "r.yaml").write_text("version: 1\n")
-    log = Log.open(tmp_path / "log")
+    cfg = RunConfig(data=tmp_path / "data", listen=Address("127.0.0.1", 0), rules=tmp_path / "r.yaml")
+    data = DataDir(cfg.data)
+    data.prepare()
+    log = Log.open(data.log)
+
+    async def built() -> tuple[list[type], bool, list[type]]:
+        m, gate = build(cfg, data, log, Ruleset.load(cfg.rules))  # a master needs a running loop
+        chain = [type(addon) for addon in traverse(m.addons.chain)]
+        return chain, m.addons.get("egress") is gate.egress, [type(guard) for guard in gate.guards]
+
     try:
-        gate = Gate(log, Ruleset.load(tmp_path / "r.yaml"), agent="t", bodies=BodyPolicy())
-        kinds = [type(addon) for addon in gated(gate, {}, "t")]
+        chain, pinned_by_the_gates_egress, guards = asyncio.run(built())
     finally:
         log.close()
-    assert kinds == [Tunnels, WebSockets, Gate, Egress]
-    assert [type(guard) for guard in gate.guards] == [Upgrades, Fronting]
-    assert not any(type(addon).__name__ == "Block" for addon in data_plane())
-    assert any(isinstance(addon, Clients) for addon in data_plane())
+    ours = [kind for kind in chain if kind in (Tunnels, WebSockets, Gate, Egress)]
+    assert ours == [Tunnels, WebSockets, Gate, Egress]
+    assert chain.index(Egress) == chain.index(Gate) + 1
+    assert pinned_by_the_gates_egress
+    assert guards == [Upgrades, Fronting]
+    assert not any(kind.__name__ == "Block" for kind in chain)
+    assert Clients in chain
 
 
 @pytest.mark.parametrize(

@@ -328,7 +328,7 @@ def test_an_event_stream_that_cannot_be_read_fails_its_calls_and_passes_on(
         asyncio.run(tc.send([msg("tools/call", 1, name="a", arguments={})], base, channel="c", server="s"))
         is None
     )
-    stream = EventStream(tc, url="https://api.test/mcp", action=base, channel="c", legacy=set())
+    stream = EventStream(tc, url="https://api.test/mcp", action=base, channel="c")
     monkeypatch.setattr(tc, "receive", _raise)
     event = b'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\n\n'
     assert stream(event) == event  # passed on as it came
@@ -347,7 +347,7 @@ def test_an_event_stream_that_breaks_off_fails_the_calls_due_on_its_channel(tmp_
                 assert await gate.calls.send([call], base, channel="legacy", server="s") is None
                 flow.response = tflow.tresp()
                 flow.response.stream = EventStream(
-                    gate.calls, url="https://api.test/sse", action=base, channel="legacy", legacy=set()
+                    gate.calls, url="https://api.test/sse", action=base, channel="legacy"
                 )
                 flow.error = tflow.terr("the connection was reset")
                 gate.error(flow)

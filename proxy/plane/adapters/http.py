@@ -1,6 +1,6 @@
 """The generic HTTP adapter: method, target and headers of a flow become an Action.
 
-The body is decoded from its Content-Encoding within bounds (protocols.encoding). The effect
+The body is decoded from its Content-Encoding within bounds (adapters/encoding.py). The effect
 is the strictest of the methods an upstream could read: the method sent, and any a
 method-override header or `_method` field names. `X-Airlock-Agent` is a claim: the action is
 recorded under the claimed name and keeps the configured agent beside it.
