@@ -35,9 +35,9 @@ _STRICTNESS = {Effect.READ: 0, Effect.WRITE: 1, Effect.DESTRUCTIVE: 2}
 class Action:
     """What an agent asks to do, independent of how it arrived.
 
-    `protocol` says which adapter read it (http, mcp, ws, dns); `operation`, `tool` and `args`
-    are filled in by the adapters that understand more than HTTP. `service` is matched by rules
-    but no adapter sets it yet.
+    `protocol` says which adapter read it (http, mcp, ws; tcp or dns for a refused stream);
+    `operation`, `tool` and `args` are filled in by the adapters that understand more than
+    HTTP. `service` is matched by rules but no adapter sets it yet.
     """
 
     method: str
