@@ -8,6 +8,7 @@ about each action, and which is its last.
 from __future__ import annotations
 
 import array
+from collections.abc import Callable
 from typing import Any
 
 import lmdb
@@ -64,35 +65,40 @@ def listed_entries(action_id: int, raw: bytes) -> list[int]:
 
 def index_record(action_id: int, raw: bytes) -> dict[str, Any]:
     """An action's index record, refused unless it has the shape of one."""
-    try:
-        index = orjson.loads(raw)
-    except ValueError:
-        raise Altered(f"action {action_id}'s index record is not valid JSON") from None
-    if (
-        not isinstance(index, dict)
-        or not isinstance(index.get("entries"), list)
-        or not isinstance(index.get("state"), str)
-        or not isinstance(index.get("writer"), str)
-        or index.get("state") not in _STATES
-    ):
-        raise Altered(f"action {action_id}'s index record does not have the shape of one")
-    return index
+    return _record(
+        f"action {action_id}'s index record",
+        raw,
+        lambda r: (
+            isinstance(r.get("entries"), list)
+            and isinstance(r.get("state"), str)
+            and isinstance(r.get("writer"), str)
+            and r.get("state") in _STATES
+        ),
+    )
 
 
 def key_record(key: str, raw: bytes) -> dict[str, Any]:
     """An idempotency key's record, refused unless it has the shape of one."""
+    return _record(
+        f"idempotency key {key!r}'s record",
+        raw,
+        lambda r: (
+            isinstance(r.get("action"), int)
+            and isinstance(r.get("payload"), str)
+            and isinstance(r.get("expires"), int | float)
+        ),
+    )
+
+
+def _record(what: str, raw: bytes, shaped: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """A JSON object read from an index, refused (Altered) unless `shaped` accepts it."""
     try:
-        held = orjson.loads(raw)
+        record = orjson.loads(raw)
     except ValueError:
-        raise Altered(f"idempotency key {key!r}'s record is not valid JSON") from None
-    if (
-        not isinstance(held, dict)
-        or not isinstance(held.get("action"), int)
-        or not isinstance(held.get("payload"), str)
-        or not isinstance(held.get("expires"), int | float)
-    ):
-        raise Altered(f"idempotency key {key!r}'s record does not have the shape of one")
-    return held
+        raise Altered(f"{what} is not valid JSON") from None
+    if not isinstance(record, dict) or not shaped(record):
+        raise Altered(f"{what} does not have the shape of one")
+    return record
 
 
 class ChainCount:
