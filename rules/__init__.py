@@ -10,6 +10,7 @@ from pathlib import Path
 from .action import Action, Effect
 from .addresses import Address, address_of, non_public
 from .allowlist import EGRESS_RULE, Allowlist
+from .body import bom_codec
 from .decision import ALLOWED, PRECEDENCE, Decision, Verdict
 from .parsed import BODIES, ParsedBodies, ParsedJson, json_of
 from .readings import Readings, readings_of
@@ -49,6 +50,7 @@ __all__ = [
     "Verdict",
     "VerifyRead",
     "address_of",
+    "bom_codec",
     "default_path",
     "fingerprint",
     "json_of",

@@ -64,6 +64,11 @@ def _depth_exceeds(doc: Any, limit: int) -> bool:
     return False
 
 
+def bom_codec(data: bytes) -> str | None:
+    """The encoding a byte-order mark at the start of `data` names, if there is one."""
+    return next((codec for bom, codec in _BOMS if data.startswith(bom)), None)
+
+
 def looks_like_json(body: bytes) -> bool:
     """True when the body starts (after a byte-order mark and white space) like a JSON object or
     array, in UTF-8, UTF-16 or UTF-32."""
@@ -148,11 +153,10 @@ def texts(body: bytes, charset: str | None) -> list[str]:
     byte-order mark's encoding, the declared charset, and UTF-16/32 as JSON detects it."""
     out = [body.decode("utf-8", "replace")]
     chosen = {"utf-8"}
-    for bom, codec in _BOMS:
-        if body.startswith(bom):
-            chosen.add(codec)
-            out.append(body.decode(codec, "replace"))
-            break
+    marked = bom_codec(body)
+    if marked is not None:
+        chosen.add(marked)
+        out.append(body.decode(marked, "replace"))
     declared = _codec(charset)
     if declared is not None and declared not in chosen:
         chosen.add(declared)

@@ -14,7 +14,6 @@ a record (DynamoDB's `Key`) or a program: there only the value shapes apply.
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
+
+from rules import bom_codec
 
 REDACTED = "[redacted]"
 
@@ -566,20 +567,13 @@ def _escaped(raw: str, at: int) -> bool:
     return backslashes % 2 == 1
 
 
-_UNICODE_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
 _CHARSET = re.compile(r"charset=\"?(utf-?(?:16|32)(?:-?[lb]e)?)", re.I)
 
 
 def _text_of(data: bytes, ctype: str) -> str | None:
     """The body as text (UTF-16/32 by charset or BOM, else UTF-8), or None when it is binary."""
     m = _CHARSET.search(ctype)
-    codec = m[1] if m else next((name for bom, name in _UNICODE_BOMS if data.startswith(bom)), None)
+    codec = m[1] if m else bom_codec(data)
     try:
         return data.decode() if codec is None else data.decode(codec, errors="replace")
     except (UnicodeDecodeError, LookupError):
