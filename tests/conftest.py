@@ -16,6 +16,8 @@ import pytest
 
 from .support import RULES, Airlock, Upstream, UpstreamCA, free_port, running
 from .support.capture import UPSTREAM_IP
+from .support.mcp_http import NotesServer, NotesServers
+from .support.mcp_stdio import Host, Setup
 from .support.namespaces import NETNS_ETC, Netns, Processes, add_link, quiet, sh
 
 
@@ -93,6 +95,38 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "AIRLOCK_DATA",
     ):
         monkeypatch.delenv(var, raising=False)
+
+
+# ---- MCP (the notes server over HTTP and stdio, and `airlock mcp` driven by hand) ------------
+
+
+@pytest.fixture(scope="module")
+def notes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], NotesServer]]:
+    """A factory for the notes MCP server in a transport mode: one process per mode for the module,
+    each test working on notes of its own names."""
+    with NotesServers(tmp_path_factory.mktemp("mcp-server")) as servers:
+        yield servers.get
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    """One test's files for `airlock mcp` in front of the notes server on stdio."""
+    return Setup(tmp_path)
+
+
+@pytest.fixture
+def hosts() -> Iterator[Callable[..., Host]]:
+    """A factory for `airlock mcp` processes driven by hand; every one is stopped afterwards."""
+    started: list[Host] = []
+
+    def start(cmd: list[str], stderr: Path) -> Host:
+        h = Host(cmd, stderr)
+        started.append(h)
+        return h
+
+    yield start
+    for h in started:
+        h.stop()
 
 
 # ---- namespaces (the capture, isolation and egress-path tests) ------------------------------

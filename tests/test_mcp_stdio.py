@@ -10,16 +10,12 @@ pass through; malformed input is answered by airlock and never reaches the child
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
 import subprocess
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import pytest
@@ -28,181 +24,11 @@ from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult, ListToolsResult, TextContent
 
 from .support import AIRLOCK, wait_for
-from .test_mcp import Client
+from .support.mcp_http import Client
+from .support.mcp_stdio import INITIALIZE, Host, Setup, write_rules
+from .support.scripts.notes_server import MARKER
 
-MARKER = "notes-server-3f9c: started, stderr is passed through"
 UPSTREAM = Path(sys.executable).name  # how airlock names a server run as `python SCRIPT`
-
-# The MCP server. argv: the effects file (one line per write or delete that ran), then optionally
-# a file that records every line the process receives on stdin before the server reads it. With
-# NOTES_CONSULT set it also has `consult`, which logs, reports progress, and asks the host's model
-# (sampling) and user (elicitation) before it answers.
-SERVER = f"""\
-import os, sys, threading
-from mcp.server.mcpserver import MCPServer
-from mcp.types import ToolAnnotations
-
-effects = sys.argv[1]
-received = sys.argv[2] if len(sys.argv) > 2 else None
-print({MARKER!r}, file=sys.stderr, flush=True)
-
-if received:
-    # Put a pipe in front of fd 0: every line is recorded, then handed to the server unchanged.
-    wire = os.dup(0)
-    r, w = os.pipe()
-    os.dup2(r, 0)
-    os.close(r)
-
-    def tee():
-        with open(wire, "rb") as src, open(w, "wb", buffering=0) as dst, open(received, "ab") as log:
-            for line in src:
-                log.write(line)
-                log.flush()
-                dst.write(line)
-
-    threading.Thread(target=tee, daemon=True).start()
-
-app = MCPServer("notes")
-
-
-def record(line):
-    with open(effects, "a") as f:
-        f.write(line + "\\n")
-
-
-@app.tool(annotations=ToolAnnotations(readOnlyHint=True))
-def read_note(name: str) -> str:
-    return f"the note {{name}} says hello"
-
-
-@app.tool()
-def write_note(name: str, text: str, api_token: str = "", password: str = "") -> str:
-    record(f"write {{name}}")
-    return f"wrote {{name}}: text {{len(text)}}, api_token {{len(api_token)}}, password {{len(password)}}"
-
-
-@app.tool(annotations=ToolAnnotations(destructiveHint=True))
-def delete_note(name: str) -> str:
-    record(f"delete {{name}}")
-    return f"deleted {{name}}"
-
-
-if os.environ.get("NOTES_CONSULT"):
-    from pydantic import BaseModel
-    from mcp.server.elicitation import elicit_with_validation
-    from mcp.server.mcpserver import Context
-    from mcp.types import SamplingMessage, TextContent
-
-    class Colour(BaseModel):
-        colour: str
-
-    @app.tool()
-    async def consult(topic: str, ctx: Context) -> str:
-        # Logs, reports progress, asks the host's model and then its user; the result says what
-        # they answered.
-        related = ctx.request_id  # on the call's own stream
-        await ctx.session.send_log_message("info", f"consulting on {{topic}}", "notes", related)
-        await ctx.report_progress(1, 2, f"sampling on {{topic}}")
-        prompt = SamplingMessage(role="user", content=TextContent(type="text", text=f"Summarize {{topic}}"))
-        sampled = await ctx.session.create_message([prompt], max_tokens=64, related_request_id=related)
-        await ctx.report_progress(2, 2, f"asking about {{topic}}")
-        asked = await elicit_with_validation(ctx.session, f"Which colour is {{topic}}?", Colour, related)
-        colour = asked.data.colour if asked.action == "accept" else asked.action
-        return f"{{sampled.model}} said {{sampled.content.text!r}}; {{topic}} is {{colour}}"
-
-
-app.run("stdio")
-"""
-
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "airlock-tests", "version": "0"},
-    },
-}
-INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-
-
-@dataclass
-class Setup:
-    """One test's files: the server script, its effects, airlock's data, rules and stderr."""
-
-    root: Path
-
-    @property
-    def server(self) -> Path:
-        return self.root / "server.py"
-
-    @property
-    def effects(self) -> Path:
-        return self.root / "effects"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def rules(self) -> Path:
-        return self.root / "rules.yaml"
-
-    @property
-    def stderr(self) -> Path:
-        return self.root / "airlock.stderr"
-
-    def effect_lines(self) -> list[str]:
-        """The writes and deletes that ran on the server."""
-        return self.effects.read_text().splitlines() if self.effects.exists() else []
-
-    def airlock_command(self, *server_args: str) -> list[str]:
-        """`airlock mcp` in front of the notes server."""
-        return [
-            AIRLOCK,
-            "mcp",
-            "--data",
-            str(self.data),
-            "--rules",
-            str(self.rules),
-            "--",
-            sys.executable,
-            str(self.server),
-            str(self.effects),
-            *server_args,
-        ]
-
-    def params(self) -> StdioServerParameters:
-        """The host's view: it spawns airlock, not the server."""
-        cmd = self.airlock_command()
-        return StdioServerParameters(command=cmd[0], args=cmd[1:])
-
-    def cli(self, *args: str) -> str:
-        proc = subprocess.run(
-            [AIRLOCK, *args, "--data", str(self.data)], capture_output=True, text=True, timeout=60
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    def log(self) -> list[dict[str, Any]]:
-        """`airlock log --json`: every action, oldest first."""
-        return [json.loads(line) for line in self.cli("log", "--json").splitlines()]
-
-    def show(self, action_id: int) -> dict[str, Any]:
-        """`airlock show ID --json`: the action and every entry about it."""
-        return dict(json.loads(self.cli("show", str(action_id), "--json")))
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Setup:
-    s = Setup(tmp_path)
-    s.server.write_text(SERVER)
-    return s
-
-
-def rules(s: Setup, body: str) -> None:
-    s.rules.write_text("version: 1\n" + body)
 
 
 def session[T](
@@ -266,7 +92,7 @@ async def calls(s: ClientSession) -> dict[str, Any]:
 def test_allowed_calls_pass_unchanged_denied_calls_never_run_and_denied_tools_are_hidden(
     setup: Setup,
 ) -> None:
-    rules(
+    write_rules(
         setup,
         """\
 rules:
@@ -292,7 +118,13 @@ rules:
 
     # tools/list: the tool a deny rule refuses outright is gone; the one it refuses only for some
     # arguments stays; every other tool is listed exactly as the server lists it.
-    assert [t.name for t in reference["list"].tools] == ["read_note", "write_note", "delete_note"]
+    assert [t.name for t in reference["list"].tools] == [
+        "read_note",
+        "write_note",
+        "delete_note",
+        "big_note",
+        "consult",
+    ]
     expected = dumped(reference["list"])
     expected["tools"] = [t for t in expected["tools"] if t["name"] != "delete_note"]
     assert dumped(got["list"]) == expected
@@ -331,7 +163,7 @@ rules:
 
 
 def test_hide_false_keeps_a_denied_tool_listed_and_still_refuses_it(setup: Setup) -> None:
-    rules(
+    write_rules(
         setup,
         """\
 rules:
@@ -349,7 +181,7 @@ rules:
 
     listed, deleted = through_airlock(setup, gated)
     assert dumped(listed) == dumped(reference)
-    assert [t.name for t in listed.tools] == ["read_note", "write_note", "delete_note"]
+    assert [t.name for t in listed.tools] == ["read_note", "write_note", "delete_note", "big_note", "consult"]
     assert deleted.is_error is True and "Notes are kept forever." in text_of(deleted)
     assert setup.effect_lines() == []
     [call] = tool_calls(setup)
@@ -365,7 +197,7 @@ rules:
 
 
 def test_a_dedup_rule_runs_a_repeated_call_once_and_replays_its_result(setup: Setup) -> None:
-    rules(
+    write_rules(
         setup,
         """\
 rules:
@@ -399,7 +231,7 @@ rules:
 
 
 def test_arguments_are_logged_redacted_and_capped_but_reach_the_server_whole(setup: Setup) -> None:
-    rules(setup, "rules: []\n")
+    write_rules(setup, "rules: []\n")
     token, password, big = "tok-" + "k" * 20, "hunter2-xyzzy", "y" * 400_000
 
     async def gated(s: ClientSession) -> list[CallToolResult]:
@@ -437,101 +269,15 @@ def test_arguments_are_logged_redacted_and_capped_but_reach_the_server_whole(set
 # ---- airlock mcp run by hand: stderr, exit codes, startup errors -------------------------------
 
 
-class Host:
-    """`airlock mcp` driven by hand: newline-delimited JSON-RPC on its stdin and stdout, its
-    stderr in a file."""
-
-    def __init__(self, cmd: list[str], stderr: Path):
-        self.stderr_path = stderr
-        self._err = stderr.open("wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err)
-        self._lines: queue.Queue[bytes | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
-
-    def _pump(self, out: IO[bytes]) -> None:
-        for line in out:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def send_raw(self, line: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + b"\n")
-        self.proc.stdin.flush()
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.send_raw(json.dumps(message).encode())
-
-    def recv(self, timeout: float = 20) -> dict[str, Any]:
-        """The next message airlock writes."""
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no message from airlock within {timeout} s") from None
-        if line is None:
-            raise AssertionError(f"airlock closed its output; stderr: {self.stderr()}")
-        return dict(json.loads(line))
-
-    def response(self, message_id: Any, timeout: float = 20) -> dict[str, Any]:
-        """The response to request `message_id` (server notifications in between are skipped)."""
-        while True:
-            m = self.recv(timeout)
-            if "method" not in m and m.get("id") == message_id:
-                return m
-
-    def initialize(self) -> None:
-        self.send(INITIALIZE)
-        assert self.response(1)["result"]["serverInfo"]["name"] == "notes"
-        self.send(INITIALIZED)
-
-    def stderr(self) -> str:
-        self._err.flush()
-        return self.stderr_path.read_text(errors="replace")
-
-    def close(self, timeout: float = 20) -> int:
-        """End the host's input, as a host does; airlock's exit code."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        """Make sure the process is gone (SIGTERM reaches the child through airlock)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None and not pipe.closed:
-                with contextlib.suppress(BrokenPipeError):
-                    pipe.close()
-        self._err.close()
-
-
-@pytest.fixture
-def hosts() -> Iterator[Callable[..., Host]]:
-    started: list[Host] = []
-
-    def start(cmd: list[str], stderr: Path) -> Host:
-        h = Host(cmd, stderr)
-        started.append(h)
-        return h
-
-    yield start
-    for h in started:
-        h.stop()
-
-
 def test_the_childs_stderr_passes_through_while_it_runs(setup: Setup, hosts: Callable[..., Host]) -> None:
-    rules(setup, "rules: []\n")
+    write_rules(setup, "rules: []\n")
     host = hosts(setup.airlock_command(), setup.stderr)
     # The server's first words reach airlock's stderr while it runs, not only at the end.
     wait_for(lambda: MARKER in host.stderr(), "the server's stderr line shows on airlock's")
     host.initialize()
     host.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
     listed = host.response(2)["result"]["tools"]
-    assert [t["name"] for t in listed] == ["read_note", "write_note", "delete_note"]
+    assert [t["name"] for t in listed] == ["read_note", "write_note", "delete_note", "big_note", "consult"]
     assert host.close() == 0
     err = host.stderr()
     assert err.count(MARKER) == 1 and "Traceback" not in err, err
@@ -545,7 +291,7 @@ def test_the_childs_stderr_passes_through_while_it_runs(setup: Setup, hosts: Cal
 def test_airlock_exits_with_the_childs_exit_code(
     setup: Setup, hosts: Callable[..., Host], code: str, status: int
 ) -> None:
-    rules(setup, "rules: []\n")
+    write_rules(setup, "rules: []\n")
     cmd = [AIRLOCK, "mcp", "--data", str(setup.data), "--rules", str(setup.rules), "--"]
     host = hosts([*cmd, sys.executable, "-c", code], setup.stderr)
     # The host still holds airlock's stdin open: the child's exit alone ends airlock.
@@ -559,7 +305,7 @@ def test_airlock_exits_with_the_childs_exit_code(
     ids=["no-command", "only-dashes", "missing-path", "missing-on-path"],
 )
 def test_airlock_mcp_without_a_runnable_command_fails_with_one_line(setup: Setup, command: list[str]) -> None:
-    rules(setup, "rules: []\n")
+    write_rules(setup, "rules: []\n")
     proc = subprocess.run(
         [AIRLOCK, "mcp", "--data", str(setup.data), "--rules", str(setup.rules), *command],
         input=b"",
@@ -577,7 +323,7 @@ def test_airlock_mcp_without_a_runnable_command_fails_with_one_line(setup: Setup
 
 @pytest.mark.parametrize("stdin", ["devnull", "file"])
 def test_airlock_mcp_with_stdin_that_is_not_a_pipe(setup: Setup, stdin: str) -> None:
-    rules(setup, "rules: []\n")
+    write_rules(setup, "rules: []\n")
     requests = setup.root / "requests.jsonl"
     requests.write_text(json.dumps(INITIALIZE) + "\n")
     cmd = [AIRLOCK, "mcp", "--data", str(setup.data), "--rules", str(setup.rules), "--"]
@@ -598,7 +344,7 @@ def test_airlock_mcp_with_stdin_that_is_not_a_pipe(setup: Setup, stdin: str) -> 
 def test_malformed_lines_are_answered_by_airlock_and_never_reach_the_child(
     setup: Setup, hosts: Callable[..., Host]
 ) -> None:
-    rules(setup, "rules: []\n")
+    write_rules(setup, "rules: []\n")
     received = setup.root / "received"
     host = hosts(setup.airlock_command(str(received)), setup.stderr)
     host.initialize()
@@ -612,7 +358,7 @@ def test_malformed_lines_are_answered_by_airlock_and_never_reach_the_child(
 
     # The session goes on as if nothing happened.
     host.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
-    assert len(host.response(2)["result"]["tools"]) == 3
+    assert len(host.response(2)["result"]["tools"]) == 5
     call = {"name": "write_note", "arguments": {"name": "after", "text": "ok"}}
     host.send({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": call})
     result = host.response(3)["result"]
@@ -634,14 +380,14 @@ def test_malformed_lines_are_answered_by_airlock_and_never_reach_the_child(
 def test_a_tools_call_with_params_that_are_not_an_object_gets_an_error(
     setup: Setup, hosts: Callable[..., Host]
 ) -> None:
-    rules(setup, "rules: []\n")
+    write_rules(setup, "rules: []\n")
     host = hosts(setup.airlock_command(), setup.stderr)
     host.initialize()
     host.send_raw(b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": null}')
     error = host.recv(timeout=5)
     assert error["error"]["code"] in (-32600, -32602), error
     host.send({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
-    assert len(host.response(8, timeout=5)["result"]["tools"]) == 3
+    assert len(host.response(8, timeout=5)["result"]["tools"]) == 5
 
 
 # ---- the server's requests and notifications --------------------------------------------------
@@ -650,7 +396,7 @@ def test_a_tools_call_with_params_that_are_not_an_object_gets_an_error(
 def test_server_requests_and_notifications_pass_through_both_ways(setup: Setup) -> None:
     """Inside a call, the server logs, reports progress, samples the host's model and elicits
     from its user over the pipes; the host's answers reach it, and the result is made of them."""
-    rules(
+    write_rules(
         setup,
         """\
 rules:
@@ -662,7 +408,7 @@ rules:
     )
     client, topic = Client(), "the-harbour"
     cmd = setup.airlock_command()
-    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env={"NOTES_CONSULT": "1"})
+    params = StdioServerParameters(command=cmd[0], args=cmd[1:])
 
     async def body(s: ClientSession) -> CallToolResult:
         await s.list_tools()

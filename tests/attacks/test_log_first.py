@@ -27,16 +27,9 @@ import requests
 from rules import default_path
 from store import Log
 
-from .. import test_mcp, test_mcp_stdio
 from ..support import AIRLOCK, Airlock, Seen, Upstream, curl, free_port, recording_handler, serving, wait_for
-from ..test_mcp import NotesServer, call, connect, note, run
-from ..test_mcp_stdio import Host, Setup
-from ..test_mcp_stdio import rules as stdio_rules
-
-# Fixtures shared with the MCP tests: the MCP SDK server, and `airlock mcp` driven by hand.
-notes_server = test_mcp.notes_server
-setup = test_mcp_stdio.setup
-hosts = test_mcp_stdio.hosts
+from ..support.mcp_http import NotesServer, call, connect, note, run
+from ..support.mcp_stdio import Host, Setup, write_rules
 
 LOOPBACK = "version: 1\negress:\n  allow: [127.0.0.1, localhost]\n"
 WRITES_DENIED = LOOPBACK + "defaults: {read: allow, write: deny, destructive: deny}\n"
@@ -624,7 +617,7 @@ def test_a_batch_reusing_an_id_is_refused_over_http(
 def test_a_batch_reusing_an_id_is_refused_over_stdio(
     kind: str, setup: Setup, hosts: Callable[..., Host]
 ) -> None:
-    stdio_rules(setup, "rules: []\n")
+    write_rules(setup, "rules: []\n")
     received = setup.root / "received"
     host = hosts(setup.airlock_command(str(received)), setup.stderr)
     host.initialize()
@@ -633,7 +626,7 @@ def test_a_batch_reusing_an_id_is_refused_over_stdio(
     assert isinstance(answers, list) and len(answers) == len(DUPLICATES[kind]), answers
     assert all("is used by two requests" in x["error"]["message"] for x in answers)
     host.send({"jsonrpc": "2.0", "id": 9, "method": "tools/list"})
-    assert len(host.response(9)["result"]["tools"]) == 3  # the session goes on
+    assert len(host.response(9)["result"]["tools"]) == 5  # the session goes on
     assert host.close() == 0
     methods = [json.loads(line).get("method") for line in received.read_bytes().splitlines()]
     assert methods == ["initialize", "notifications/initialized", "tools/list"]  # the batch never arrived
