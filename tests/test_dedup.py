@@ -71,7 +71,8 @@ def test_a_retry_after_completion_replays_and_a_new_payload_is_422(
     assert len(upstream.effects("POST")) == 1
 
     # Keys are scoped per agent: another agent's identical key is its own request.
-    assert post(airlock, url, "pay-7", **{AGENT_HEADER: "other"}).headers.get("Idempotent-Replayed") is None
+    other_agent = post(airlock, url, "pay-7", b'{"order": 1}', **{AGENT_HEADER: "other"})
+    assert other_agent.headers.get("Idempotent-Replayed") is None
     assert len(upstream.effects("POST")) == 2
 
 

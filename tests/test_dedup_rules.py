@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ rules:
 """
 
 
-def order(**fields: object) -> Action:
+def order(**fields: Any) -> Action:
     return act("POST", "/orders", **fields)
 
 

@@ -138,6 +138,7 @@ def test_the_catalog_learns_each_servers_tools_from_tools_list() -> None:
     assert catalog.effect("stdio:other", "read_note") is Effect.WRITE
     # A later listing changes what it says; results that are not listings are ignored.
     catalog.learn(SERVER, {"tools": [{"name": "read_note", "annotations": {"destructiveHint": True}}]})
+    junk: Any
     for junk in (None, [], "x", {"tools": "x"}, {"resources": []}):
         catalog.learn(SERVER, junk)
     assert catalog.effect(SERVER, "read_note") is Effect.DESTRUCTIVE
@@ -241,6 +242,7 @@ def test_hide_tools_removes_only_the_named_tools() -> None:
     # Nothing hidden: the very same result.
     same, none = mcp.hide_tools(result, lambda name: False)
     assert same is result and none == []
+    odd: Any
     for odd in (None, [], {"tools": None}, {"content": []}):
         assert mcp.hide_tools(odd, lambda name: True) == (odd, [])
 
@@ -482,7 +484,7 @@ def logged(tc: ToolCalls, path: Path) -> list[dict[str, Any]]:
         log.close()
 
 
-def send(tc: ToolCalls, *messages: dict[str, Any]) -> list[dict[str, Any]] | None:
+def send(tc: ToolCalls, *messages: dict[str, Any]) -> list[Any] | None:
     return asyncio.run(tc.send(list(messages), BASE, channel="ch", server=SERVER))
 
 
@@ -545,7 +547,7 @@ def test_a_tools_list_result_teaches_effects_and_loses_hidden_tools(calls: tuple
     tc, path = calls
     assert send(tc, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}) is None
     assert tc.rewrites_due("ch") and not tc.rewrites_due("other")
-    listing = {"jsonrpc": "2.0", "id": 2, "result": {"tools": TOOLS, "nextCursor": "more"}}
+    listing: dict[str, Any] = {"jsonrpc": "2.0", "id": 2, "result": {"tools": TOOLS, "nextCursor": "more"}}
     out = receive(tc, listing)
     assert out["result"] == {"tools": [TOOLS[0], TOOLS[1]], "nextCursor": "more"}
     assert out["id"] == 2 and listing["result"]["tools"] == TOOLS

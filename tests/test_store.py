@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
@@ -15,7 +16,7 @@ from store import ActionRef, Entry, Log, Record, State, StateError, StoreError, 
 from store.chain import canonical
 
 
-def opened(path: Path, **kw: int) -> Log:
+def opened(path: Path, **kw: Any) -> Log:
     log = Log.open(path, **kw)
     log.start()
     return log
@@ -67,7 +68,9 @@ def _rewrite(path: Path, seq: int, change: bytes | None) -> None:
         if change is None:
             txn.delete(key, db=db)
         else:
-            txn.put(key, bytes(txn.get(key, db=db)).replace(b'"n":2', change), db=db)
+            stored = txn.get(key, db=db)
+            assert stored is not None, seq
+            txn.put(key, bytes(stored).replace(b'"n":2', change), db=db)
     env.close()
 
 

@@ -248,7 +248,11 @@ def test_explain_agrees_with_the_proxy_on_every_reading(
         assert doc["decision"]["refused"] is refused, (method, path, r.text, doc)
         if refused:
             assert doc["decision"]["rule"] == r.json()["rule"], (method, path)
-        wait_for(lambda n=n: len(a.log()) == n, "the request is logged")
+
+        def logged_up_to(n: int = n) -> bool:
+            return len(a.log()) == n
+
+        wait_for(logged_up_to, "the request is logged")
         logged = a.log()[-1]
         assert (logged["effect"], logged["verdict"], logged["rule"]) == (
             doc["action"]["effect"],
@@ -567,7 +571,7 @@ def test_an_answer_the_proxy_cannot_read_still_settles_the_call(
 
 # ---- two requests under one id: refused, nothing left pending ---------------------------------------
 
-DUPLICATES = {
+DUPLICATES: dict[str, list[dict[str, Any]]] = {
     "same-int": [{"id": 1, "method": "tools/list"}, {"id": 1, "method": "ping"}],
     "same-string": [
         {"id": "a", "method": "ping"},

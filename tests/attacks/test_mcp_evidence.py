@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy.test import taddons, tflow
+from mitmproxy.http import HTTPFlow
+from mitmproxy.test import taddons, tflow, tutils
 
 from proxy.core.admission import Admission
 from proxy.core.keys import DedupPolicy
@@ -228,8 +229,10 @@ def test_an_id_still_awaiting_its_answer_on_the_channel_is_refused(calls: tuple[
     tc, path = calls
     base = post("/mcp", b"")
     assert asyncio.run(tc.send([msg("ping", 7)], base, channel="stdio", server="s")) is None
-    [answer] = asyncio.run(tc.send([msg("tools/list", 7)], base, channel="stdio", server="s")) or [None]
-    assert answer is not None and "still awaiting its answer" in answer["error"]["message"]
+    answers = asyncio.run(tc.send([msg("tools/list", 7)], base, channel="stdio", server="s"))
+    assert answers is not None
+    [answer] = answers
+    assert "still awaiting its answer" in answer["error"]["message"]
     # Another channel may use it; the first is answered and settled.
     assert asyncio.run(tc.send([msg("ping", 7)], base, channel="other", server="s")) is None
     tc.receive({"jsonrpc": "2.0", "id": 7, "result": {}}, None, channel="stdio", server="s", base=base)
@@ -245,7 +248,7 @@ class Boom(RuntimeError):
     pass
 
 
-def _gate_flow(tmp_path: Path, method: str = "POST") -> tuple[Gate, Log, tflow.HTTPFlow]:
+def _gate_flow(tmp_path: Path, method: str = "POST") -> tuple[Gate, Log, HTTPFlow]:
     (tmp_path / "g.yaml").write_text("version: 1\negress:\n  allow: [address, api.test]\n")
     log = Log.open(tmp_path / "glog")
     log.start()
@@ -281,7 +284,7 @@ def test_a_hook_that_raises_still_writes_an_outcome(
             with taddons.context(gate) as tctx:
                 await gate.request(flow)
                 assert TRACK in flow.metadata
-                flow.response = tflow.tresp()
+                flow.response = tutils.tresp()
                 if hook == "responseheaders":
                     flow.response.headers["content-type"] = "text/event-stream"
                     monkeypatch.setattr("proxy.plane.gate.EventStream.__init__", _raise)
@@ -345,7 +348,7 @@ def test_an_event_stream_that_breaks_off_fails_the_calls_due_on_its_channel(tmp_
                 base = post("/messages/", b"")
                 call = msg("tools/call", 1, name="a", arguments={})
                 assert await gate.calls.send([call], base, channel="legacy", server="s") is None
-                flow.response = tflow.tresp()
+                flow.response = tutils.tresp()
                 flow.response.stream = EventStream(
                     gate.calls, url="https://api.test/sse", action=base, channel="legacy"
                 )

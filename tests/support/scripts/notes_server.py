@@ -48,7 +48,7 @@ def notes(effects: str) -> MCPServer:
         with open(effects, "a") as f:
             f.write(line + "\n")
 
-    @app.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    @app.tool(annotations=ToolAnnotations(read_only_hint=True))
     def read_note(name: str) -> str:
         return f"the note {name} says hello"
 
@@ -57,12 +57,12 @@ def notes(effects: str) -> MCPServer:
         record(f"write {name}")
         return f"wrote {name}: text {len(text)}, api_token {len(api_token)}, password {len(password)}"
 
-    @app.tool(annotations=ToolAnnotations(destructiveHint=True))
+    @app.tool(annotations=ToolAnnotations(destructive_hint=True))
     def delete_note(name: str) -> str:
         record(f"delete {name}")
         return f"deleted {name}"
 
-    @app.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    @app.tool(annotations=ToolAnnotations(read_only_hint=True))
     def big_note(size: int) -> str:
         return big_text(size)
 
