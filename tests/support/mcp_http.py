@@ -161,6 +161,7 @@ class Client:
     async def sample(
         self, context: ClientRequestContext, params: CreateMessageRequestParams
     ) -> CreateMessageResult | ErrorData:
+        """The model: answers `sampling/createMessage` (or refuses, when `refusal` is set)."""
         self.sampled.append(params)
         if self.refusal is not None:
             return self.refusal
@@ -174,13 +175,16 @@ class Client:
         )
 
     async def elicit(self, context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        """The user: accepts `elicitation/create` with `colour`."""
         self.elicited.append(params)
         return ElicitResult(action="accept", content={"colour": self.colour})
 
     async def log(self, params: LoggingMessageNotificationParams) -> None:
+        """Keeps the server's log message."""
         self.logs.append(params)
 
     async def on_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        """Keeps the server's progress notification."""
         self.progress.append((progress, total, message))
 
     async def _seen(self, response: httpx2.Response) -> None:
