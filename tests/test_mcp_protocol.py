@@ -327,45 +327,96 @@ def test_emitted_says_how_much_of_an_event_was_already_passed_on() -> None:
     assert list(splitter.feed(b"\n")) == [(b"data: x", b"\n\n", 8)]
 
 
-def relay(chunks: list[bytes], rewriting: tuple[bool, ...]) -> bytes:
-    """What the HTTP adapter sends on for each chunk: the chunk itself while no rewrite is due
-    (its unfinished event counted as passed on), else each whole event minus what of it already
-    went out; at the end, the rest."""
-    splitter, out = SseSplitter(), []
-    for chunk, rewrite in zip(chunks, rewriting, strict=True):
-        for raw, sep, emitted in splitter.feed(chunk):
-            if rewrite:
-                out.append((raw + sep)[emitted:])
-        if not rewrite:
-            splitter.emitted = splitter.pending
-            out.append(chunk)
-    out.append(splitter.rest())
+HTTP = Action("POST", "http", "127.0.0.1", 8000, "/mcp", Effect.READ, upstream="notes")
+LISTED = b'{"id":"l","result":{"tools":[{"name":"delete_note"},{"name":"x"}]}}'
+KEPT = b'{"id":"l","result":{"tools":[{"name":"x"}]}}'  # delete_note is hidden: never-delete
+RELAYED = (
+    b'event: message\ndata: {"id":1,"result":{}}\n\n'  # answers the write_note call
+    b": ka\n\n"
+    b"data: " + LISTED + b"\n\n"  # answers the tools/list call, rewritten if none of it went yet
+    b"data: a\ndata: b\n\n"
+    b"data: cut"  # unfinished when the stream ends
+)
+
+
+def event_stream(tc: ToolCalls, channel: str) -> EventStream:
+    """The event stream of an HTTP exchange whose answers come back on `channel`."""
+    return EventStream(tc, url="http://127.0.0.1:8000/mcp", action=HTTP, channel=channel)
+
+
+async def relay(tc: ToolCalls, chunks: tuple[bytes, ...], due_from: int, channel: str) -> bytes:
+    """What the product's EventStream sends on for the chunks and the stream's end: a
+    `write_note` call is sent before the stream, a `tools/list` call (a rewrite due) before
+    chunk `due_from`."""
+    write = call("write_note", {"name": channel})
+    assert await tc.send([write], HTTP, channel=channel, server="s") is None
+    stream = event_stream(tc, channel)
+    out = []
+    for i, chunk in enumerate([*chunks, b""]):
+        if i == due_from:
+            listing = {"jsonrpc": "2.0", "id": "l", "method": "tools/list", "params": {"cursor": channel}}
+            assert await tc.send([listing], HTTP, channel=channel, server="s") is None
+            assert tc.rewrites_due(channel)
+        out.append(stream(chunk))
+    assert not stream.broken
     return b"".join(out)
 
 
-@pytest.mark.parametrize("stream", [STREAM, CRLF, CR], ids=["lf", "crlf", "cr"])
-def test_passing_through_then_rewriting_loses_and_repeats_nothing(stream: bytes) -> None:
+def cuts(data: bytes) -> Iterator[tuple[tuple[bytes, ...], int]]:
+    """The data as chunks, each with the chunk a rewrite becomes due before (len + 1: never):
+    whole, cut in two at every byte, and byte by byte. No chunk is empty: an empty chunk is
+    the stream's end."""
+    n = len(data)
+    for chunks in [
+        (data,),
+        *((data[:i], data[i:]) for i in range(1, n)),
+        tuple(data[k : k + 1] for k in range(n)),
+    ]:
+        yield from ((chunks, due_from) for due_from in range(len(chunks) + 2))
+
+
+@pytest.mark.parametrize("separator", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_passing_through_then_rewriting_loses_and_repeats_nothing(
+    calls: tuple[ToolCalls, Path], separator: bytes
+) -> None:
     """Wherever the stream is cut, and wherever a rewrite becomes due (a `tools/list` call is
-    sent while its stream is open), the bytes sent on are the stream's, once each."""
-    for chunks in splits(stream):
-        n = len(chunks)
-        for k in range(n + 1):  # the first k chunks pass through, the rest are rewritten
-            rewriting = (False,) * k + (True,) * (n - k)
-            assert relay(chunks, rewriting) == stream, (chunks, rewriting)
+    sent while its stream is open), the bytes sent on are the stream's, once each, the listing
+    rewritten if none of it had gone yet; each call is completed by its response, or fails when
+    the stream ends before it."""
+    tc, path = calls
+    stream = RELAYED.replace(b"\n", separator)
+    start = stream.index(LISTED) - len(b"data: ")
+    end = start + len(b"data: " + LISTED + separator * 2)
+    cases = list(cuts(stream))
+
+    async def run() -> list[bytes]:
+        return await asyncio.gather(*(relay(tc, c, d, f"c{i}") for i, (c, d) in enumerate(cases)))
+
+    listed = {}  # channel: the listing's state and status
+    for i, (sent, (chunks, due_from)) in enumerate(zip(asyncio.run(run()), cases, strict=True)):
+        due_at = len(b"".join(chunks[:due_from]))  # bytes passed on when the listing was sent
+        expected = stream.replace(LISTED, KEPT) if due_at <= start else stream
+        assert sent == expected, (chunks, due_from)
+        if due_from <= len(chunks):
+            listed[f"c{i}"] = ("committed", 200) if due_at < end else ("failed", None)
+    assert tc.due() == []
+    actions = logged(tc, path)
+    writes = [a for a in actions if a.get("tool") == "write_note"]
+    assert len(writes) == len(cases)
+    assert {(a["state"], a["status"]) for a in writes} == {("committed", 200)}
+    lists = {
+        a["args"]["cursor"]: (a["state"], a["status"]) for a in actions if a.get("operation") == "tools/list"
+    }
+    assert lists == listed
 
 
-def test_the_event_stream_sends_on_an_event_begun_before_its_rewrite_was_settled(
+def test_the_event_stream_sends_on_an_event_begun_before_a_rewrite_was_due(
     calls: tuple[ToolCalls, Path],
 ) -> None:
     tc, _ = calls
-    http = Action("POST", "http", "127.0.0.1", 8000, "/mcp", Effect.READ, upstream="notes")
-    assert (
-        asyncio.run(
-            tc.send([{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}], http, channel="c", server="s")
-        )
-        is None
-    )
-    stream = EventStream(tc, url="http://127.0.0.1:8000/mcp", action=http, channel="c")
+    request = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    assert asyncio.run(tc.send([request], HTTP, channel="c", server="s")) is None
+    stream = event_stream(tc, "c")
     listing = json.dumps({"jsonrpc": "2.0", "id": 2, "result": {"tools": [{"name": "read_note"}]}})
     note = json.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "hi"}})
     body = f"event: message\ndata: {listing}\n\nevent: message\ndata: {note}\n\n".encode()
