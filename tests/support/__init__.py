@@ -1,5 +1,9 @@
-"""What the tests share: a recording upstream, a real `airlock run`, test CAs, real clients, and
-waiting on a condition. Fixtures built on these live in tests/conftest.py."""
+"""What the tests share. This face: a recording upstream, a real `airlock run`, test CAs, real
+clients, and waiting on a condition. Modules for fewer tests: `actions` (Actions built by hand),
+`logfiles` (the log's LMDB files as an attacker opens them), `namespaces` and `capture` (network
+namespaces, links and the capture world), `mcp_http`, `mcp_stdio` and `notes` (the notes MCP server
+in scripts/, SDK sessions, `airlock mcp` by hand, expected answers). Fixtures built on these live
+in tests/conftest.py; no test module imports another."""
 
 from .airlock import AIRLOCK, RULES, Airlock, entries_now, hold_and_crash, settle, started_airlock
 from .ca import UpstreamCA, pem_of_key, self_signed_ca
