@@ -72,7 +72,7 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
     )
 
 
-def _int_param(request: web.Request, name: str, default: int) -> int:
+def _int_param(request: web.Request, name: str, default: int, least: int = 0) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -80,15 +80,16 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise _bad_request(f"{name} must be an integer") from None
-    if not 0 <= value <= MAX_ID:
-        raise _bad_request(f"{name} must be between 0 and {MAX_ID}")
+    if not least <= value <= MAX_ID:
+        raise _bad_request(f"{name} must be between {least} and {MAX_ID}")
     return value
 
 
 async def list_actions(request: web.Request) -> web.Response:
-    """GET /v1/actions?state=S&after=ID&limit=N: action summaries, oldest first."""
+    """GET /v1/actions?state=S&after=ID&limit=N: action summaries, oldest first. `limit` is 1 or
+    more (default 100): `limit=0` is a 400, as a page of nothing would read as an empty log."""
     after = _int_param(request, "after", 0)
-    limit = _int_param(request, "limit", 100)
+    limit = _int_param(request, "limit", 100, least=1)
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise _bad_request(f"state must be one of {', '.join(sorted(STATES))}")
