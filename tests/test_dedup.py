@@ -15,12 +15,24 @@ import requests
 from proxy.plane.adapters.http import AGENT_HEADER
 
 from .support import Airlock, Upstream, free_port, wait_for
+from .support.outcomes import settled, shown
 
 
 def post(a: Airlock, url: str, key: str, body: bytes = b'{"order": 1}', **headers: str) -> requests.Response:
     return requests.post(
         url, data=body, headers={"Idempotency-Key": key, **headers}, proxies=a.proxies, timeout=60
     )
+
+
+def logged(a: Airlock) -> list[tuple[int, str, int | None, int | None, str | None]]:
+    """Each action in the log once none is pending: (id, state, status, replay_of, rule)."""
+    return [(x["id"], x["state"], x["status"], x.get("replay_of"), x["rule"]) for x in settled(a)]
+
+
+def entries(a: Airlock, action_id: int) -> list[tuple[str, str, str]]:
+    """An action's entries: (kind, state, the decision's message)."""
+    found = shown(a, action_id)["entries"]
+    return [(e["kind"], e["state"], e["data"].get("decision", {}).get("message", "")) for e in found]
 
 
 def test_concurrent_duplicates_make_one_effect_and_identical_answers(
@@ -48,10 +60,16 @@ def test_concurrent_duplicates_make_one_effect_and_identical_answers(
     assert len(answers) == 8 and {r.status_code for r in answers} == {200}
     assert len({r.content for r in answers}) == 1
     assert sorted(r.headers.get("Idempotent-Replayed", "") for r in answers) == [""] + ["true"] * 7
-    states = sorted(x["state"] for x in airlock.log())
-    assert states == ["committed"] + ["replayed"] * 7
-    original = next(x for x in airlock.log() if x["state"] == "committed")
-    assert {x["replay_of"] for x in airlock.log() if x["state"] == "replayed"} == {original["id"]}
+    # One action ran and has its outcome; the seven others are replays of it, each one entry.
+    actions = logged(airlock)
+    [original] = [x for x in actions if x[1] == "committed"]
+    assert original[2] == 200
+    replays = [x for x in actions if x != original]
+    assert replays == [(x[0], "replayed", None, original[0], "idempotency-key") for x in replays]
+    assert len(replays) == 7
+    assert [k for k, _, _ in entries(airlock, original[0])] == ["intent", "outcome"]
+    for replay in replays:
+        assert entries(airlock, replay[0]) == [("intent", "replayed", f"replayed from action {original[0]}")]
 
 
 def test_a_retry_after_completion_replays_and_a_new_payload_is_422(
@@ -74,6 +92,17 @@ def test_a_retry_after_completion_replays_and_a_new_payload_is_422(
     other_agent = post(airlock, url, "pay-7", b'{"order": 1}', **{AGENT_HEADER: "other"})
     assert other_agent.headers.get("Idempotent-Replayed") is None
     assert len(upstream.effects("POST")) == 2
+    assert logged(airlock) == [
+        (1, "committed", 200, None, None),
+        (2, "replayed", None, 1, "idempotency-key"),
+        (3, "denied", None, None, "idempotency-key"),
+        (4, "committed", 200, None, None),
+    ]
+    assert body["action_id"] == 3
+    assert entries(airlock, 2) == [("intent", "replayed", "replayed from action 1")]
+    [(kind, state, message)] = entries(airlock, 3)
+    assert (kind, state) == ("intent", "denied") and "used by action 1 for a different request" in message
+    assert [x["agent"] for x in settled(airlock)] == ["agent", "agent", "agent", "other"]
 
 
 def test_a_5xx_is_not_an_effect_so_the_retry_goes_through(airlock: Airlock, upstream: Upstream) -> None:
@@ -87,6 +116,12 @@ def test_a_5xx_is_not_an_effect_so_the_retry_goes_through(airlock: Airlock, upst
     replayed = post(airlock, f"{upstream.url}/status/409", "conflict-1")
     assert replayed.status_code == 409 and replayed.headers["Idempotent-Replayed"] == "true"
     assert len(upstream.effects("POST")) == 3
+    assert logged(airlock) == [
+        (1, "committed", 503, None, None),
+        (2, "committed", 503, None, None),
+        (3, "committed", 409, None, None),
+        (4, "replayed", None, 3, "idempotency-key"),
+    ]
 
 
 def test_after_a_crash_the_key_is_in_doubt_until_resolved(
@@ -112,6 +147,18 @@ def test_after_a_crash_the_key_is_in_doubt_until_resolved(
     a.cli("resolve", str(doubt["id"]), "--not-executed", "--note", "no transfer in the ledger")
     assert post(a, f"{upstream.url}/hold/transfer", key).status_code == 200
     assert len(upstream.effects()) == 2
+    refused, after = doubt["id"] + 1, doubt["id"] + 2
+    assert logged(a) == [
+        (doubt["id"], "aborted", None, None, None),
+        (refused, "denied", None, None, "idempotency-key"),
+        (after, "committed", 200, None, None),
+    ]
+    assert body["action_id"] == refused
+    assert [(k, s) for k, s, _ in entries(a, doubt["id"])] == [
+        ("intent", "pending"),
+        ("recovery", "in_doubt"),
+        ("resolution", "aborted"),
+    ]
 
 
 def test_an_executed_resolution_spends_the_key(
@@ -130,6 +177,10 @@ def test_an_executed_resolution_spends_the_key(
     again = post(a, f"{upstream.url}/hold/b", "spent-1")
     assert again.status_code == 409 and again.json()["error"] == "idempotency_key_completed"
     assert sum(s.path == "/hold/b" for s in upstream.effects()) == 1
+    assert logged(a) == [
+        (doubt["id"], "committed", None, None, None),
+        (again.json()["action_id"], "denied", None, None, "idempotency-key"),
+    ]
 
 
 def _swallow(call: Callable[[], object]) -> None:
@@ -185,8 +236,15 @@ def test_a_rule_keys_requests_by_a_body_field_shared_by_all_agents(
     for body in (b'{"ClientToken": "c-2"}', b'{"qty": 1}', b'{"qty": 1}'):
         assert send(body).headers.get("Idempotent-Replayed") is None
     assert len(upstream.effects("POST")) == 4
-    replayed = next(x for x in a.log() if x["state"] == "replayed")
-    assert replayed["agent"] == "b" and replayed["replay_of"] == a.log()[0]["id"]
+    assert logged(a) == [
+        (1, "committed", 200, None, None),
+        (2, "replayed", None, 1, "idempotency-key"),
+        (3, "denied", None, None, "idempotency-key"),
+        (4, "committed", 200, None, None),
+        (5, "committed", 200, None, None),
+        (6, "committed", 200, None, None),
+    ]
+    assert settled(a)[1]["agent"] == "b"
 
 
 def test_auto_keys_replay_the_same_put_and_not_another(
@@ -198,6 +256,11 @@ def test_auto_keys_replay_the_same_put_and_not_another(
     assert put(b'{"n": 1, "name": "x"}').headers["Idempotent-Replayed"] == "true"
     assert put(b'{"n": 2, "name": "x"}').headers.get("Idempotent-Replayed") is None
     assert len(upstream.effects("PUT")) == 2
+    assert logged(a) == [
+        (1, "committed", 200, None, None),
+        (2, "replayed", None, 1, "idempotency-key"),
+        (3, "committed", 200, None, None),
+    ]
 
 
 def test_duplicates_in_flight_are_rejected_or_wait_as_the_rule_says(
@@ -222,6 +285,12 @@ def test_duplicates_in_flight_are_rejected_or_wait_as_the_rule_says(
     for t in firsts:
         t.join(30)
     assert len(upstream.effects()) == 2
+    actions = logged(a)
+    assert sorted(actions[:2]) == [(1, "committed", 200, None, None), (2, "committed", 200, None, None)]
+    assert actions[2:] == [
+        (3, "denied", None, None, "idempotency-key"),
+        (4, "denied", None, None, "idempotency-key"),
+    ]
 
 
 def test_a_rule_can_make_4xx_retryable_and_keys_expire_after_their_ttl(
@@ -238,6 +307,13 @@ def test_a_rule_can_make_4xx_retryable_and_keys_expire_after_their_ttl(
     time.sleep(1.2)  # the rule's ttl is 1 s
     assert send("/status/201").headers.get("Idempotent-Replayed") is None
     assert len(upstream.effects()) == 4
+    assert logged(a) == [
+        (1, "committed", 409, None, None),
+        (2, "committed", 409, None, None),
+        (3, "committed", 201, None, None),
+        (4, "replayed", None, 3, "idempotency-key"),
+        (5, "committed", 201, None, None),
+    ]
 
 
 def test_a_retry_storm_is_stopped_with_429_and_logged(
