@@ -22,7 +22,8 @@ import requests
 
 from store import Log
 
-from .support import AIRLOCK, Airlock, Upstream, entries_now, plain_upstream, settle, wait_for
+from .support import AIRLOCK, Airlock, Upstream, entries_now, plain_upstream, wait_for
+from .support.outcomes import settled
 
 LOOPBACK = "version: 1\negress:\n  allow: [127.0.0.1]\n"
 
@@ -92,10 +93,11 @@ def rules_entries(a: Airlock) -> list[dict[str, Any]]:
 
 
 def logged(a: Airlock, entries: int) -> list[dict[str, Any]]:
-    """`airlock log --json` once the log holds `entries` entries (outcomes land just after the
-    client has its response)."""
-    settle(a, entries)
-    return a.log()
+    """`airlock log --json` once no action is pending (outcomes land just after the client has
+    its response), checked to hold `entries` entries."""
+    actions = settled(a)
+    assert entries_now(a) == entries
+    return actions
 
 
 def until_refused(send: Callable[[], requests.Response], what: str) -> list[int]:
@@ -349,7 +351,7 @@ def test_a_live_edit_changes_the_next_decision_without_a_restart(
     state = rules_state(a)
     assert (state["digest"], state["rules"], state["last_error"]) == (changed["digest"], 1, None)
     # Each action records the digest of the rules that decided it.
-    denied = [x for x in logged(a, entries_now(a)) if x["state"] == "denied"]
+    denied = [x for x in settled(a) if x["state"] == "denied"]
     shown = json.loads(a.cli("show", str(denied[0]["id"]), "--json").stdout)
     assert shown["entries"][0]["data"]["rules"] == changed["digest"]
 
