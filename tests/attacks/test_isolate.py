@@ -11,6 +11,11 @@ run inside as the command tries every way out and every file of airlock's and pr
 happened. The tests assert on what the host side received (nothing, while what the test itself
 sends afterwards arrives), on what the log holds, and that each run leaves nothing behind:
 namespaces, links, iptables and ip6tables rules, mounts, processes.
+
+Each test runs in a network namespace and a mount namespace of its own (`Private`): its links,
+listeners, airlock and every command it starts are there, and `ip netns` names live in a
+/run/netns of its own, so what it finds before and after a run is its own doing, whatever else
+runs on the host.
 """
 
 from __future__ import annotations
@@ -56,7 +61,9 @@ def _unsupported() -> str | None:
         return "needs Linux (namespaces, mounts and iptables)"
     if os.geteuid() != 0:
         return f"needs root for namespaces, mounts and iptables (running as uid {os.geteuid()})"
-    missing = [t for t in ("ip", "iptables", "setpriv", "sysctl") if shutil.which(t) is None]
+    missing = [
+        t for t in ("ip", "iptables", "setpriv", "sysctl", "unshare", "nsenter") if shutil.which(t) is None
+    ]
     if missing:
         return f"needs {', '.join(missing)} on PATH"
     if PROBE_PYTHON is None:
@@ -267,6 +274,63 @@ def knock(listener: Listener) -> None:
     wait_for(lambda: b"host" in listener.seen(), f"{listener.where} has the host's own message")
 
 
+# ---- the test's own namespaces ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Private:
+    """A network and a mount namespace held open by a process of the test's (`pid`). The test's
+    thread is in the network namespace, so every socket it makes and process it starts is; a
+    command run with `enter` is in the mount namespace too, where /run/netns is its own."""
+
+    pid: int
+
+    def enter(self, cwd: Path | None = None) -> list[str]:
+        """The prefix that runs a command in the mount namespace (in `cwd`, or the test's own)."""
+        return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt", f"--wd={cwd or os.getcwd()}", "--"]
+
+    def mounts(self) -> list[str]:
+        """The lines of the mount namespace's mountinfo."""
+        return Path(f"/proc/{self.pid}/mountinfo").read_text().splitlines()
+
+
+# Run by the holder: a /run/netns of the mount namespace's own (shared, as `ip netns add` makes
+# it), loopback up, then wait to be killed.
+HOLD = (
+    "mkdir -p /run/netns && mount -t tmpfs -o mode=755 netns /run/netns && mount --make-shared /run/netns"
+    " && ip link set lo up && echo held && exec sleep infinity"
+)
+
+
+@pytest.fixture
+def private() -> Iterator[Private]:
+    """The test's own namespaces, entered by its thread, and gone with all they hold afterwards
+    (links, iptables rules, `ip netns` names: the holder is the last process in them)."""
+    holder = subprocess.Popen(
+        ["unshare", "--net", "--mount", "--propagation", "private", "--", "sh", "-c", HOLD],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n", "the namespaces were made"
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            own = os.open(f"/proc/{holder.pid}/ns/net", os.O_RDONLY)
+            try:
+                os.setns(own, os.CLONE_NEWNET)
+            finally:
+                os.close(own)
+            try:
+                yield Private(holder.pid)
+            finally:
+                os.setns(home, os.CLONE_NEWNET)
+        finally:
+            os.close(home)
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
 # ---- the world: a link, listeners, airlock ---------------------------------------------------
 
 
@@ -276,6 +340,7 @@ class World:
 
     home: Path
     airlock: Airlock
+    private: Private
     v4: str
     v6: str | None
     secret: Path  # a file of airlock's outside the data dir, readable by anyone: only --hide hides it
@@ -310,9 +375,10 @@ def _add_link(name: str, v4: str, v6: str | None) -> None:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    """A test link (10.79.X.1 and fd00:a1:X::1), listeners everywhere, and `airlock run` with its
-    data, rules and an extra secret under a fresh /var/lib/airlock-isolate-* directory."""
+def world(tmp_path: Path, private: Private) -> Iterator[World]:
+    """In the test's own namespaces: a test link (10.79.X.1 and fd00:a1:X::1), listeners
+    everywhere, and `airlock run` with its data, rules and an extra secret under a fresh
+    /var/lib/airlock-isolate-* directory."""
     link = f"ali{secrets.token_hex(3)}"
     used = quiet("ip", "-o", "addr")
     x = next(x for x in random.sample(range(1, 255), 254) if f" 10.79.{x}." not in used)
@@ -353,7 +419,7 @@ def world(tmp_path: Path) -> Iterator[World]:
             output=tmp_path / "airlock.out",
         ).start()
         listeners["in the data dir"] = listen(unix, stream, str(home / "data" / "agent.sock"))
-        yield World(home, a, v4, v6, secret, listeners)
+        yield World(home, a, private, v4, v6, secret, listeners)
     finally:
         if a is not None:
             a.stop(signal.SIGKILL)
@@ -379,10 +445,9 @@ def running(*argv: str) -> list[int]:
     return found
 
 
-def mounts_mentioning(*words: str) -> frozenset[str]:
-    """The host's mounts whose line in mountinfo mentions one of `words`."""
-    lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return frozenset(line for line in lines if any(w in line for w in words))
+def mounts_mentioning(w: World, *words: str) -> frozenset[str]:
+    """The mounts where airlock exec runs whose line in mountinfo mentions one of `words`."""
+    return frozenset(line for line in w.private.mounts() if any(word in line for word in words))
 
 
 def isolated(
@@ -390,8 +455,9 @@ def isolated(
 ) -> subprocess.CompletedProcess[str]:
     """`airlock exec --isolate [options] -- cmd` for `w`'s airlock (started in `cwd`, by the
     command `via` that ends by exec'ing it), checked to leave nothing."""
-    traces, mounts = Traces.now([]), mounts_mentioning(str(w.home), "airlock")
-    args = [*via, AIRLOCK, "exec", "--data", str(w.airlock.data), "--rules", str(w.airlock.rules)]
+    enter = w.private.enter(cwd)
+    traces, mounts = Traces.now(enter), mounts_mentioning(w, str(w.home), "airlock")
+    args = [*enter, *via, AIRLOCK, "exec", "--data", str(w.airlock.data), "--rules", str(w.airlock.rules)]
     args += ["--hide", str(w.secret), "--isolate", "--transparent", w.transparent, *options, "--", *cmd]
     proc = subprocess.Popen(
         args,
@@ -408,12 +474,12 @@ def isolated(
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        scrub([], link)
+        scrub(enter, link)
         raise
-    left: dict[str, Any] = dict(Traces.now([]).added_since(traces))
-    if added := mounts_mentioning(str(w.home), "airlock") - mounts:
+    left: dict[str, Any] = dict(Traces.now(enter).added_since(traces))
+    if added := mounts_mentioning(w, str(w.home), "airlock") - mounts:
         left["mounts"] = added
-    scrub([], link)
+    scrub(enter, link)
     assert left == {}, f"airlock exec --isolate left behind {left}"
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
@@ -640,7 +706,8 @@ def test_exit_codes_and_signals_pass_through_and_nothing_outlives_the_command(wo
     # with it, and the next run removes what the killed one left of its network.
     for sig in (signal.SIGTERM, signal.SIGKILL):
         marker = f"4343.{random.randrange(10**8)}"
-        args = [AIRLOCK, "exec", "--data", str(w.airlock.data), "--rules", str(w.airlock.rules)]
+        enter = w.private.enter()
+        args = [*enter, AIRLOCK, "exec", "--data", str(w.airlock.data), "--rules", str(w.airlock.rules)]
         args += ["--isolate", "--transparent", w.transparent, "--", "sleep", marker]
         proc = subprocess.Popen(
             args, stderr=subprocess.PIPE, env=environ_without_proxy(), start_new_session=True
@@ -652,15 +719,15 @@ def test_exit_codes_and_signals_pass_through_and_nothing_outlives_the_command(wo
             code = proc.wait(30)
             wait_for(lambda: running("sleep", marker) == [], "the command is gone")  # noqa: B023
             if sig == signal.SIGKILL:
-                assert link.name in Traces.now([]).netns
+                assert link.name in Traces.now(enter).netns
                 assert isolated(w, ["true"]).returncode == 0
-                left = Traces.now([])
+                left = Traces.now(enter)
                 assert link.name not in left.netns and link.host_if not in left.links
                 assert not [r for r in left.rules if link.host_if in r.split()]
         finally:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-            scrub([], link)
+            scrub(enter, link)
         assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGKILL)
     assert requests.get(f"{w.airlock.control}/healthz", timeout=5).ok
