@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -195,6 +196,9 @@ async def _recheck(log: Log, cfg: RunConfig) -> None:
         logger.exception("airlock: verifying in-doubt actions failed; they stay in doubt")
 
 
+LISTENER_FLAGS = {"regular": "--listen", "transparent": "--transparent", "reverse": "--upstream"}
+
+
 async def _start_listeners(m: master.Master, cfg: RunConfig) -> None:
     proxyserver = m.addons.get("proxyserver")
     if await proxyserver.setup_servers():
@@ -202,10 +206,13 @@ async def _start_listeners(m: master.Master, cfg: RunConfig) -> None:
     for server in proxyserver.servers:
         if server.last_exception is not None:
             err = server.last_exception
-            reason = getattr(err, "strerror", None) or str(err)
+            # mitmproxy's message repeats the address; the system's reason is the news.
+            errno = err.errno if isinstance(err, OSError) else None
+            reason = os.strerror(errno) if errno else str(err.__cause__ or err)
+            flag = LISTENER_FLAGS.get(server.mode.type_name, "--listen")
             raise StartupError(
                 f"cannot start {server.mode.description.lower()} on "
                 f"{server.mode.listen_host(cfg.listen.host) or cfg.listen.host}:"
-                f"{server.mode.listen_port()}: {reason}; pick another port with --listen or --upstream"
+                f"{server.mode.listen_port()}: {reason}; pick another address or port with {flag}"
             )
     raise StartupError("the proxy listeners did not start; see the messages above")
