@@ -46,6 +46,7 @@ from rules import EGRESS_RULE
 
 from ..support import AIRLOCK, Airlock, environ_without_proxy, free_port, wait_for
 from ..support.namespaces import Traces, quiet, scrub, sh
+from ..support.outcomes import settled
 
 # The probe runs as an unprivileged user, who cannot run the test's interpreter (it may live in
 # root's home): it needs a system Python.
@@ -661,7 +662,7 @@ def test_the_command_cannot_type_into_the_terminal_it_was_started_from(world: Wo
 
 def test_the_command_cannot_be_run_as_a_user_who_could_change_airlocks_files(world: World) -> None:
     w = world
-    entries = len(w.airlock.log())
+    logged = settled(w.airlock)
 
     def refused(*options: str) -> str:
         done = isolated(w, ["sh", "-c", "echo ran > /dev/udp/127.0.0.1/9"], *options)
@@ -693,7 +694,7 @@ def test_the_command_cannot_be_run_as_a_user_who_could_change_airlocks_files(wor
 
     # Nothing ran, nothing reached anything, nothing was logged.
     assert all(lst.seen() == [] for lst in w.listeners.values())
-    assert len(w.airlock.log()) == entries
+    assert settled(w.airlock) == logged
 
 
 def test_exit_codes_and_signals_pass_through_and_nothing_outlives_the_command(world: World) -> None:
