@@ -53,8 +53,13 @@ class Parser(argparse.ArgumentParser):
         self.set_defaults(command_parser=self)  # the innermost command's parser: its own wins
 
     def parse(self, args: Sequence[str] | None = None) -> argparse.Namespace:
-        """Parse `args`; arguments the command does not take are reported by that command."""
-        parsed, extra = self.parse_known_args(args)
+        """Parse the command line `args`; arguments the command does not take are reported by
+        that command."""
+        given = sys.argv[1:] if args is None else list(args)
+        if given and given[0].startswith("-") and given[0] not in ("-h", "--help"):
+            flag = given[0].partition("=")[0]
+            self.error(f"{flag} goes after the command: {self.prog} COMMAND {flag} ...")
+        parsed, extra = self.parse_known_args(given)
         if extra:
             parsed.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed

@@ -231,6 +231,14 @@ def test_a_command_group_without_a_command_prints_its_usage_and_names_them(prog:
     assert "  " not in error
 
 
+def test_an_option_before_the_command_says_where_it_goes() -> None:
+    line = one_line_error(airlock_cmd("--data", "here", "log"))
+    assert (
+        line
+        == "airlock: error: --data goes after the command: airlock COMMAND --data ... (see airlock --help)"
+    )
+
+
 def test_data_that_is_a_file_says_a_directory_is_needed(tmp_path: Path) -> None:
     file = tmp_path / "a-file"
     file.write_text("not a directory")
