@@ -18,7 +18,7 @@ def under(base: str, path: str) -> str:
     is `base` itself, `/x` is `base/x`. Paths that are not absolute (`*`) stay as they are."""
     if not base or not path.startswith("/"):
         return path
-    if path == "/" or path.startswith(("/?", "/#")):
+    if path == "/" or path.startswith("/?"):
         return base + path[1:]
     return base.rstrip("/") + path
 
