@@ -315,15 +315,22 @@ def test_a_bad_value_is_one_clear_line(name: str, tmp_path: Path) -> None:
 
 
 def test_make_says_where_the_command_is() -> None:
-    # Only when the virtual environment is up to date: make would otherwise install into it.
-    if subprocess.run(["make", "-q", ".venv/.installed"], cwd=ROOT, capture_output=True).returncode != 0:
-        pytest.skip("the virtual environment is not up to date with pyproject.toml")
+    if not (ROOT / ".venv" / "bin" / "airlock").exists():
+        pytest.skip("no .venv here: these tests run from another environment")
+    # -o: the installed environment counts as up to date, so make installs nothing here.
     proc = subprocess.run(
-        ["make", "-s", "--no-print-directory", "run", "ARGS=--help"], cwd=ROOT, capture_output=True, text=True
+        ["make", "-s", "--no-print-directory", "-o", ".venv/.installed", "run", "ARGS=--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "airlock is not on PATH: run it as .venv/bin/airlock" in proc.stdout + proc.stderr
-    assert "usage: airlock run" in proc.stdout
+    assert (
+        proc.stderr
+        == "airlock is not on PATH: run it as .venv/bin/airlock (or 'source .venv/bin/activate' first)\n"
+    )
+    assert proc.stdout.startswith("usage: airlock run")
 
 
 def test_a_listener_that_cannot_start_names_its_flag(tmp_path: Path) -> None:
