@@ -348,20 +348,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the proxy until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    # Every flag of `run` whose name is a RunConfig field is that field.
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
     cfg = RunConfig(
-        data=Path(args.data),
-        listen=args.listen,
-        control=args.control,
-        rules=args.rules,
-        upstreams=tuple(args.upstream),
-        agent=args.agent,
-        body_limit=args.body_limit,
-        log_max_size=args.log_max_size,
-        rules_poll=args.rules_poll,
-        transparent=args.transparent,
-        ca=args.ca,
-        control_token=args.control_token,
-        reads_when_log_down=args.reads_when_log_down,
+        **given | {"data": Path(args.data), "upstreams": tuple(args.upstream), "upstream_ca": None}
     )
     ports = [cfg.listen.port, cfg.control.port, *(u.port for u in cfg.upstreams)]
     ports += [cfg.transparent.port] if cfg.transparent else []

@@ -8,7 +8,6 @@ about each action, and which is its last.
 from __future__ import annotations
 
 import array
-from collections.abc import Callable
 from typing import Any
 
 import lmdb
@@ -65,38 +64,26 @@ def listed_entries(action_id: int, raw: bytes) -> list[int]:
 
 def index_record(action_id: int, raw: bytes) -> dict[str, Any]:
     """An action's index record, refused unless it has the shape of one."""
-    return _record(
-        f"action {action_id}'s index record",
-        raw,
-        lambda r: (
-            isinstance(r.get("entries"), list)
-            and isinstance(r.get("state"), str)
-            and isinstance(r.get("writer"), str)
-            and r.get("state") in _STATES
-        ),
-    )
+    what = f"action {action_id}'s index record"
+    index = _record(what, raw, entries=list, state=str, writer=str)
+    if index["state"] not in _STATES:
+        raise Altered(f"{what} does not have the shape of one")
+    return index
 
 
 def key_record(key: str, raw: bytes) -> dict[str, Any]:
     """An idempotency key's record, refused unless it has the shape of one."""
-    return _record(
-        f"idempotency key {key!r}'s record",
-        raw,
-        lambda r: (
-            isinstance(r.get("action"), int)
-            and isinstance(r.get("payload"), str)
-            and isinstance(r.get("expires"), int | float)
-        ),
-    )
+    return _record(f"idempotency key {key!r}'s record", raw, action=int, payload=str, expires=int | float)
 
 
-def _record(what: str, raw: bytes, shaped: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """A JSON object read from an index, refused (Altered) unless `shaped` accepts it."""
+def _record(what: str, raw: bytes, **fields: Any) -> dict[str, Any]:
+    """A JSON object read from an index, refused (Altered) unless each of `fields` holds a
+    value of its type."""
     try:
         record = orjson.loads(raw)
     except ValueError:
         raise Altered(f"{what} is not valid JSON") from None
-    if not isinstance(record, dict) or not shaped(record):
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in fields.items()):
         raise Altered(f"{what} does not have the shape of one")
     return record
 
