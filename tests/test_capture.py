@@ -9,10 +9,8 @@ removes them all afterwards, whether it passes or not.
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -24,7 +22,7 @@ import pytest
 from proxy.routing.isolate import Link
 from rules import EGRESS_RULE
 
-from .support import AIRLOCK, Airlock, environ_without_proxy, free_port, wait_for
+from .support import AIRLOCK, Airlock, free_port, wait_for
 from .support.capture import (
     NOBODY,
     PA,
@@ -44,6 +42,7 @@ from .support.namespaces import (
     Processes,
     Traces,
     add_link,
+    exec_isolated,
     mentioning,
     netns_unsupported,
     quiet,
@@ -182,26 +181,11 @@ def isolated(
     transparent = a.extra[a.extra.index("--transparent") + 1]
     args = [*prefix, AIRLOCK, "exec", "--data", str(a.data), "--isolate", "--transparent", transparent]
     args += ["--", *cmd]
-    proc = subprocess.Popen(
-        args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environ_without_proxy(),
-        start_new_session=True,
-    )
-    link = Link.for_process(proc.pid)  # `ip netns exec` execs airlock: the PID is airlock's
-    try:
-        out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        scrub(prefix, link)
-        raise
+    link, done = exec_isolated(args, prefix, timeout=30)  # `ip netns exec` execs airlock
     left = Traces.now(prefix).added_since(before)
     scrub(prefix, link)
     assert left == {}, f"airlock exec --isolate left behind {left}"
-    return link, subprocess.CompletedProcess(args, proc.returncode, out, err)
+    return link, done
 
 
 def test_exec_isolate_reaches_only_airlock(

@@ -3,6 +3,7 @@ and one-line errors for bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -92,28 +93,31 @@ class Busy:
     upstream: Upstream
 
 
-@pytest.fixture(scope="module")
-def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Busy]:
-    """Shared by the read-only tests below: nothing but them adds to this log."""
+@contextlib.contextmanager
+def _served_traffic(factory: pytest.TempPathFactory, name: str, stop: signal.Signals) -> Iterator[Busy]:
+    """A proxy that served `make_traffic`, stopped with `stop` when the block ends."""
     with plain_upstream() as up:
-        a = started_airlock(tmp_path_factory.mktemp("busy"))
+        a = started_airlock(factory.mktemp(name))
         try:
             make_traffic(a, up)
             yield Busy(a, up)
         finally:
-            a.stop(signal.SIGKILL)
+            a.stop(stop)
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Busy]:
+    """Shared by the read-only tests below: nothing but them adds to this log."""
+    with _served_traffic(tmp_path_factory, "busy", signal.SIGKILL) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def quiet_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The data dir of a proxy that served `make_traffic` and was then stopped."""
-    with plain_upstream() as up:
-        a = started_airlock(tmp_path_factory.mktemp("quiet"))
-        try:
-            make_traffic(a, up)
-        finally:
-            a.stop()
-    yield a.data
+    with _served_traffic(tmp_path_factory, "quiet", signal.SIGTERM) as served:
+        pass
+    yield served.airlock.data
 
 
 # ---- airlock log ----------------------------------------------------------------------------

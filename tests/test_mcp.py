@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -228,17 +229,29 @@ rules:
     assert (by_tool["delete_note"]["effect"], by_tool["delete_note"]["state"]) == ("write", "committed")
 
 
+@pytest.mark.parametrize(
+    "base_path",
+    [False, True],
+    ids=["origin-then-the-client-adds-the-path", "the-server-url-as-a-base-path"],
+)
 def test_reverse_mode_gates_a_streamable_http_server(
-    notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+    notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock], base_path: bool
 ) -> None:
     server = notes_server("sse-stream")
     listen = free_port()
-    a = make_airlock(rules=rules(NO_DELETES), upstreams={"tools": (server.base, listen)})
+    # Either the upstream is the server's origin and the client asks for /mcp, or (the form the
+    # README shows) the upstream is the endpoint's URL, path and all, and the client asks for /.
+    upstream, client_url = (
+        (server.url, f"http://127.0.0.1:{listen}")
+        if base_path
+        else (server.base, f"http://127.0.0.1:{listen}/mcp")
+    )
+    a = make_airlock(rules=rules(NO_DELETES), upstreams={"tools": (upstream, listen)})
     name = note()
 
     async def go() -> tuple[CallToolResult, CallToolResult]:
         # No proxy: the client takes the listener for the server.
-        async with connect("sse-stream", f"http://127.0.0.1:{listen}/mcp", None) as s:
+        async with connect("sse-stream", client_url, None) as s:
             await s.list_tools()
             return await call(s, "write_note", name=name, text="via reverse"), await call(
                 s, "delete_note", name=name
@@ -253,6 +266,7 @@ def test_reverse_mode_gates_a_streamable_http_server(
     assert by_tool["write_note"]["effect"] == "write"
     assert by_tool["delete_note"]["state"] == "denied" and by_tool["delete_note"]["effect"] == "destructive"
     assert {x.get("upstream") for x in by_tool.values()} == {"tools"}
+    assert {urlsplit(x["url"]).path for x in by_tool.values()} == {"/mcp"}
 
 
 def test_a_big_result_streams_through_intact(

@@ -1,5 +1,5 @@
 """What a first run trips on, run for real with the `airlock` command: an upstream URL with a base
-path (plain HTTP and an MCP SDK client through the reverse listener), several internal CAs, a
+path (plain HTTP here; an MCP SDK client in test_mcp.py), several internal CAs, a
 command group given no command, a --data that is a file, and bad values for every command's
 inputs: each a clear line and exit status 2, never a traceback."""
 
@@ -23,13 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from mcp.types import CallToolResult
 
 from proxy.cli import build_parser
 
 from .support import AIRLOCK, Airlock, Upstream, UpstreamCA, free_port, pem_of_key, running, self_signed_ca
-from .support.mcp_http import NotesServer, call, connect, note, run
-from .support.notes import NO_DELETES, assert_denied, assert_result, rules, settled_calls, write_result
 
 Run = subprocess.CompletedProcess[str]
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,32 +95,6 @@ def test_a_base_path_goes_before_every_path_the_listener_is_asked_for(
         ("GET", "/v2/z", "v2", "committed"),
     ]
     assert a.log("--state", "denied")[0]["rule"] == "no-item-deletes"
-
-
-def test_an_mcp_client_reaches_a_server_through_its_base_path(
-    notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
-) -> None:
-    server = notes_server("sse-stream")
-    listen = free_port()
-    # The form the README shows: the server's endpoint URL, path and all.
-    a = make_airlock(rules=rules(NO_DELETES), upstreams={"tools": (server.url, listen)})
-    name = note()
-
-    async def go() -> tuple[CallToolResult, CallToolResult]:
-        async with connect("sse-stream", f"http://127.0.0.1:{listen}", None) as s:
-            await s.list_tools()
-            return await call(s, "write_note", name=name, text="via base"), await call(
-                s, "delete_note", name=name
-            )
-
-    write, delete = run(go())
-    assert_result(write, write_result(name, "via base"))
-    assert_denied(delete, "notes-are-kept", "Notes are never deleted; archive the note instead.")
-    assert server.effects(name) == [f"write {name}"]
-    by_tool = {x["tool"]: x for x in settled_calls(a, 2)}
-    assert by_tool["write_note"]["state"] == "committed" and by_tool["delete_note"]["state"] == "denied"
-    assert {urlsplit(x["url"]).path for x in by_tool.values()} == {"/mcp"}
-    assert {x["upstream"] for x in by_tool.values()} == {"tools"}
 
 
 # ---- several internal CAs ----------------------------------------------------------------------

@@ -20,14 +20,14 @@ SUFFIXES = (".pem", ".crt", ".cer")
 def certificate_files(source: Path) -> list[Path]:
     """The PEM files `--upstream-ca source` names: the file itself, or a directory's *.pem,
     *.crt and *.cer files."""
-    if source.is_dir():
-        found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
-        if not found:
-            raise ConfigError(f"--upstream-ca {source}: no *.pem, *.crt or *.cer files in this directory")
-        return found
     if not source.exists():
         raise ConfigError(f"--upstream-ca {source}: no such file or directory")
-    return [source]
+    if not source.is_dir():
+        return [source]
+    found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if found:
+        return found
+    raise ConfigError(f"--upstream-ca {source}: no *.pem, *.crt or *.cer files in this directory")
 
 
 def read_certificates(path: Path) -> bytes:

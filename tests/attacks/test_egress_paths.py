@@ -535,6 +535,16 @@ def test_keep_alive_to_a_named_host_reuses_the_checked_connection(airlock: Airlo
 # ---- a captured agent with a public source address --------------------------------------------
 
 
+def with_public_address(netns: Netns, *hosts: str) -> str:
+    """Give the namespace the public address 1.2.3.4 on a link of its own and add `hosts` lines
+    (`{public}` standing for it) to its hosts file; return the address."""
+    public = "1.2.3.4"
+    add_link(netns.exec(), "pub0", f"{public}/24")
+    file = NETNS_ETC / netns.name / "hosts"
+    file.write_text(file.read_text() + "".join(line.format(public=public) + "\n" for line in hosts))
+    return public
+
+
 @pytest.mark.skipif(netns_unsupported() is not None, reason=netns_unsupported() or "")
 def test_capture_serves_an_agent_whose_address_is_public(
     netns: Netns,
@@ -543,10 +553,7 @@ def test_capture_serves_an_agent_whose_address_is_public(
 ) -> None:
     # The agent's connection to 1.2.3.4 (a public address, here held by the namespace itself)
     # leaves from 1.2.3.4: the transparent listener sees a public client and must serve it.
-    public = "1.2.3.4"
-    add_link(netns.exec(), "pub0", f"{public}/24")
-    hosts = NETNS_ETC / netns.name / "hosts"
-    hosts.write_text(hosts.read_text() + f"{public} public.test\n")
+    public = with_public_address(netns, "{public} public.test")
     server = serve(processes, netns.exec(), "http", public, PA)
     a = start_airlock(processes, netns, tmp_path, "version: 1\negress:\n  allow: [public.test]\n")
     installed = netns.run(AIRLOCK, "capture", "--uid", str(NOBODY), "--port", str(TRANSPARENT))
@@ -704,10 +711,7 @@ def test_a_kept_alive_connection_does_not_outlive_the_rules_that_allowed_its_add
     # moving.test has a private address (allowed by a range) and a public one. A connection
     # opened to the private address stays open; when a reload drops the range, the next request
     # on the same client connection must not reuse it: it goes to the public address.
-    public = "1.2.3.4"
-    add_link(netns.exec(), "pub0", f"{public}/24")
-    hosts = NETNS_ETC / netns.name / "hosts"
-    hosts.write_text(hosts.read_text() + f"10.77.0.1 moving.test\n{public} moving.test\n")
+    public = with_public_address(netns, "10.77.0.1 moving.test", "{public} moving.test")
     private_server = serve(processes, netns.exec(), "http", "10.77.0.1", PA)
     public_server = serve(processes, netns.exec(), "http", public, PA)
     a = start_airlock(

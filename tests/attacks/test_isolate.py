@@ -45,7 +45,7 @@ from proxy.routing.isolate import Link
 from rules import EGRESS_RULE
 
 from ..support import AIRLOCK, Airlock, environ_without_proxy, free_port, wait_for
-from ..support.namespaces import Traces, quiet, scrub, sh
+from ..support.namespaces import Traces, exec_isolated, quiet, scrub, sh
 from ..support.outcomes import settled
 
 # The probe runs as an unprivileged user, who cannot run the test's interpreter (it may live in
@@ -460,29 +460,13 @@ def isolated(
     traces, mounts = Traces.now(enter), mounts_mentioning(w, str(w.home), "airlock")
     args = [*enter, *via, AIRLOCK, "exec", "--data", str(w.airlock.data), "--rules", str(w.airlock.rules)]
     args += ["--hide", str(w.secret), "--isolate", "--transparent", w.transparent, *options, "--", *cmd]
-    proc = subprocess.Popen(
-        args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environ_without_proxy(),
-        start_new_session=True,
-        cwd=cwd,
-    )
-    link = Link.for_process(proc.pid)
-    try:
-        out, err = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        scrub(enter, link)
-        raise
+    link, done = exec_isolated(args, enter, timeout=90, cwd=cwd)
     left: dict[str, Any] = dict(Traces.now(enter).added_since(traces))
     if added := mounts_mentioning(w, str(w.home), "airlock") - mounts:
         left["mounts"] = added
     scrub(enter, link)
     assert left == {}, f"airlock exec --isolate left behind {left}"
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    return done
 
 
 def probe(w: World, *options: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:

@@ -149,6 +149,12 @@ CREDENTIAL_HEADERS = [
 ]
 
 
+def post(a: Airlock, url: str, body: bytes, content_type: str) -> None:
+    """POST `body` through the proxy, and check the upstream answered."""
+    headers = {"Content-Type": content_type}
+    assert requests.post(url, data=body, headers=headers, proxies=a.proxies, timeout=30).ok
+
+
 def test_credential_headers_of_every_name_pattern_and_token_shapes_in_other_headers(
     a: Airlock, upstream: Upstream
 ) -> None:
@@ -317,21 +323,9 @@ def test_form_multipart_text_and_binary_bodies(a: Airlock, upstream: Upstream) -
     assert requests.post(f"{upstream.url}/upload", files=files, proxies=a.proxies, timeout=30).ok
     # Plain text and binary bodies: only shapes and `name=value` pairs can tell.
     text = f"deploy log\npassword={password}x\nuse {tokens['aws']} then\nregion=eu-west-1\n"
-    assert requests.post(
-        f"{upstream.url}/notes",
-        data=text.encode(),
-        headers={"Content-Type": "text/plain"},
-        proxies=a.proxies,
-        timeout=30,
-    ).ok
+    post(a, f"{upstream.url}/notes", text.encode(), "text/plain")
     binary = b"\x00\x01\xfe\xff" + tokens["stripe"].encode() + b"\x00\x9c" + tokens["jwt"].encode() + b"\xff"
-    assert requests.post(
-        f"{upstream.url}/blob",
-        data=binary,
-        headers={"Content-Type": "application/octet-stream"},
-        proxies=a.proxies,
-        timeout=30,
-    ).ok
+    post(a, f"{upstream.url}/blob", binary, "application/octet-stream")
     settle(a, 8)
     assert upstream.effects()[3].body == binary
     assert_kept_out(a, [code, secret, password, api_key, tokens["aws"], tokens["stripe"], tokens["jwt"]])
@@ -360,13 +354,7 @@ def test_a_body_past_the_limit_is_redacted_in_the_part_kept(
     # The secrets straddle the cut at 1024 bytes: not parseable as JSON any more, redacted as text.
     filler = "x" * (1024 - len('{"filler":"",  "client_secret": "') - 10)
     body = f'{{"filler":"{filler}",  "client_secret": "{secret}", "t": "{token}", "more": "{"y" * 4000}"}}'
-    assert requests.post(
-        f"{upstream.url}/big",
-        data=body.encode(),
-        headers={"Content-Type": "application/json"},
-        proxies=a.proxies,
-        timeout=30,
-    ).ok
+    post(a, f"{upstream.url}/big", body.encode(), "application/json")
     settle(a, 2)
     assert_kept_out(a, [secret, token, secret[:12], token[:16]])
     logged = intent(a, "/big")["body"]

@@ -27,19 +27,9 @@ from store import ActionRef, Log, Record, State
 from store.keys import reply_digest
 
 from ..support import AIRLOCK, Airlock, Upstream, curl, plain_upstream, settle, started_airlock
-from ..support.logfiles import databases, k, key_named, load, raw, verify
+from ..support.logfiles import PROD_RULES, databases, k, key_named, load, raw, verify
 
-RULES = """\
-version: 1
-egress:
-  allow: [127.0.0.1, localhost]
-defaults: {read: allow, write: allow, destructive: allow}
-rules:
-  - id: no-prod-deletes
-    match: {method: DELETE, path: "/prod/*"}
-    action: deny
-    message: production data is never deleted by agents
-"""
+RULES = PROD_RULES
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,19 @@ import orjson
 
 from .airlock import AIRLOCK
 
+# Rules the log tests run under: loopback, everything allowed but deletes under /prod.
+PROD_RULES = """\
+version: 1
+egress:
+  allow: [127.0.0.1, localhost]
+defaults: {read: allow, write: allow, destructive: allow}
+rules:
+  - id: no-prod-deletes
+    match: {method: DELETE, path: "/prod/*"}
+    action: deny
+    message: production data is never deleted by agents
+"""
+
 
 @contextmanager
 def databases(data: Path) -> Iterator[tuple[lmdb.Transaction, dict[str, Any]]]:

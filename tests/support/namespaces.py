@@ -152,6 +152,33 @@ class Traces:
         return {k: v for k, v in found.items() if v}
 
 
+def exec_isolated(
+    args: list[str], prefix: list[str], *, timeout: float, cwd: Path | None = None
+) -> tuple[Link, subprocess.CompletedProcess[str]]:
+    """Run `airlock exec --isolate` (`args`: the whole command line, `prefix` included) in a
+    session of its own, to its end; the link it made (named by the PID that ends up as airlock's)
+    is left for the caller to check and scrub, unless it ran past `timeout`: then it is killed,
+    scrubbed, and the timeout raised."""
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ_without_proxy(),
+        start_new_session=True,
+        cwd=cwd,
+    )
+    link = Link.for_process(proc.pid)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        scrub(prefix, link)
+        raise
+    return link, subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
 def scrub(prefix: list[str], link: Link) -> None:
     """Remove whatever a killed `airlock exec --isolate` left (so a failing test leaves nothing)."""
     for tool in ("iptables", "ip6tables") if shutil.which("ip6tables") else ("iptables",):
