@@ -1,0 +1,132 @@
+"""Routing an agent through Airlock: `exec` (proxy variables and CA trust, or isolation),
+`capture` (iptables for one user), and `ca` (the CA clients trust)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from proxy.ops.config import TRANSPARENT, RunConfig, parse_port, parse_resolver, parse_uid
+from proxy.ops.datadir import DataDir
+from proxy.routing.environ import agent_environment
+from rules import default_path
+
+from .args import Commands, UserError, address_arg, command_line, data_arg, typed
+
+
+def add(sub: Commands) -> None:
+    """`exec`, `capture` and `ca`."""
+    ex = sub.add_parser("exec", help="run a command with its traffic routed through the proxy")
+    data_arg(ex)
+    address_arg(ex, "--listen", RunConfig.listen, "the proxy's address")
+    ex.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run it as an unprivileged user in namespaces whose only way out is airlock's transparent "
+        "listener, with airlock's files hidden (Linux, root); proxy variables are then not needed",
+    )
+    address_arg(ex, "--transparent", TRANSPARENT, "with --isolate: the proxy's --transparent address")
+    ex.add_argument(
+        "--user",
+        help="with --isolate: run the command as this unprivileged user (name or UID; default nobody; "
+        "never root, nor a user who could change airlock's files)",
+    )
+    ex.add_argument(
+        "--rules",
+        type=Path,
+        default=default_path(),
+        metavar="PATH",
+        help="with --isolate: the rule file or directory `airlock run` uses, hidden from the command "
+        "(default: the shipped rules/default.yaml)",
+    )
+    ex.add_argument(
+        "--hide",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with --isolate: another path of airlock's to hide from the command, e.g. the --ca or "
+        "--control-token file of `airlock run` (repeatable; --data and --rules are always hidden)",
+    )
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="command to run")
+    ex.set_defaults(func=cmd_exec)
+
+    cap = sub.add_parser(
+        "capture",
+        help="install iptables rules that send a user's TCP through --transparent (Linux, root)",
+    )
+    cap.add_argument(
+        "--uid", type=typed(parse_uid), required=True, help="the agent's user ID (not airlock's)"
+    )
+    cap.add_argument(
+        "--port", type=typed(parse_port), required=True, help="airlock's --transparent port on 127.0.0.1"
+    )
+    cap.add_argument(
+        "--dns",
+        type=typed(parse_resolver),
+        action="append",
+        default=None,
+        metavar="ADDRESS",
+        help="a resolver the user may query on port 53 (repeatable; default: /etc/resolv.conf's)",
+    )
+    cap.add_argument("--remove", action="store_true", help="remove the rules instead")
+    cap.set_defaults(func=cmd_capture)
+    ca = sub.add_parser("ca", help="print the CA certificate path (creating the CA if needed)")
+    data_arg(ca)
+    ca.set_defaults(func=cmd_ca)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Replace this process with the command, its environment pointed at the proxy (or, with
+    --isolate, run it in a namespace that can reach nothing but the proxy)."""
+    cmd = command_line(args, "airlock exec -- CMD ARGS...")
+    from proxy.plane.ca import ensure_ca
+
+    data = DataDir(args.data)
+    data.prepare()
+    cert = ensure_ca(data.ca)
+    if args.isolate:
+        from proxy.routing.isolate import IsolateError, Isolation, run_isolated
+
+        private = (data.root.resolve(), args.rules.resolve(), *(p.resolve() for p in args.hide))
+        isolation = Isolation(args.transparent, cert, private, args.user)
+        try:
+            return asyncio.run(run_isolated(cmd, os.environ, isolation))
+        except IsolateError as e:
+            raise UserError(str(e)) from e
+    env = agent_environment(os.environ, f"http://{args.listen}", cert)
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except FileNotFoundError:
+        print(f"airlock exec: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"airlock exec: permission denied: {cmd[0]}", file=sys.stderr)
+        return 126
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    """Install (or remove) the capture rules for one user."""
+    from proxy.routing.capture import Capture, CaptureError, install, remove, resolvers
+
+    capture = Capture(args.uid, args.port, tuple(args.dns if args.dns is not None else resolvers()))
+    try:
+        used = remove(capture) if args.remove else install(capture)
+    except CaptureError as e:
+        raise UserError(str(e)) from e
+    done = "removed" if args.remove else f"installed: TCP of uid {args.uid} goes to 127.0.0.1:{args.port}"
+    print(f"airlock capture: {done} ({', '.join(used)})")
+    return 0
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    """Print the CA certificate's path."""
+    from proxy.plane.ca import ensure_ca
+
+    data = DataDir(args.data)
+    data.prepare()
+    print(ensure_ca(data.ca))
+    return 0

@@ -1,0 +1,152 @@
+"""`airlock run` (the proxy and its control API) and `airlock mcp` (an MCP server on stdio
+behind the gate)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from proxy.ops.config import ConfigError, RunConfig, parse_address, parse_size, parse_upstream
+from proxy.ops.datadir import DataDir
+from proxy.ops.trust import write_bundle
+
+from .args import (
+    Commands,
+    UserError,
+    address_arg,
+    agent_arg,
+    command_line,
+    data_arg,
+    rules_arg,
+    rules_poll_arg,
+    typed,
+)
+
+
+def add(sub: Commands) -> None:
+    """The commands that run Airlock: `run` and `mcp`."""
+    run = sub.add_parser("run", help="run the proxy and the control API")
+    data_arg(run)
+    address_arg(run, "--listen", RunConfig.listen, "forward proxy address")
+    address_arg(run, "--control", RunConfig.control, "control API address")
+    rules_arg(run)
+    run.add_argument(
+        "--upstream",
+        type=typed(parse_upstream),
+        action="append",
+        default=[],
+        metavar="NAME=URL@PORT",
+        help="serve URL in reverse mode on local PORT (repeatable). A path in URL is a base path: "
+        "with tools=http://h:9000/mcp@9001, GET / on 9001 reaches /mcp (the URL as written) and "
+        "GET /x reaches /mcp/x; rules and the log see the path the upstream receives",
+    )
+    agent_arg(run, "agent name recorded on actions (a request may say X-Airlock-Agent)")
+    run.add_argument(
+        "--body-limit",
+        type=typed(parse_size),
+        default=64 * 1024,
+        metavar="SIZE",
+        help="request body bytes kept in the log; digest always kept (default 64KiB)",
+    )
+    run.add_argument(
+        "--log-max-size",
+        type=typed(parse_size),
+        default=64 << 30,
+        metavar="SIZE",
+        help="largest the log may grow before requests get 503 (default 64GiB)",
+    )
+    run.add_argument(
+        "--reads-when-log-down",
+        choices=["refuse", "pass"],
+        default="refuse",
+        help="when the log cannot be written: refuse reads too (default; a read can carry data out, "
+        "and the trail is the product), or let them pass unlogged",
+    )
+    rules_poll_arg(
+        run, "how often to check the rule files for changes (default 1; 0: only SIGHUP and the API reload)"
+    )
+    run.add_argument(
+        "--transparent",
+        type=typed(parse_address),
+        metavar="HOST:PORT",
+        help="also accept connections redirected here by iptables (see `airlock capture`)",
+    )
+    run.add_argument(
+        "--ca",
+        type=Path,
+        metavar="FILE",
+        help="use this CA (PEM: private key and certificate) instead of minting one in the data dir",
+    )
+    run.add_argument(
+        "--control-token",
+        type=Path,
+        metavar="FILE",
+        help="read the control API token from FILE (default: DATA/control.token, created if missing)",
+    )
+    run.add_argument(
+        "--upstream-ca",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE|DIR",
+        help="a CA certificate (PEM) trusted for upstream TLS besides the public CAs, e.g. an internal "
+        "CA; a directory: its *.pem, *.crt and *.cer files (repeatable: all are trusted together)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    mcp = sub.add_parser(
+        "mcp", help="run an MCP server on stdio with airlock between it and the host (the host spawns this)"
+    )
+    data_arg(mcp)
+    rules_arg(mcp)
+    agent_arg(mcp, "agent name recorded on the server's actions")
+    rules_poll_arg(mcp, "how often to check the rule files for changes (default 1; 0: never)")
+    mcp.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the MCP server to run")
+    mcp.set_defaults(func=cmd_mcp)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the proxy until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    # Every flag of `run` whose name is a RunConfig field is that field.
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
+    cfg = RunConfig(
+        **given | {"data": Path(args.data), "upstreams": tuple(args.upstream), "upstream_ca": None}
+    )
+    ports = [cfg.listen.port, cfg.control.port, *(u.port for u in cfg.upstreams)]
+    ports += [cfg.transparent.port] if cfg.transparent else []
+    if len(set(ports)) != len(ports):
+        raise UserError(f"ports must differ: --listen, --control, --transparent and --upstream use {ports}")
+    names = [u.name for u in cfg.upstreams]
+    if len(set(names)) != len(names):
+        again = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"--upstream names must differ (the log names upstreams by them): {', '.join(again)}")
+    if args.upstream_ca:
+        data = DataDir(cfg.data)
+        data.prepare()
+        try:
+            cfg = dataclasses.replace(cfg, upstream_ca=write_bundle(args.upstream_ca, data.upstream_ca))
+        except ConfigError as e:
+            raise UserError(str(e)) from e
+    from proxy.plane.server import serve  # mitmproxy loads only for the command that runs it
+
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Run an MCP server on stdio behind the gate; exit with its exit code."""
+    cmd = command_line(args, "airlock mcp -- CMD ARGS...")
+    # stdout is the protocol: everything airlock says goes to stderr.
+    logging.basicConfig(level=logging.WARNING, format="airlock: %(message)s", stream=sys.stderr)
+    from proxy.mcp.stdio import StdioConfig, serve_stdio
+
+    cfg = StdioConfig(
+        command=cmd, data=Path(args.data), rules=args.rules, agent=args.agent, rules_poll=args.rules_poll
+    )
+    return asyncio.run(serve_stdio(cfg))
