@@ -2,11 +2,11 @@
 
 Usage: ``.venv/bin/python bench/redaction.py [--before REV] [--repeats R] [--batch-ms MS]``
 
-The previous `proxy/core/redact.py` is read from git (`git show REV:proxy/core/redact.py`) into a temporary
-module, so both are measured in the same run on the same actions. REV defaults to HEAD when the
-working copy of `proxy/core/redact.py` differs from it, else to the commit before the last one that
-changed the file. A third column, "none", swaps in a redaction that returns everything as it is:
-the floor of `describe` (building the record, digesting the body).
+The previous redaction (the package `proxy/core/redact/`, or the single module it was before) is
+read from git at REV into a temporary package, so both are measured in the same run on the same
+actions. REV defaults to HEAD when the working copy of the redaction differs from it, else to
+the commit before the last one that changed it. A third column, "none", swaps in a redaction
+that returns everything as it is: the floor of `describe` (building the record, digesting the body).
 
 The actions are POSTs with the headers an agent SDK sends (one of them a bearer credential) and
 bodies of the sizes that matter: a ~190-byte JSON body, 1 KiB of JSON, 64 KiB of JSON (small
@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 from proxy.core import records, redact  # noqa: E402
 from rules import Action, Effect, json_of  # noqa: E402
 
-MODULE = "proxy/core/redact.py"
-EARLIER = ("proxy/redact.py",)
+MODULE = "proxy/core/redact"
+EARLIER = ("proxy/core/redact.py", "proxy/redact.py")  # where it lived before, newest first
 
 
 # ---- the redactions ---------------------------------------------------------------------------
@@ -57,36 +57,43 @@ def _git(*args: str) -> str:
 
 
 def before_rev() -> str:
-    """HEAD when the working copy of the module differs from it, else the commit before the last
-    change to it."""
-    if _git("diff", "--name-only", "HEAD", "--", MODULE).strip():
+    """HEAD when the working copy of the redaction differs from it, else the commit before the
+    last change to it."""
+    if _git("diff", "--name-only", "HEAD", "--", MODULE, *EARLIER).strip():
         return "HEAD"
-    # The last commit that changed its content, following it across moves.
-    changed = _git("log", "--follow", "--diff-filter=AM", "-n", "1", "--format=%H", "--", MODULE)
+    # The last commit that changed its content (a pure move is not a change).
+    changed = _git("log", "--diff-filter=AM", "-n", "1", "--format=%H", "--", MODULE, *EARLIER)
     return changed.strip() + "~"
 
 
 def path_at(rev: str) -> str:
-    """Where the module lived at `rev` (it has moved once)."""
+    """Where the redaction lived at `rev`."""
     for path in (MODULE, *EARLIER):
-        if (
-            subprocess.run(
-                ["git", "cat-file", "-e", f"{rev}:{path}"], cwd=ROOT, capture_output=True
-            ).returncode
-            == 0
-        ):
+        found = subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=ROOT, capture_output=True)
+        if found.returncode == 0:
             return path
-    raise SystemExit(f"no redaction module at {rev}: pass --before with a revision that has one")
+    raise SystemExit(f"no redaction at {rev}: pass --before with a revision that has one")
 
 
 def load_before(rev: str, into: Path) -> ModuleType:
-    """The module as it was at `rev`, imported under another name."""
-    path = into / "redact_before.py"
-    path.write_text(_git("show", f"{rev}:{path_at(rev)}"))
-    spec = importlib.util.spec_from_file_location("redact_before", path)
+    """The redaction as it was at `rev`, imported under another name (a package, or one module)."""
+    path = path_at(rev)
+    name = "redact_before"
+    if path.endswith(".py"):
+        file = into / f"{name}.py"
+        file.write_text(_git("show", f"{rev}:{path}"))
+        spec = importlib.util.spec_from_file_location(name, file)
+    else:
+        package = into / name
+        package.mkdir()
+        for module in _git("ls-tree", "--name-only", f"{rev}:{path}").split():
+            (package / module).write_text(_git("show", f"{rev}:{path}/{module}"))
+        spec = importlib.util.spec_from_file_location(
+            name, package / "__init__.py", submodule_search_locations=[str(package)]
+        )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["redact_before"] = module  # dataclasses look their module up
+    sys.modules[name] = module  # dataclasses, and the package's own modules, look it up
     spec.loader.exec_module(module)
     return module
 

@@ -45,14 +45,14 @@ def test_every_shape_that_matches_a_token_occurs_in_it(token: str) -> None:
 def test_every_credential_name_holds_a_stem() -> None:
     # Look.at and the JSON walk skip texts with no stem: a word that makes a field name a
     # credential's must hold one (`code` is one only in queries, forms and headers).
-    words = [*redact._SECRET_WORDS, *redact._SECRET_ENDINGS, *redact._KEY_WORDS]
+    words = [*redact.names._SECRET_WORDS, *redact.names._SECRET_ENDINGS, *redact.names._KEY_WORDS]
     for word in words:
-        assert any(stem in word.replace("_", "") for stem in redact._STEMS), word
+        assert any(stem in word.replace("_", "") for stem in redact.shapes._STEMS), word
 
 
 def test_the_short_look_finds_every_anchor_and_stem() -> None:
-    for needle in [*(a for s in redact.SHAPES for a in s.anchors), *redact._STEMS]:
-        assert redact._ANY.search(f"x {needle} y".lower()), needle
+    for needle in [*(a for s in redact.SHAPES for a in s.anchors), *redact.shapes._STEMS]:
+        assert redact.shapes._ANY.search(f"x {needle} y".lower()), needle
 
 
 @pytest.mark.parametrize(
