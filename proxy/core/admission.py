@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -22,81 +21,20 @@ from typing import Any
 
 import orjson
 
-from rules import Action, Decision, Ruleset, Storm, Verdict, fingerprint
-from store import ActionRef, KeyOutcome, KeyTaken, Log, Record, State, StoreError
+from rules import Action, Decision, Ruleset, Storm, Verdict
+from store import ActionRef, KeyOutcome, KeyTaken, Log, Record, StoreError
 
 from . import keys, records
 from .breaker import Breaker
 from .keys import DedupPolicy, Keyed
 from .redact import Redactor
+from .tracking import Meter, Tracking
 
 logger = logging.getLogger(__name__)
 
 KEY_RULE = "idempotency-key"
 STORM_RULE = "retry-storm"
 KEY_POLL = 0.02  # how often a duplicate looks whether the first request has ended
-
-
-class Meter:
-    """Counts and hashes a response body as it passes, chunk by chunk, keeping up to `keep`
-    bytes of it (for replays); `kept` is None once the body outgrew that."""
-
-    def __init__(self, keep: int = 0) -> None:
-        self.size = 0
-        self._hash = hashlib.sha256()
-        self._keep = keep
-        self._kept: bytearray | None = bytearray() if keep else None
-
-    def __call__(self, chunk: bytes) -> bytes:
-        self.size += len(chunk)
-        self._hash.update(chunk)
-        if self._kept is not None:
-            if len(self._kept) + len(chunk) > self._keep:
-                self._kept = None
-            else:
-                self._kept += chunk
-        return chunk
-
-    @property
-    def kept(self) -> bytes | None:
-        """The body seen so far, if it was kept and fit."""
-        return bytes(self._kept) if self._kept is not None else None
-
-    @property
-    def sha256(self) -> str:
-        """Hex digest of everything seen so far."""
-        return self._hash.hexdigest()
-
-
-@dataclass
-class Tracking:
-    """An admitted action until its outcome is written."""
-
-    ref: ActionRef
-    keyed: Keyed | None = None  # holds a dedup key: its outcome keeps or releases it
-    storm: Storm | None = None
-    unkeyed: Action | None = None  # an unkeyed mutation: the breaker knows it by fingerprint
-    started: float = field(default_factory=time.monotonic)
-    meter: Meter = field(default_factory=Meter)
-    logged: bool = True  # False: a read let through while the log was down; no outcome is due
-    _breaker_key: str | None = None
-
-    def breaker_key(self) -> str | None:
-        """Who the action is to the retry-storm breaker: its dedup key, or for an unkeyed
-        mutation its agent and fingerprint (computed only when the breaker asks)."""
-        if self.keyed is not None:
-            return self.keyed.claim.key
-        if self._breaker_key is None and self.unkeyed is not None:
-            self._breaker_key = f"{self.unkeyed.agent}|{fingerprint(self.unkeyed)}"
-        return self._breaker_key
-
-    def final(self, status: int | None) -> bool:
-        """True when the answer (None: none) is the action's effect rather than a failure."""
-        return self.keyed.final(status) if self.keyed is not None else keys.is_final(status)
-
-    def elapsed_ms(self) -> float:
-        """Milliseconds since the action was let through."""
-        return (time.monotonic() - self.started) * 1000
 
 
 @dataclass(frozen=True)
@@ -275,7 +213,7 @@ class Admission:
         self, action: Action, keyed: Keyed, taken: KeyTaken, deadline: float
     ) -> Answer | None:
         """Answer an action whose key another action holds; None if the key came free."""
-        refusal = _key_refusal(keyed, taken)
+        refusal = keys.refusal(keyed, taken)
         if refusal is not None:
             return await self._refuse_key(action, *refusal)
         if taken.final:
@@ -358,48 +296,3 @@ class Admission:
         final = self._count(tracking, None)
         record = records.failure(tracking.ref, error=error, duration_ms=tracking.elapsed_ms(), keep_key=final)
         self.append_soon(record)
-
-
-def _key_refusal(keyed: Keyed, taken: KeyTaken) -> tuple[str, str, int] | None:
-    """Why an action whose key another action holds is refused (the reason, the message, the
-    status); None when it is replayed (a final answer is stored) or waits for the holder."""
-    holder, label = taken.holder_id, keyed.label
-    if taken.payload != keyed.claim.payload:
-        return (
-            "idempotency_key_reused",
-            f"this {label} was used by action {holder} for a different request; "
-            "use a new key for a new request",
-            422,
-        )
-    if taken.legacy:
-        return (
-            "idempotency_key_unverifiable",
-            f"action {holder} with this {label} was recorded by an older airlock, whose stored "
-            "responses the log cannot vouch for, so it is not replayed and this request was not "
-            f"executed; see `airlock show {holder}` for what happened, and do not retry",
-            409,
-        )
-    if taken.final and taken.reply is None:
-        return (
-            "idempotency_key_completed",
-            f"action {holder} with this {label} already took effect, and its response "
-            "cannot be replayed (it was resolved after a crash, or too large to keep); do not retry",
-            409,
-        )
-    if taken.state == State.IN_DOUBT:
-        return (
-            "idempotency_in_doubt",
-            f"action {holder} with this {label} is in doubt: the proxy stopped while it was "
-            "in flight, so whether it took effect is unknown and this request was not executed; "
-            f"an operator resolves it with `airlock resolve {holder} --executed|--not-executed`, "
-            "then retry with the same key",
-            409,
-        )
-    if keyed.reject:
-        return (
-            "idempotency_in_flight",
-            f"action {holder} with this {label} is in flight, and the rule rejects duplicates "
-            "instead of waiting; wait for the first request's answer instead of sending it again",
-            409,
-        )
-    return None

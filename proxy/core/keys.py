@@ -1,4 +1,5 @@
-"""Exactly-once effects: the idempotency key an action claims, and when its answer is final.
+"""Exactly-once effects: the idempotency key an action claims, when its answer is final, and why
+a repeat of it is refused.
 
 A key comes from the client's `Idempotency-Key` header (IETF draft semantics), else from the
 first matching rule's `dedup` (a template over the action, or `auto`: its fingerprint). It is
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules import Action, Decision, StatusSet, Storm, fingerprint
-from store import Claim
+from store import Claim, KeyTaken, State
 
 KEY_HEADER = "idempotency-key"
 
@@ -83,3 +84,48 @@ def is_final(status: int | None) -> bool:
     """By default 2xx, 3xx and 4xx answers are effects (or final refusals) and are replayed;
     5xx and no answer at all let a retry through."""
     return status is not None and status < 500
+
+
+def refusal(keyed: Keyed, taken: KeyTaken) -> tuple[str, str, int] | None:
+    """Why an action whose key another action holds is refused (the reason, the message, the
+    status); None when it is replayed (a final answer is stored) or waits for the holder."""
+    holder, label = taken.holder_id, keyed.label
+    if taken.payload != keyed.claim.payload:
+        return (
+            "idempotency_key_reused",
+            f"this {label} was used by action {holder} for a different request; "
+            "use a new key for a new request",
+            422,
+        )
+    if taken.legacy:
+        return (
+            "idempotency_key_unverifiable",
+            f"action {holder} with this {label} was recorded by an older airlock, whose stored "
+            "responses the log cannot vouch for, so it is not replayed and this request was not "
+            f"executed; see `airlock show {holder}` for what happened, and do not retry",
+            409,
+        )
+    if taken.final and taken.reply is None:
+        return (
+            "idempotency_key_completed",
+            f"action {holder} with this {label} already took effect, and its response "
+            "cannot be replayed (it was resolved after a crash, or too large to keep); do not retry",
+            409,
+        )
+    if taken.state == State.IN_DOUBT:
+        return (
+            "idempotency_in_doubt",
+            f"action {holder} with this {label} is in doubt: the proxy stopped while it was "
+            "in flight, so whether it took effect is unknown and this request was not executed; "
+            f"an operator resolves it with `airlock resolve {holder} --executed|--not-executed`, "
+            "then retry with the same key",
+            409,
+        )
+    if keyed.reject:
+        return (
+            "idempotency_in_flight",
+            f"action {holder} with this {label} is in flight, and the rule rejects duplicates "
+            "instead of waiting; wait for the first request's answer instead of sending it again",
+            409,
+        )
+    return None

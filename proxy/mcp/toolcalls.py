@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.core.admission import Admission, Answer, Tracking
+from proxy.core.admission import Admission, Answer
+from proxy.core.tracking import Tracking
 from rules import Action, Decision, Explanation, Verdict
 
 from . import messages as mcp

@@ -18,8 +18,9 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ProxyMode, TransparentMode
 
 from proxy.core import records
-from proxy.core.admission import Admission, Answer, Tracking
+from proxy.core.admission import Admission, Answer
 from proxy.core.keys import DedupPolicy
+from proxy.core.tracking import Tracking
 from proxy.mcp import messages as mcp
 from proxy.mcp.evidence import SESSION_HEADER, Evidence, Introduction
 from proxy.mcp.readings import server_of

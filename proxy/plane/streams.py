@@ -17,7 +17,7 @@ from urllib.parse import urljoin
 
 from mitmproxy import http
 
-from proxy.core.admission import Meter
+from proxy.core.tracking import Meter
 from proxy.mcp import messages as mcp
 from proxy.mcp.evidence import Evidence, Introduction
 from proxy.mcp.readings import server_of

@@ -14,7 +14,7 @@ import logging
 
 from mitmproxy import http
 
-from proxy.core.admission import Tracking
+from proxy.core.tracking import Tracking
 from rules import Decision, Verdict
 
 from .gate import TRACK

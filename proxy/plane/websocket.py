@@ -20,7 +20,8 @@ from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.websocket import WebSocketMessage
 
-from proxy.core.admission import Admission, Answer, Tracking
+from proxy.core.admission import Admission, Answer
+from proxy.core.tracking import Tracking
 from proxy.mcp import messages as mcp
 from proxy.plane.adapters.http import AGENT_HEADER
 from rules import Action
