@@ -28,6 +28,8 @@ import lmdb
 import pytest
 import requests
 
+from proxy.routing.environ import CA_VARS
+
 from .support import (
     AIRLOCK,
     Airlock,
@@ -429,14 +431,9 @@ def test_ca_prints_the_cert_and_keeps_secrets_private(busy: Busy, tmp_path: Path
 # ---- airlock exec ---------------------------------------------------------------------------
 
 DUMP_ENV = "import os, json; print(json.dumps(dict(os.environ)))"
-CA_VARS = (
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "AWS_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-)
+# Where the clients agents run read their CA from: OpenSSL, requests, curl, Node, the AWS SDKs, git.
+COMMON_CA_VARS = {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"}
+COMMON_CA_VARS |= {"AWS_CA_BUNDLE", "GIT_SSL_CAINFO"}
 
 
 def test_exec_points_the_command_at_the_proxy(tmp_path: Path) -> None:
@@ -460,7 +457,8 @@ def test_exec_points_the_command_at_the_proxy(tmp_path: Path) -> None:
         assert seen[var] == f"http://127.0.0.1:{port}", var
     cert = tmp_path / "d" / "ca" / "mitmproxy-ca-cert.pem"
     assert cert.is_file()
-    for var in CA_VARS:
+    assert set(CA_VARS) >= COMMON_CA_VARS
+    for var in CA_VARS:  # and every less common one exec knows of
         assert seen[var] == str(cert), var
     assert "NO_PROXY" not in seen and "no_proxy" not in seen
     assert seen["KEEP_ME"] == "yes"
