@@ -5,6 +5,7 @@ Knows nothing of HTTP or rules: it stores plain records about numbered actions.
 
 from .entry import Entry
 from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAction
+from .freeze import FreezeState, Frozen
 from .keys import Claim, KeyOutcome, KeyTaken
 from .log import Log
 from .record import ActionRef, Record
@@ -17,6 +18,8 @@ __all__ = [
     "ChainReport",
     "Claim",
     "Entry",
+    "FreezeState",
+    "Frozen",
     "KeyOutcome",
     "KeyTaken",
     "Log",

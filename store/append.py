@@ -16,7 +16,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import formats
+from . import formats, freeze
 from . import keys as keyrec
 from .chain import canonical, seal
 from .entry import Entry
@@ -121,6 +121,9 @@ class Appender:
     def _put(self, view: View, seq: int, prev: str, record: Record, opened: list[ActionRef]) -> Entry:
         txn = view.txn
         actions_db, states_db, meta = self._dbs[b"actions"], self._dbs[b"states"], self._dbs[b"meta"]
+        if record.unless_frozen:
+            # In the transaction that writes the record: a freeze durable before it holds.
+            freeze.refuse_if_frozen(txn, self._dbs)
         ref = record.action
         index: dict[str, Any] | None = None
         if record.new_action:
@@ -156,6 +159,8 @@ class Appender:
             ref.id = action_id
             opened.append(ref)
             txn.put(NEXT_ACTION, seq_key(action_id + 1), db=meta)
+        if freeze.changes_freeze(body):
+            freeze.keep(txn, self._dbs, body)
         txn.put(seq_key(seq), stored, db=self._dbs[b"entries"])
         if formats.is_upgrade(body) and txn.get(formats.META_KEY, db=meta) is None:
             txn.put(formats.META_KEY, formats.marker(seq), db=meta)

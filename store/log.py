@@ -22,10 +22,12 @@ from typing import Any
 
 import lmdb
 
+from . import freeze
 from . import keys as keyrec
 from .append import Appender
 from .entry import Entry
 from .errors import NoLog, StoreError
+from .freeze import FreezeState
 from .record import Record
 from .recovery import DIR_MODE, FILE_MODE, WriterLock, recover
 from .stored import MAX_NUMBER, in_range
@@ -150,6 +152,11 @@ class Log:
         """The live record of an idempotency key (holder action, payload, reply), if any."""
         with self._view() as view:
             return keyrec.live_record(view, key)
+
+    def frozen(self) -> FreezeState | None:
+        """The freeze in force, as its entry says (None when the log is not frozen)."""
+        with self._view() as view:
+            return freeze.current(view.txn, self._dbs)
 
     def verify(self, expect: tuple[int, str] | None = None) -> ChainReport:
         """Check every entry's hash and link, the recorded head, and every index against the

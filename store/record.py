@@ -26,7 +26,8 @@ class Record:
 
     `new_action` makes it the first entry of a new action (the writer assigns the id and may
     claim `claim`'s idempotency key, else KeyTaken); `if_state` applies it only to an action in
-    that state now (else StateError); `key_outcome` keeps or releases the action's key."""
+    that state now (else StateError); `key_outcome` keeps or releases the action's key;
+    `unless_frozen` writes it only while the log is not frozen (else Frozen)."""
 
     kind: str
     action: ActionRef | None = None
@@ -37,6 +38,7 @@ class Record:
     if_state: State | None = None
     claim: Claim | None = None
     key_outcome: KeyOutcome | None = None
+    unless_frozen: bool = False
 
     def check(self) -> None:
         """Refuse a record that cannot be written, before it joins a transaction."""

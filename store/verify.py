@@ -26,7 +26,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import formats
+from . import formats, freeze
 from .chain import GENESIS, link, unseal
 from .entry import Entry
 from .stored import as_bytes, seq_key
@@ -73,7 +73,7 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
         if seq != expected:
             raise Bad(f"entry {expected} is missing (found {seq})", expected)
         # Entries about actions are parsed in full when their action is checked against them.
-        action, claimed_seq, upgrade = _action_of(seq, raw)
+        action, claimed_seq, upgrade, fields = _action_of(seq, raw)
         stored_prev, digest, body = unseal(raw)
         if stored_prev != prev:
             raise Bad(f"entry {seq} does not link to entry {seq - 1} (its prev hash was changed)", seq)
@@ -87,6 +87,8 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
             elif not 1 <= action <= chain.opened:
                 raise Bad(f"entry {seq} names action {action}, which no earlier entry opened", seq)
             chain.about_actions += 1
+        elif freeze.changes_freeze(fields):
+            chain.frozen = freeze.after(chain.frozen, fields)
         if upgrade:
             if chain.since is not None:
                 raise Bad(
@@ -105,9 +107,9 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
         )
 
 
-def _action_of(seq: int, raw: bytes) -> tuple[int | None, Any, bool]:
-    """The action an entry is about, the sequence number it claims and whether it marks the
-    log's upgrade; an entry about no action is parsed in full here (nothing else will)."""
+def _action_of(seq: int, raw: bytes) -> tuple[int | None, Any, bool, dict[str, Any]]:
+    """The action an entry is about, the sequence number it claims, whether it marks the log's
+    upgrade, and its body; an entry about no action is parsed in full here (nothing else will)."""
     try:
         fields = orjson.loads(raw[128:]) if len(raw) >= 130 else None
         if not isinstance(fields, dict):
@@ -119,7 +121,7 @@ def _action_of(seq: int, raw: bytes) -> tuple[int | None, Any, bool]:
             raise ValueError("its action is not a number")
     except ValueError as e:
         raise Bad(f"entry {seq} is not a valid entry: {e}", seq) from None
-    return action, fields.get("seq"), formats.is_upgrade(fields)
+    return action, fields.get("seq"), formats.is_upgrade(fields), fields
 
 
 def _format(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) -> None:

@@ -1,7 +1,7 @@
 """Checking the log's indexes against its chain: each is rebuilt from the entries with the
 writer's own steps and compared with what is stored: the actions index (state, summary fields,
 entry list), the states index, the idempotency keys (holder, payload, expiry, finality, the
-digest of a stored reply) and the action counter (see store/verify.py).
+digest of a stored reply), the action counter and the freeze record (see store/verify.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from typing import Any
 import lmdb
 import orjson
 
+from . import freeze
 from . import keys as keyrec
 from .chain import GENESIS
 from .entry import Entry
+from .errors import Altered
 from .index import advance, first_difference
 from .stored import as_bytes, seq_key
 
@@ -39,6 +41,7 @@ class ChainFacts:
     opened: int = 0  # actions opened: ids are given out 1, 2, 3, ... in chain order
     about_actions: int = 0  # entries that name an action
     states: list[str] = field(default_factory=list)  # each action's state, by id (the strings are shared)
+    frozen: int | None = None  # the entry the log is frozen by, if it is
     since: int | None = None  # the format entry: entries before it were written by an older airlock
     legacy_actions: int = 0  # actions opened before it
     unchecked: int = 0
@@ -49,6 +52,7 @@ def check_indexes(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFact
     held = _actions(txn, dbs, chain)
     _states(txn, dbs, chain)
     _keys(txn, dbs, held)
+    _freeze(txn, dbs, chain)
     raw = txn.get(b"next_action", db=dbs[b"meta"])
     recorded = int.from_bytes(as_bytes(raw), "big") if raw is not None and len(raw) == 8 else None
     if (raw is None and chain.opened) or (raw is not None and recorded != chain.opened + 1):
@@ -127,6 +131,17 @@ def _actions(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
             "entries about actions (an entry was dropped from an action's list)"
         )
     return keys
+
+
+def _freeze(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) -> None:
+    try:
+        recorded = freeze.recorded(txn, dbs[b"meta"])
+    except Altered as e:
+        raise Bad(f"meta: {e.what}") from None
+    if recorded != chain.frozen:
+        said = f"frozen by entry {recorded}" if recorded is not None else "not frozen"
+        truth = f"frozen by entry {chain.frozen}" if chain.frozen is not None else "not frozen"
+        raise Bad(f"meta: the freeze record says the log is {said}, the chain says it is {truth}")
 
 
 def _states(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) -> None:

@@ -5,8 +5,10 @@ claims its dedup key with its intent, or is answered as the key's holder allows 
 409, 422). Any other action, reads included, gets its intent written durably before it may go
 (concurrent intents share one commit). An intent the log cannot hold (a value it cannot encode)
 is refused; when the log cannot be written at all, nothing goes, unless the operator let reads
-pass unlogged. The transport (the HTTP gate, the MCP adapters) turns an `Answer` into its own
-terms and reports the outcome back with `finish` or `fail`.
+pass unlogged. While an operator's freeze holds, the log refuses the intent of a write or
+destructive action in the commit that would have written it, and the action is refused (503).
+The transport (the HTTP gate, the MCP adapters) turns an `Answer` into its own terms and
+reports the outcome back with `finish` or `fail`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Any
 import orjson
 
 from rules import Action, Decision, Ruleset, Storm, Verdict
-from store import ActionRef, KeyOutcome, KeyTaken, Log, Record, StoreError
+from store import ActionRef, Frozen, KeyOutcome, KeyTaken, Log, Record, StoreError
 
-from . import keys, records
+from . import freeze, keys, records
 from .breaker import Breaker
 from .keys import DedupPolicy, Keyed
 from .redact import Redactor
@@ -95,8 +97,11 @@ class Admission:
         """Describe actions with `ruleset`'s digest and secret headers from now on."""
         self.ruleset, self.redactor = ruleset, Redactor(ruleset.secret_headers)
 
-    def intent(self, action: Action, decision: Decision, ref: ActionRef, **kw: Any) -> Record:
-        """The intent record of an action; Unloggable if the log could not encode it."""
+    def intent(
+        self, action: Action, decision: Decision, ref: ActionRef, *, unless_frozen: bool = False, **kw: Any
+    ) -> Record:
+        """The intent record of an action; Unloggable if the log could not encode it. With
+        `unless_frozen` the log refuses it (Frozen) while an operator's freeze holds."""
         record = records.intent(
             action,
             decision,
@@ -108,7 +113,7 @@ class Admission:
         )
         if (problem := unloggable(record)) is not None:
             raise Unloggable(problem)
-        return record
+        return dataclasses.replace(record, unless_frozen=True) if unless_frozen else record
 
     async def admit(self, action: Action, decision: Decision, *, keep: int = 0) -> Tracking | Answer:
         """Log the action and let it go (a Tracking), or answer it instead (an Answer).
@@ -129,11 +134,13 @@ class Admission:
             if keyed is not None:
                 tracking.meter = Meter(keep=keep)
                 return await self._admit_keyed(action, decision, tracking, keyed)
-            intent = self.intent(action, decision, tracking.ref)
+            intent = self.intent(action, decision, tracking.ref, unless_frozen=action.effect.mutating)
         except Unloggable as e:
             return await self._unloggable(action, str(e))
         try:
             await self.log.append(intent)
+        except Frozen as e:
+            return await self._frozen(action, e)
         except StoreError as e:
             if action.effect.mutating or not self.reads_pass_unlogged:
                 return unavailable(f"{e}; the request was not forwarded")
@@ -170,6 +177,11 @@ class Admission:
             logger.error("a refusal was not logged: %s", e)
         return Answer(decision, ref.id, status, headers or {})
 
+    async def _frozen(self, action: Action, frozen: Frozen) -> Answer:
+        """Refuse a write or destructive action the log would not take while it is frozen."""
+        decision = freeze.refusal(frozen.state)
+        return await self.refuse(action, decision, 503, {"Retry-After": str(freeze.RETRY_AFTER)})
+
     async def _refuse_key(self, action: Action, error: str, message: str, status: int) -> Answer:
         return await self.refuse(action, Decision(Verdict.DENY, KEY_RULE, message, error), status)
 
@@ -197,9 +209,18 @@ class Admission:
         deadline = time.monotonic() + keyed.wait
         while True:
             tracking.ref = ActionRef()
-            intent = self.intent(action, decision, tracking.ref, claim=keyed.claim, verify=keyed.verify)
+            intent = self.intent(
+                action,
+                decision,
+                tracking.ref,
+                claim=keyed.claim,
+                verify=keyed.verify,
+                unless_frozen=action.effect.mutating,
+            )
             try:
                 await self.log.append(intent)
+            except Frozen as e:
+                return await self._frozen(action, e)
             except KeyTaken as taken:
                 answer = await self._duplicate(action, keyed, taken, deadline)
                 if answer is not None:

@@ -1,4 +1,5 @@
-"""The control API (aiohttp): health, the log, and resolutions; loopback and a token by default."""
+"""The control API (aiohttp): health, the log, resolutions and the freeze; loopback and a token
+by default."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from proxy.core import records
+from proxy.core import freeze, records
 from proxy.core.reload import RulesReloader
 from rules import RulesError
 from store import Altered, Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
@@ -163,6 +164,52 @@ async def verify(request: web.Request) -> web.Response:
     )
 
 
+def _freeze_state(log: Log) -> dict[str, object]:
+    state = log.frozen()
+    return {"frozen": state is not None} | (state.as_dict() if state is not None else {})
+
+
+async def _operator_body(request: web.Request) -> tuple[str, str]:
+    """Who asks and why, from an optional JSON body {"by": str, "reason": str}."""
+    if not await request.read():
+        return "control-api", ""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _bad_request('send a JSON object: {"reason": "...", "by": "..."} (both optional)') from None
+    if not isinstance(body, dict):
+        raise _bad_request('send a JSON object: {"reason": "...", "by": "..."} (both optional)')
+    by, reason = body.get("by", "control-api"), body.get("reason", "")
+    for name, value in (("by", by), ("reason", reason)):
+        if not isinstance(value, str):
+            raise _bad_request(f"{name} must be a string")
+    if not by.strip():
+        raise _bad_request("by must name who acts, or be left out")
+    return by, reason
+
+
+async def show_freeze(request: web.Request) -> web.Response:
+    """GET /v1/freeze: whether the log is frozen, and by whom, since when and why."""
+    return web.json_response(_freeze_state(request.app[LOG]))
+
+
+async def freeze_log(request: web.Request) -> web.Response:
+    """POST /v1/freeze {"reason": str, "by": str}: refuse every write and destructive action
+    (503 `frozen`) until a thaw; 409 if the log is frozen already."""
+    by, reason = await _operator_body(request)
+    log = request.app[LOG]
+    entry = await log.append(freeze.freeze(by, reason))
+    return web.json_response(_freeze_state(log) | {"entry": entry.seq})
+
+
+async def thaw_log(request: web.Request) -> web.Response:
+    """POST /v1/thaw {"reason": str, "by": str}: lift the freeze; 409 if the log is not frozen."""
+    by, reason = await _operator_body(request)
+    log = request.app[LOG]
+    entry = await log.append(freeze.thaw(by, reason))
+    return web.json_response(_freeze_state(log) | {"entry": entry.seq})
+
+
 def _rules_state(reloader: RulesReloader) -> dict[str, object]:
     current = reloader.current
     return {
@@ -208,6 +255,9 @@ def make_app(log: Log, token: str, reloader: RulesReloader) -> web.Application:
             web.get("/v1/verify", verify),
             web.get("/v1/rules", show_rules),
             web.post("/v1/rules/reload", reload_rules),
+            web.get("/v1/freeze", show_freeze),
+            web.post("/v1/freeze", freeze_log),
+            web.post("/v1/thaw", thaw_log),
         ]
     )
     return app
