@@ -14,6 +14,7 @@ is derived from the hashed entries, readers rebuild what they show from those en
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ import lmdb
 from . import freeze
 from . import keys as keyrec
 from .append import Appender
+from .chain import canonical
 from .entry import Entry
 from .errors import NoLog, StoreError
 from .freeze import FreezeState
@@ -34,10 +36,11 @@ from .stored import MAX_NUMBER, in_range
 from .upgrade import record_format
 from .verify import ChainReport, check
 from .view import DBS, View
-from .writer import Writer
+from .writer import CommitObserver, Writer
 
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_SIZE = 64 << 30
+PROBE = b"probe"  # the meta key readiness probes write: outside the chain, checked by nothing
 
 
 class Log:
@@ -158,6 +161,12 @@ class Log:
         with self._view() as view:
             return freeze.current(view.txn, self._dbs)
 
+    def count(self, state: str) -> int:
+        """How many actions are in `state` now, as the states index says (its cost grows with
+        that number: call it off the event loop)."""
+        with self._view() as view:
+            return view.count(state)
+
     def verify(self, expect: tuple[int, str] | None = None) -> ChainReport:
         """Check every entry's hash and link, the recorded head, and every index against the
         chain; with `expect` (seq, hash), also that the log still holds that entry unchanged."""
@@ -178,6 +187,31 @@ class Log:
         record_format(self._appender)
         recover(self._appender)
         self._writer.start()
+
+    @property
+    def writing(self) -> bool:
+        """True while this process's writer thread runs."""
+        return self._writer.alive
+
+    def observe_commits(self, observer: CommitObserver) -> None:
+        """Tell `observer` how long each of this process's commits took (fsync included) and
+        whether it failed; it runs on the writer thread, so it must be quick."""
+        self._writer.observe(observer)
+
+    def probe(self) -> None:
+        """Write and sync one small record outside the chain (the meta key `probe`): StoreError
+        if the log cannot be written now. For readiness checks when nothing else writes."""
+        for _attempt in range(2):
+            try:
+                with self._env.begin(write=True) as txn:
+                    stamp = canonical({"ts": time.time(), "writer": self.writer_id})
+                    txn.put(PROBE, stamp, db=self._dbs[b"meta"])
+                return
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+            except lmdb.Error as e:
+                raise StoreError(f"cannot write the log at {self.path}: {e}") from e
+        raise StoreError(f"cannot write the log at {self.path}: its map keeps being resized")
 
     def close(self) -> None:
         """Write what is queued, stop the writer and close the environment."""

@@ -174,6 +174,18 @@ class View:
                 )
             yield derived
 
+    def count(self, state: str) -> int:
+        """How many actions the states index lists in `state`."""
+        prefix = state.encode() + b"\0"
+        cur = self.txn.cursor(db=self.dbs[b"states"])
+        found = 0
+        if cur.set_range(prefix):
+            for raw_key in cur.iternext(values=False):
+                if not as_bytes(raw_key).startswith(prefix):
+                    break
+                found += 1
+        return found
+
     def _all_actions(self, after: int, chain: ChainCount | None) -> Iterator[dict[str, Any]]:
         expected = after + 1
         cur = self.txn.cursor(db=self.dbs[b"actions"])

@@ -43,6 +43,10 @@ class _LoopWaiter:
 _Waiter = concurrent.futures.Future[Entry] | _LoopWaiter | None
 _Result = Entry | StoreError
 
+# Told of every commit on the writer thread: how long it took (fsync included) and the error
+# that kept the whole batch out, if one did. Must be quick and must not raise.
+CommitObserver = Callable[[float, StoreError | None], None]
+
 
 def _resolve(results: list[tuple[asyncio.Future[Entry], _Result]]) -> None:
     """Hand each waiting future its entry or error (on the future's own loop)."""
@@ -62,6 +66,16 @@ class Writer:
         self._commit_batch = commit
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._observers: list[CommitObserver] = []
+
+    def observe(self, observer: CommitObserver) -> None:
+        """Tell `observer` of every commit from now on (on this thread: it must be quick)."""
+        self._observers.append(observer)
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         """Start the thread."""
@@ -141,12 +155,20 @@ class Writer:
     def _commit(self, batch: list[tuple[Record, _Waiter]]) -> None:
         results: list[_Result] = []
         records = [r for r, _ in batch]
+        failed: StoreError | None = None
+        started = time.perf_counter()
         try:
             results = self._commit_batch(lambda _view: records)
         except Exception as e:
             # The writer thread must outlive any failure, or every later append would hang.
-            error = e if isinstance(e, StoreError) else StoreError(f"cannot write the log: {e!r}")
-            results = [error] * len(batch)
+            failed = e if isinstance(e, StoreError) else StoreError(f"cannot write the log: {e!r}")
+            results = [failed] * len(batch)
+        elapsed = time.perf_counter() - started
+        for observer in self._observers:
+            try:
+                observer(elapsed, failed)
+            except Exception:
+                logger.exception("a commit observer failed")
         # One wake-up per event loop for the whole batch, not one per waiter.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Entry], _Result]]] = {}
         for (record, waiter), result in zip(batch, results, strict=True):

@@ -65,6 +65,22 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             a.stop(signal.SIGKILL)
 
 
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airlock]:
+    """A running proxy whose log holds one committed GET, for the refused requests: each of them
+    is logged (tests/test_observe.py), so they stay out of `served`'s log."""
+    with plain_upstream() as up:
+        a = started_airlock(tmp_path_factory.mktemp("refusing"))
+        try:
+            s = requests.Session()
+            s.proxies = a.proxies
+            assert s.get(f"{up.url}/one", timeout=10).status_code == 200
+            settled(a)
+            yield a
+        finally:
+            a.stop(signal.SIGKILL)
+
+
 # ---- health and auth ------------------------------------------------------------------------
 
 
@@ -89,21 +105,21 @@ def test_healthz_needs_no_token(served: Served) -> None:
     ],
 )
 def test_everything_but_healthz_needs_the_token(
-    served: Served, header: str | None, method: str, path: str
+    refusing: Airlock, header: str | None, method: str, path: str
 ) -> None:
-    headers = {} if header is None else {"Authorization": header.format(token=served.airlock.token)}
+    headers = {} if header is None else {"Authorization": header.format(token=refusing.token)}
     r = requests.request(
-        method, f"{served.airlock.control}{path}", headers=headers, json={"executed": True}, timeout=10
+        method, f"{refusing.control}{path}", headers=headers, json={"executed": True}, timeout=10
     )
     assert r.status_code == 401
     body = r.json()
-    assert body["error"] == "unauthorized" and served.airlock.token not in r.text
+    assert body["error"] == "unauthorized" and refusing.token not in r.text
 
 
-def test_a_refused_resolve_writes_nothing(served: Served) -> None:
-    r = requests.post(f"{served.airlock.control}/v1/actions/1/resolve", json={"executed": False}, timeout=10)
+def test_a_refused_resolve_changes_no_action(refusing: Airlock) -> None:
+    r = requests.post(f"{refusing.control}/v1/actions/1/resolve", json={"executed": False}, timeout=10)
     assert r.status_code == 401
-    assert entries_now(served.airlock) == 8
+    assert [(x["id"], x["state"]) for x in refusing.log()] == [(1, "committed")]
 
 
 # ---- listing and showing actions ------------------------------------------------------------

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,14 @@ def unloggable(record: Record) -> str | None:
     return None
 
 
+# Told how long each admission took: the verdict's name and the seconds (the metrics).
+DecisionObserver = Callable[[str, float], None]
+
+
+def _unobserved(_verdict: str, _seconds: float) -> None:
+    return None
+
+
 class Admission:
     """Logs and admits decided actions; one per proxy process, shared by every transport."""
 
@@ -91,6 +100,7 @@ class Admission:
         # Fail closed by default: a read can carry data out, and the trail is the product.
         self.reads_pass_unlogged = reads_pass_unlogged
         self.breaker = Breaker()
+        self.decided: DecisionObserver = _unobserved
         self.use_rules(ruleset)
 
     def use_rules(self, ruleset: Ruleset) -> None:
@@ -116,6 +126,18 @@ class Admission:
         return dataclasses.replace(record, unless_frozen=True) if unless_frozen else record
 
     async def admit(self, action: Action, decision: Decision, *, keep: int = 0) -> Tracking | Answer:
+        """Log the action and let it go (a Tracking), or answer it instead (an Answer); how long
+        that took goes to `decided` (the verdict's name and the seconds).
+
+        `keep` is how much of the response the transport can keep for replays.
+        """
+        started = time.perf_counter()
+        try:
+            return await self._admit(action, decision, keep=keep)
+        finally:
+            self.decided(decision.verdict.value, time.perf_counter() - started)
+
+    async def _admit(self, action: Action, decision: Decision, *, keep: int) -> Tracking | Answer:
         """Log the action and let it go (a Tracking), or answer it instead (an Answer).
 
         `keep` is how much of the response the transport can keep for replays.

@@ -47,6 +47,8 @@ class RulesReloader:
         self.apply = apply
         self.current = current
         self.last_error: str | None = None
+        self.reloads = 0  # reloads that put new rules in force
+        self.failures = 0  # reloads refused for invalid files
         self._seen = signature(path)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -63,6 +65,7 @@ class RulesReloader:
                 ruleset = Ruleset.load(self.path)
             except RulesError as e:
                 self.last_error = str(e)
+                self.failures += 1
                 logger.error("airlock: rules not reloaded (%s), the previous rules stay: %s", reason, e)
                 raise
             self.last_error = None
@@ -70,6 +73,7 @@ class RulesReloader:
                 return ruleset
             self.apply(ruleset)
             self.current = ruleset
+            self.reloads += 1
             await self.record(reason)
             logger.info(
                 "airlock: rules reloaded (%s): %d rules, digest %s",

@@ -7,7 +7,7 @@ import asyncio
 import hmac
 import itertools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -16,11 +16,23 @@ from proxy.core.reload import RulesReloader
 from rules import RulesError
 from store import Altered, Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
 
+from . import events
+from .events import EVENTS, Events
+from .metrics import CONTENT_TYPE, Metrics
+from .readiness import Readiness
+from .tail import Tail
+from .unauthorized import UnauthorizedLog
+
 LOG = web.AppKey("log", Log)
 RELOADER = web.AppKey("reloader", RulesReloader)
 TOKEN = web.AppKey("token", str)
 VERIFYING = web.AppKey("verifying", asyncio.Lock)
-OPEN_PATHS = frozenset({"/healthz"})
+METRICS = web.AppKey("metrics", Metrics)
+READINESS = web.AppKey("readiness", Readiness)
+TAIL = web.AppKey("tail", Tail)
+UNAUTHORIZED = web.AppKey("unauthorized", UnauthorizedLog)
+# The probes only: /metrics needs the token too (docs/control-api.md#metrics says why).
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 STATES = frozenset(State)
 MAX_ID = (1 << 63) - 1
 
@@ -33,12 +45,19 @@ def _error(status: int, error: str, message: str) -> web.Response:
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every path but /healthz needs `Authorization: Bearer <token from the data dir>`."""
+    """Every path but the probes needs `Authorization: Bearer <token from the data dir>`; a
+    request without it is refused (401) and logged, never with what it sent."""
     if request.path in OPEN_PATHS:
         return await handler(request)
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    sent = request.headers.get("Authorization")
+    scheme, _, given = (sent or "").partition(" ")
     # The scheme name is case-insensitive (RFC 9110); the token itself is not.
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), request.app[TOKEN].encode()):
+        credential = (
+            "none" if sent is None else "wrong" if scheme.lower() == "bearer" and given else "malformed"
+        )
+        request.app[METRICS].unauthorized.inc()
+        request.app[UNAUTHORIZED].refused(request.method, request.path, request.remote, credential)
         return _error(401, "unauthorized", "send Authorization: Bearer <token from DATA/control.token>")
     return await handler(request)
 
@@ -65,6 +84,37 @@ async def health(request: web.Request) -> web.Response:
     except (NoLog, StoreError) as e:
         return _error(503, "log_unavailable", str(e))
     return web.json_response({"ok": True, "entries": seq})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """GET /readyz: 200 while the log can be written and rules are loaded, else 503 and why."""
+    problem = await request.app[READINESS].problem()
+    if problem is not None:
+        return _error(503, "not_ready", problem)
+    return web.json_response({"ready": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: the Prometheus text format (the gauges read the log: on a thread)."""
+    try:
+        text = await asyncio.to_thread(request.app[METRICS].exposition)
+    except StoreError as e:
+        return _error(503, "log_unavailable", f"the metrics read the log, which cannot be read: {e}")
+    return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _following(app: web.Application) -> AsyncIterator[None]:
+    """The tail follows the log while the app runs; its readers are the metrics and events."""
+    app[TAIL].start()
+    app[EVENTS].start(asyncio.get_running_loop())
+    yield
+    app[EVENTS].close()
+    await asyncio.to_thread(app[TAIL].stop)
+
+
+async def _end_streams(app: web.Application) -> None:
+    # Before aiohttp waits for open requests to end: event streams never would.
+    app[EVENTS].close()
 
 
 def _bad_request(message: str) -> web.HTTPBadRequest:
@@ -246,9 +296,20 @@ def make_app(log: Log, token: str, reloader: RulesReloader) -> web.Application:
     app[TOKEN] = token
     app[RELOADER] = reloader
     app[VERIFYING] = asyncio.Lock()
+    app[METRICS] = Metrics(log, reloader)
+    app[READINESS] = Readiness(log, reloader)
+    app[UNAUTHORIZED] = UnauthorizedLog(log)
+    app[TAIL] = Tail(log)
+    app[TAIL].follow(app[METRICS].read)
+    app[EVENTS] = Events(log, app[TAIL])
+    app.cleanup_ctx.append(_following)
+    app.on_shutdown.append(_end_streams)
     app.add_routes(
         [
             web.get("/healthz", health),
+            web.get("/readyz", ready),
+            web.get("/metrics", metrics),
+            web.get("/v1/events", events.stream),
             web.get("/v1/actions", list_actions),
             web.get(r"/v1/actions/{id:\d+}", show_action),
             web.post(r"/v1/actions/{id:\d+}/resolve", resolve_action),

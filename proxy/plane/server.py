@@ -24,7 +24,7 @@ from proxy.core.records import BodyPolicy
 from proxy.core.reload import RulesReloader
 from proxy.errors import StartupError
 from proxy.ops.config import Address, RunConfig
-from proxy.ops.control import make_app
+from proxy.ops.control import METRICS, make_app
 from proxy.ops.datadir import DataDir
 from rules import Ruleset
 from store import Log
@@ -147,7 +147,9 @@ async def serve(cfg: RunConfig) -> None:
             mitm_log.setLevel(level)
         reloader = RulesReloader(cfg.rules, log, gate.use_rules, ruleset)
         await reloader.record("start")
-        runner = web.AppRunner(make_app(log, token, reloader), access_log=None)
+        app = make_app(log, token, reloader)
+        gate.admission.decided = app[METRICS].decided
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, cfg.control.host, cfg.control.port)

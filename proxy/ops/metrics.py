@@ -1,0 +1,185 @@
+"""Prometheus metrics of one proxy process, in a registry of its own (no global state).
+
+Actions are counted from the log as the tail reads it (so actions other processes write to the
+same log count too), each time an entry moves one into a state; latencies come from admission
+(deciding and logging an action) and from the store's writer (each fsync'd commit); gauges read
+the log when scraped. Every label set is bounded: states and effects are Airlock's own words,
+and a rule or protocol label is a name from the rules or from Airlock, at most
+`Names.extra` of them beyond the rules in force, after which it reads `other`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from proxy.core.reload import RulesReloader
+from store import Entry, Log, State, StoreError
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# From a cache hit to a held action's wait: fractions of a millisecond up to a minute.
+SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# An fsync: from a fast SSD's fraction of a millisecond to a stalled disk's seconds.
+COMMIT_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+
+ENDED = frozenset({State.COMMITTED, State.FAILED, State.DENIED, State.ABORTED, State.REPLAYED})
+REMEMBERED = 100_000  # open actions whose labels are kept, so their later entries need no read
+
+
+class Names:
+    """A bounded set of label values: `known()` names always pass, and at most `extra` others."""
+
+    def __init__(self, known: Callable[[], frozenset[str]], extra: int):
+        self._known = known
+        self._extra: set[str] = set()
+        self._room = extra
+
+    def label(self, name: object) -> str:
+        """`name` as a label value: itself if known or there is room, else `other`."""
+        if not isinstance(name, str) or not name:
+            return ""
+        if name in self._extra or name in self._known():
+            return name
+        if len(self._extra) < self._room:
+            self._extra.add(name)
+            return name
+        return "other"
+
+
+class _Labels:
+    """The effect, protocol and rule of the actions the tail has seen open (bounded), read from
+    the log for one it has not."""
+
+    def __init__(self, log: Log, rules: Names, protocols: Names):
+        self.log = log
+        self.rules = rules
+        self.protocols = protocols
+        self._open: dict[int, tuple[str, str, str]] = {}
+
+    def of(self, entry: Entry) -> tuple[str, str, str] | None:
+        action_id = entry.action
+        assert action_id is not None
+        labels = self._open.get(action_id)
+        if labels is None:
+            summary: dict[str, Any] | None = entry.summary or None
+            if summary is None or "effect" not in summary:
+                try:
+                    summary = self.log.action(action_id)
+                except StoreError:
+                    summary = None
+            if summary is None:
+                return None
+            labels = (
+                str(summary.get("effect") or ""),
+                self.protocols.label(summary.get("protocol")),
+                self.rules.label(summary.get("rule")),
+            )
+        if entry.state in ENDED:
+            self._open.pop(action_id, None)
+        else:
+            if len(self._open) >= REMEMBERED:
+                self._open.pop(next(iter(self._open)))
+            self._open[action_id] = labels
+        return labels
+
+
+class _Scraped(Collector):
+    """What is read when Prometheus scrapes: held actions and the freeze (from the log), rule
+    reloads and their failures (from the reloader)."""
+
+    def __init__(self, log: Log, reloader: RulesReloader):
+        self.log = log
+        self.reloader = reloader
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "airlock_held_actions",
+            "Actions held for votes now (the log's states index)",
+            self.log.count(State.HELD),
+        )
+        yield GaugeMetricFamily(
+            "airlock_frozen",
+            "1 while the log is frozen (no write or destroy goes out), else 0",
+            _frozen(self.log),
+        )
+        yield CounterMetricFamily(
+            "airlock_rules_reloads", "Rule reloads that put new rules in force", self.reloader.reloads
+        )
+        yield CounterMetricFamily(
+            "airlock_rules_reload_failures",
+            "Rule reloads refused (invalid files: the previous rules stayed)",
+            self.reloader.failures,
+        )
+
+
+def _frozen(log: Log) -> int:
+    return 0 if log.frozen() is None else 1
+
+
+class Metrics:
+    """The metrics of one proxy process and the registry they are exposed from."""
+
+    def __init__(self, log: Log, reloader: RulesReloader):
+        self.registry = CollectorRegistry()
+        rules = Names(lambda: frozenset(r.id for r in reloader.current.rules), extra=32)
+        self._labels = _Labels(log, rules, Names(frozenset, extra=16))
+        self.actions = Counter(
+            "airlock_actions",
+            "Actions entering a state, by state, effect, protocol and deciding rule",
+            ["state", "effect", "protocol", "rule"],
+            registry=self.registry,
+        )
+        self.decisions = Histogram(
+            "airlock_decision_seconds",
+            "From a decided action reaching admission to its answer: logged and let go, refused, "
+            "or (held) decided by votes",
+            ["verdict"],
+            buckets=SECONDS,
+            registry=self.registry,
+        )
+        self.commits = Histogram(
+            "airlock_log_commit_seconds",
+            "Durable commits of the log by this process (fsync included)",
+            buckets=COMMIT_SECONDS,
+            registry=self.registry,
+        )
+        self.commit_failures = Counter(
+            "airlock_log_commit_failures", "Commits of the log that failed as a whole", registry=self.registry
+        )
+        self.unauthorized = Counter(
+            "airlock_control_unauthorized",
+            "Control API requests refused for a missing or wrong token (logged or not)",
+            registry=self.registry,
+        )
+        self.registry.register(_Scraped(log, reloader))
+        log.observe_commits(self.committed)
+
+    def read(self, batch: list[Entry]) -> None:
+        """Count the actions these new entries move (a Tail reader)."""
+        for entry in batch:
+            if entry.action is None or entry.state is None:
+                continue
+            labels = self._labels.of(entry)
+            if labels is not None:
+                self.actions.labels(entry.state, *labels).inc()
+
+    def committed(self, seconds: float, error: StoreError | None) -> None:
+        """Time one commit of the writer (a commit observer)."""
+        if error is None:
+            self.commits.observe(seconds)
+        else:
+            self.commit_failures.inc()
+
+    def decided(self, verdict: str, seconds: float) -> None:
+        """Time one admission (a decision observer)."""
+        self.decisions.labels(verdict).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes (reads the log: call it off the event loop)."""
+        return generate_latest(self.registry)
