@@ -6,9 +6,12 @@ against the chain."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,15 @@ import requests
 from mcp import ClientSession
 from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult, TextContent
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+from websockets.sync.server import ServerConnection, serve
 
 from store import Log
 
-from .support import AIRLOCK, Airlock, Upstream
+from .support import AIRLOCK, Airlock, Upstream, free_port
 from .support.logfiles import databases, verify
+from .support.mcp_http import NotesServer, call, connect, note, run
 from .support.mcp_stdio import Setup, write_rules
 from .support.outcomes import settled
 
@@ -188,6 +195,37 @@ def test_the_control_api_freezes_and_thaws_with_its_token_only(
     ]
 
 
+def test_a_websocket_message_while_frozen_closes_the_socket_with_try_again(
+    make_airlock: Callable[..., Airlock],
+) -> None:
+    a = make_airlock(RULES)
+    received: list[str] = []
+
+    def echo(conn: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for message in conn:
+                text = message if isinstance(message, str) else message.decode()
+                received.append(text)
+                conn.send(f"echo {text}")
+
+    port = free_port()
+    with serve(echo, "127.0.0.1", port) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        with ws_connect(f"ws://127.0.0.1:{port}/socket", proxy=a.proxy, open_timeout=10) as client:
+            client.send("before")
+            assert client.recv(timeout=10) == "echo before"
+            assert operator_cli(a.data, "freeze", "--reason", "socket storm", user="erin").returncode == 0
+            client.send("after")
+            with pytest.raises(ConnectionClosed) as closed:
+                client.recv(timeout=10)
+        server.shutdown()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    assert "rule freeze" in closed.value.rcvd.reason and "erin froze airlock" in closed.value.rcvd.reason
+    assert received == ["before"]
+    sent = [(x["method"], x["state"], x["rule"]) for x in settled(a) if x["protocol"] == "ws"]
+    assert sent == [("SEND", "committed", None), ("RECEIVE", "committed", None), ("SEND", "denied", "freeze")]
+
+
 def text_of(result: CallToolResult) -> str:
     assert len(result.content) == 1 and isinstance(result.content[0], TextContent), result
     return result.content[0].text
@@ -237,6 +275,40 @@ def test_an_mcp_tool_call_over_stdio_while_frozen_is_a_tool_error(setup: Setup) 
         ("delete_note", "denied", "freeze"),
         ("read_note", "committed", None),
     ]
+
+
+def test_an_mcp_tool_call_over_streamable_http_while_frozen_is_a_tool_error(
+    make_airlock: Callable[..., Airlock], notes_server: Callable[[str], NotesServer]
+) -> None:
+    server = notes_server("sse-stream")
+    a = make_airlock(RULES)
+    name = note()
+
+    def freeze() -> requests.Response:
+        body = {"reason": "model swap", "by": "fay"}
+        return requests.post(f"{a.control}/v1/freeze", json=body, headers=auth(a), timeout=10)
+
+    # The session starts before the freeze: until its server has shown it speaks MCP, the first
+    # POST of a session counts as a write, which a freeze refuses.
+    async def go() -> tuple[requests.Response, CallToolResult, CallToolResult]:
+        async with connect("sse-stream", server.url, a.proxy) as s:
+            await s.list_tools()
+            frozen = await asyncio.to_thread(freeze)
+            return (
+                frozen,
+                await call(s, "write_note", name=name, text="x"),
+                await call(s, "read_note", name=name),
+            )
+
+    frozen, write, read = run(go())
+    assert frozen.status_code == 200, frozen.text
+    assert write.is_error is True
+    assert "rule freeze" in text_of(write) and "fay froze airlock at" in text_of(write)
+    assert "model swap" in text_of(write)
+    assert read.is_error is not True
+    assert server.effects(name) == []
+    calls = [(x["tool"], x["state"], x["rule"]) for x in settled(a) if x.get("operation") == "tools/call"]
+    assert calls == [("write_note", "denied", "freeze"), ("read_note", "committed", None)]
 
 
 @pytest.mark.parametrize("tamper", ["removed", "forged", "moved"])
