@@ -12,6 +12,7 @@ from .addresses import Address, address_of, non_public
 from .allowlist import EGRESS_RULE, Allowlist
 from .body import bom_codec
 from .decision import ALLOWED, PRECEDENCE, Decision, Verdict
+from .holds import DEFAULT_HOLD, Hold
 from .parsed import BODIES, ParsedBodies, ParsedJson, json_of
 from .readings import Readings, readings_of
 from .repeats import Dedup, StatusSet, Storm, VerifyRead, fingerprint, parse_dedup, seconds
@@ -29,6 +30,7 @@ def default_path() -> Path:
 __all__ = [
     "ALLOWED",
     "BODIES",
+    "DEFAULT_HOLD",
     "EGRESS_RULE",
     "PRECEDENCE",
     "Action",
@@ -38,6 +40,7 @@ __all__ = [
     "Dedup",
     "Effect",
     "Explanation",
+    "Hold",
     "KeyTemplate",
     "ParsedBodies",
     "ParsedJson",

@@ -18,6 +18,7 @@ from .action import Effect
 from .addresses import Range
 from .allowlist import Allowlist, HostEntry, entry_of
 from .decision import PRECEDENCE, Verdict
+from .holds import Hold, parse_hold
 from .match import compile_match, is_literal, strings
 from .repeats import parse_dedup, parse_storm
 from .rule import Rule
@@ -38,6 +39,7 @@ class Compiled:
     ranges: list[Range] = field(default_factory=list)
     egress_modes: list[str] = field(default_factory=list)
     defaults: dict[Effect, Verdict] = field(default_factory=dict)
+    hold: Hold | None = None  # the top-level `hold`: the policy of holds that set none
     secrets: set[str] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
     _seen: dict[str, Path] = field(default_factory=dict, init=False, repr=False)  # id: its file
@@ -66,6 +68,11 @@ class Compiled:
                 # Across files the strictest default wins, like the rules themselves.
                 if current is None or PRECEDENCE[Verdict(verdict)] > PRECEDENCE[current]:
                     self.defaults[Effect(effect)] = Verdict(verdict)
+        if doc.valid(["hold"]) and "hold" in content:
+            if self.hold is not None:
+                found.append(doc.problem(["hold"], "hold settings are given in more than one rule file"))
+            else:
+                self.hold = parse_hold(content["hold"])
         if doc.valid(["secrets"]):
             self.secrets.update(h.lower() for h in content.get("secrets", {}).get("headers", []))
         specs = content.get("rules", [])
@@ -100,6 +107,10 @@ class Compiled:
             dedup = parse_dedup(spec["id"], spec["dedup"]) if "dedup" in spec else None
         except ValueError as e:
             problems.append(doc.problem(["rules", i, "dedup", "key"], str(e)))
+        if "hold" in spec and spec.get("action") != "hold":
+            problems.append(
+                doc.problem(["rules", i, "hold"], "hold settings belong to a rule with action: hold")
+            )
         if problems:
             return problems
         methods = _literal_set(match, "method", str.upper)
@@ -124,6 +135,7 @@ class Compiled:
                 protocols=protocols,
                 dedup=dedup,
                 storm=parse_storm(spec["id"], spec["storm"]) if "storm" in spec else None,
+                hold=parse_hold(spec["hold"]) if "hold" in spec else None,
                 hides=spec.get("action") == "deny" and spec.get("hide", True) and _per_tool(match),
                 effect=Effect(spec["effect"]) if "effect" in spec else None,
                 widen=widen,

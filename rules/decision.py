@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .holds import Hold
     from .repeats import Dedup, Storm
 
 
@@ -26,10 +27,10 @@ PRECEDENCE = {Verdict.ALLOW: 0, Verdict.LOG: 1, Verdict.HOLD: 2, Verdict.DENY: 3
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The verdict on an action, the rule that decided it (None for the defaults) and why;
-    with the first matching rule's `dedup` and `storm` settings, if any rule has them.
+    with the first matching rule's `dedup` and `storm` settings, if any rule has them, and for
+    HOLD the policy its votes are taken under.
 
-    A decision never carries HOLD: a held action is refused until votes can be taken, so its
-    decision is DENY with the error `held`.
+    HOLD is neither refused nor let through: the action waits for votes (see proxy/core/holds.py).
     """
 
     verdict: Verdict
@@ -38,6 +39,7 @@ class Decision:
     error: str = ""
     dedup: Dedup | None = None
     storm: Storm | None = None
+    hold: Hold | None = None
 
     @property
     def refused(self) -> bool:

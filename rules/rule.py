@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .action import Action, Effect
 from .decision import Verdict
+from .holds import Hold
 from .match import Predicate
 from .readings import readings_of
 from .repeats import Dedup, Storm
@@ -33,6 +34,7 @@ class Rule:
     protocols: frozenset[str] | None = None
     dedup: Dedup | None = None
     storm: Storm | None = None
+    hold: Hold | None = None  # a hold rule's policy (None: the default policy)
     hides: bool = False  # a deny rule that refuses every call to a tool: hide the tool
     effect: Effect | None = None  # the effect the matched actions are treated as
     widen: bool = False  # any reading of the action matches (deny, hold): see rules.readings

@@ -20,6 +20,7 @@ from .action import Action
 from .addresses import Address
 from .compiling import Compiled
 from .decision import PRECEDENCE, Decision, Verdict
+from .holds import DEFAULT_HOLD, Hold
 from .readings import KINDS, readings_of
 from .rule import Rule
 from .source import RulesError, files, read
@@ -110,6 +111,7 @@ class Ruleset:
     def __init__(self, compiled: Compiled, *, digest: str, sources: list[Path]):
         self.rules = compiled.rules
         self.defaults = compiled.defaults
+        self.hold = compiled.hold or DEFAULT_HOLD  # the policy of holds that set none
         self.secret_headers = frozenset(compiled.secrets)
         self.allowlist = compiled.allowlist()
         self.egress_report = self.allowlist.report
@@ -244,7 +246,7 @@ class Ruleset:
         if deciding:
             winner = max(deciding, key=lambda r: (PRECEDENCE[r.verdict or Verdict.ALLOW], -r.position))
             assert winner.verdict is not None
-            decision = self._decision(winner.verdict, winner.id, winner.message)
+            decision = self._decision(winner.verdict, winner.id, winner.message, winner.hold or self.hold)
             others = len(deciding) - 1
             reason = f"rule {winner.id} ({winner.verdict.value}) decides" + (
                 f"; {others} other matching rule(s) are not stricter" if others else ""
@@ -258,7 +260,7 @@ class Ruleset:
         else:
             verdict = self.defaults.get(action.effect, Verdict.ALLOW)
             rule_id = None if verdict is Verdict.ALLOW else f"defaults.{action.effect.value}"
-            decision = self._decision(verdict, rule_id, "")
+            decision = self._decision(verdict, rule_id, "", self.hold)
             reason = f"no rule matched; defaults.{action.effect.value} is {verdict.value}"
         if setter is not None:
             reason = f"rule {setter.id} makes it {action.effect.value}; {reason}"
@@ -272,13 +274,10 @@ class Ruleset:
         return Explanation(action, egress, matched, decision, reason)
 
     @staticmethod
-    def _decision(verdict: Verdict, rule: str | None, message: str) -> Decision:
+    def _decision(verdict: Verdict, rule: str | None, message: str, hold: Hold) -> Decision:
         if verdict is Verdict.DENY:
             return Decision(Verdict.DENY, rule, message or f"rule {rule} denies this action", "denied")
         if verdict is Verdict.HOLD:
-            # Votes are not available yet: a held action is refused, and says so.
-            held = (
-                f"{rule} holds this action for votes, which this proxy cannot take yet; it was not executed"
-            )
-            return Decision(Verdict.DENY, rule, f"{message} {held}".strip(), "held")
+            held = message or f"{rule} holds this action until voters approve it"
+            return Decision(Verdict.HOLD, rule, held, "held", hold=hold)
         return Decision(verdict, rule, message)

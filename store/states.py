@@ -12,6 +12,7 @@ class State(StrEnum):
     DENIED = "denied"  # refused before anything went upstream
     IN_DOUBT = "in_doubt"  # intent durable, outcome never recorded (crash)
     HELD = "held"  # waiting for votes
+    APPROVED = "approved"  # a commit decision: it runs when its request is sent (again)
     ABORTED = "aborted"  # will not (or did not) run: rejected, or resolved as not executed
     FENCED = "fenced"  # refused because its agent session is stale
     REPLAYED = "replayed"  # answered from the log instead of executing again
@@ -23,6 +24,9 @@ INITIAL = frozenset({State.PENDING, State.DENIED, State.HELD, State.FENCED, Stat
 # Moves an existing action may make; anything else is refused by the writer.
 MOVES: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.COMMITTED, State.FAILED, State.IN_DOUBT}),
-    State.HELD: frozenset({State.PENDING, State.DENIED, State.ABORTED}),
+    # A decision moves a held action: commit to approved, abort to aborted; an approved action
+    # runs once (pending) or, not sent again before its hold's timeout, is aborted.
+    State.HELD: frozenset({State.APPROVED, State.ABORTED}),
+    State.APPROVED: frozenset({State.PENDING, State.ABORTED}),
     State.IN_DOUBT: frozenset({State.COMMITTED, State.ABORTED}),
 }

@@ -64,7 +64,7 @@ def test_a_rule_without_an_action_leaves_the_verdict_to_the_others(ruleset: Rule
     assert (decided.verdict, decided.rule) == (Verdict.ALLOW, "orders-are-writes")
     # PUT matches only the dedup/storm rule: the defaults still decide (write: hold).
     held = ruleset.evaluate(act("PUT", "/things/1"))
-    assert held.refused and held.rule == "defaults.write"
+    assert held.verdict is Verdict.HOLD and held.rule == "defaults.write"
     assert held.dedup is not None and held.dedup.key is None
     assert held.storm == Storm("anything-else-auto", 2, 10.0)
 

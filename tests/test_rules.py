@@ -63,7 +63,7 @@ def ruleset(tmp_path: Path) -> Ruleset:
         (action("post", agent="planner-3"), Verdict.DENY, "planner-may-not-post"),
         (action("POST", agent="executor"), Verdict.LOG, "log-writes"),
         # hold needs votes, which are not there yet: refused, and it says so
-        (action("POST", path="/tables/users/drop"), Verdict.DENY, "held-drops"),
+        (action("POST", path="/tables/users/drop"), Verdict.HOLD, "held-drops"),
         # a named upstream is reachable by the operator's choice, whatever the allowlist says
         (action(host="tools.local", upstream="tools"), Verdict.ALLOW, None),
     ],
@@ -257,7 +257,7 @@ def test_hold_beats_log_and_allow(tmp_path: Path) -> None:
     [
         ("GET", Verdict.ALLOW, None),
         ("POST", Verdict.LOG, "defaults.write"),
-        ("DELETE", Verdict.DENY, "defaults.destructive"),
+        ("DELETE", Verdict.HOLD, "defaults.destructive"),
     ],
 )
 def test_defaults_by_effect(tmp_path: Path, method: str, verdict: Verdict, rule: str | None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rules import ALLOWED, EGRESS_RULE, Action, Decision, Effect, Ruleset, Verdict, non_public
+from rules import ALLOWED, EGRESS_RULE, Action, Decision, Effect, Hold, Ruleset, Verdict, non_public
 
 
 @pytest.fixture
@@ -86,8 +86,17 @@ def test_allowed_is_a_value_not_an_identity(names_only: Ruleset) -> None:
     assert refused != ALLOWED and refused.refused and refused.error == "egress_denied"
 
 
-def test_a_held_action_is_refused_as_a_deny_that_says_held(tmp_path: Path) -> None:
+def test_a_held_action_is_neither_refused_nor_let_through_and_carries_its_hold(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
-    path.write_text("version: 1\negress: {allow: ['*']}\nrules:\n  - {id: wait, match: {}, action: hold}\n")
-    decision = Ruleset.load(path).decide(Action("PUT", "http", "a.test", 80, "/", Effect.WRITE))[1]
-    assert (decision.verdict, decision.error, decision.refused) == (Verdict.DENY, "held", True)
+    path.write_text(
+        "version: 1\negress: {allow: ['*']}\nhold: {wait: 5s}\nrules:\n"
+        "  - {id: wait, match: {method: PUT}, action: hold}\n"
+        "  - {id: two, match: {method: POST}, action: hold, hold: {quorum: 2, voters: [a, b], timeout: 1m}}\n"
+    )
+    rules = Ruleset.load(path)
+    decision = rules.decide(Action("PUT", "http", "a.test", 80, "/", Effect.WRITE))[1]
+    assert (decision.verdict, decision.error, decision.refused) == (Verdict.HOLD, "held", False)
+    assert decision.hold == Hold(wait=5.0)  # the file's own default
+    decision = rules.decide(Action("POST", "http", "a.test", 80, "/", Effect.WRITE))[1]
+    assert decision.hold == Hold(quorum=2, voters=("a", "b"), timeout=60.0)
+    assert decision.hold.may_vote("a") and not decision.hold.may_vote("c")

@@ -58,9 +58,12 @@ def get(a: Airlock, up: Upstream, path: str, **kw: Any) -> requests.Response:
     return requests.get(f"{up.url}{path}", proxies=a.proxies, timeout=10, **kw)
 
 
-def assert_refused(r: requests.Response, rule: str, error: str = "denied") -> dict[str, Any]:
-    """A 403 from the proxy naming `rule` in its header and JSON body; returns the body."""
-    assert r.status_code == 403, (r.status_code, r.text)
+def assert_refused(
+    r: requests.Response, rule: str, error: str = "denied", status: int = 403
+) -> dict[str, Any]:
+    """A refusal (403, or 503 for a held action) naming `rule` in its header and JSON body;
+    returns the body."""
+    assert r.status_code == status, (r.status_code, r.text)
     assert r.headers["X-Airlock-Rule"] == rule
     body: dict[str, Any] = r.json()
     assert (body["error"], body["rule"]) == (error, rule)
@@ -300,21 +303,22 @@ def test_egress_host_with_port_allows_only_that_port(
 # ---- defaults -------------------------------------------------------------------------------
 
 
-def test_defaults_hold_refuses_destructive_actions_and_says_why(
+def test_defaults_hold_keeps_destructive_actions_from_running_and_says_why(
     make_airlock: Callable[..., Airlock], upstream: Upstream
 ) -> None:
-    a = make_airlock(rules=LOOPBACK + "defaults:\n  destructive: hold\n")
+    a = make_airlock(rules=LOOPBACK + "hold: {wait: 0s}\ndefaults:\n  destructive: hold\n")
     r = requests.delete(f"{upstream.url}/items/1", proxies=a.proxies, timeout=10)
-    body = assert_refused(r, "defaults.destructive", "held")
-    assert "holds this action for votes" in body["message"]
-    assert "not executed" in body["message"]
+    body = assert_refused(r, "defaults.destructive", "held", 503)
+    assert r.headers["Retry-After"].isdigit()
+    assert "holds this action until voters approve it" in body["message"]
+    assert "has not run" in body["message"] and f"airlock approve {body['action_id']}" in body["message"]
     assert get(a, upstream, "/items/1").status_code == 200
     assert post(a, upstream, "/items", data=b"x").status_code == 200
     assert [s.method for s in upstream.effects()] == ["GET", "POST"]
     held, *_ = logged(a, 1 + 1 + 2 * 2)
     assert (held["id"], held["state"], held["rule"], held["method"]) == (
         body["action_id"],
-        "denied",
+        "held",
         "defaults.destructive",
         "DELETE",
     )

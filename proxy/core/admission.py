@@ -29,6 +29,7 @@ from store import ActionRef, Frozen, KeyOutcome, KeyTaken, Log, Record, StoreErr
 
 from . import freeze, keys, records
 from .breaker import Breaker
+from .holds import Fate, Holds
 from .keys import DedupPolicy, Keyed
 from .redact import Redactor
 from .tracking import Meter, Tracking
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 KEY_RULE = "idempotency-key"
 STORM_RULE = "retry-storm"
+HELD_RETRY = 10  # seconds a held request's agent is told to wait before sending it again
 KEY_POLL = 0.02  # how often a duplicate looks whether the first request has ended
 
 
@@ -102,6 +104,7 @@ class Admission:
         self.breaker = Breaker()
         self.decided: DecisionObserver = _unobserved
         self.use_rules(ruleset)
+        self.holds = Holds(log, self._held_intent)
 
     def use_rules(self, ruleset: Ruleset) -> None:
         """Describe actions with `ruleset`'s digest and secret headers from now on."""
@@ -144,6 +147,8 @@ class Admission:
         """
         if decision.refused:
             return await self.refuse(action, decision)
+        if decision.verdict is Verdict.HOLD:
+            return await self._hold(action, decision)
         keyed = keys.claim_for(action, decision, self.policy)
         storm = decision.storm or self.policy.storm
         unkeyed_mutation = keyed is None and action.effect.mutating
@@ -171,6 +176,35 @@ class Admission:
             )
             tracking.logged = False
         return tracking
+
+    def _held_intent(
+        self, action: Action, decision: Decision, ref: ActionRef, held: dict[str, Any]
+    ) -> Record:
+        return self.intent(action, decision, ref, held=held, unless_frozen=action.effect.mutating)
+
+    async def _hold(self, action: Action, decision: Decision) -> Tracking | Answer:
+        """Park a held action until a decision; run it (a Tracking) on a commit, else answer."""
+        try:
+            parked = await self.holds.park(action, decision)
+        except Unloggable as e:
+            return await self._unloggable(action, str(e))
+        except Frozen as e:  # held while frozen, or approved and run while frozen: neither goes
+            return await self._frozen(action, e)
+        except StoreError as e:
+            return unavailable(f"{e}; the request was not forwarded")
+        held = parked.action_id
+        if parked.fate is Fate.RUN:
+            return Tracking(ActionRef(held), unkeyed=action if action.effect.mutating else None)
+        if parked.fate is Fate.ABORTED:
+            message = f"action {held} was held for votes and aborted ({parked.why}); it was not executed"
+            return Answer(Decision(Verdict.DENY, decision.rule, message, "aborted"), held, 403)
+        message = (
+            f"{decision.message}: action {held} awaits approval and has not run "
+            f"(an operator approves it with `airlock approve {held}`); send the same request again "
+            "later: it joins this action and runs once approved"
+        )
+        retry = {"Retry-After": str(HELD_RETRY)}
+        return Answer(Decision(Verdict.HOLD, decision.rule, message, "held"), held, 503, retry)
 
     async def _unloggable(self, action: Action, problem: str) -> Answer:
         """Refuse an action the log cannot encode, logging it without its arguments."""

@@ -79,12 +79,14 @@ def intent(
     claim: Claim | None = None,
     replay_of: int | None = None,
     verify: dict[str, Any] | None = None,
+    held: dict[str, Any] | None = None,
 ) -> Record:
     """The first entry of an action: what was asked (redacted) and what the rules decided.
 
     With `claim` the action takes an idempotency key; with `replay_of` it was answered from
     that earlier action's stored reply instead of going upstream; `verify` is the read that
-    can resolve the action if it is left in doubt.
+    can resolve the action if it is left in doubt; `held` (the hold policy, the time it ends
+    and the request's fingerprint) parks it for votes.
     """
     described = describe(action, redactor=redactor, bodies=bodies)
     url = described["url"]
@@ -92,7 +94,12 @@ def intent(
     extra: dict[str, Any] = {}
     if replay_of is not None:
         state, extra = State.REPLAYED, {"replay_of": replay_of}
+    waits: dict[str, Any] = {}
+    if held is not None:
+        state, waits = State.HELD, {"hold_until": held["until"], "fingerprint": held["fingerprint"]}
     details = {"verify": verify_read(verify, redactor)} if verify else {}
+    if held is not None:
+        details["hold"] = held
     return Record(
         kind="intent",
         action=ref,
@@ -123,7 +130,8 @@ def intent(
         }
         | {k: described[k] for k in ("upstream", "tool", "operation") if k in described}
         | ({"args": capped_args(described["args"], ARGS_SHOWN)} if "args" in described else {})
-        | extra,
+        | extra
+        | waits,
     )
 
 

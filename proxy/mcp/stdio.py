@@ -197,6 +197,7 @@ async def serve_stdio(cfg: StdioConfig) -> int:
         tasks = [
             asyncio.create_task(bridge.host_to_child(_stdin_reader())),
             asyncio.create_task(bridge.child_to_host()),
+            asyncio.create_task(admission.holds.keep_expiring(), name="end holds past their timeout"),
         ]
         if cfg.rules_poll > 0:
             tasks.append(asyncio.create_task(reloader.watch(cfg.rules_poll)))

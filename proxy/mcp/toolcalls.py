@@ -46,6 +46,11 @@ class Channel:
     tool_lists_due: int = 0  # pending `tools/list` requests, whose results may be rewritten
 
 
+def _alone(decision: Decision) -> bool:
+    """True for a call that cannot go in a batch: refused, deduplicated, or held for votes."""
+    return decision.refused or decision.dedup is not None or decision.verdict is Verdict.HOLD
+
+
 def _text(answer: Answer) -> str:
     d = answer.decision
     where = f"rule {d.rule}" if d.rule else "airlock"
@@ -93,7 +98,7 @@ class ToolCalls:
         decisions = [r.decision for r in readings]
         if (reused := self._reused_id(messages, channel)) is not None:
             return await self._refuse_reused(messages, actions, reused)
-        if len(messages) > 1 and any(d.refused or d.dedup is not None for d in decisions):
+        if len(messages) > 1 and any(_alone(d) for d in decisions):
             return await self._refuse_batch(messages, actions, decisions)
         answers: list[dict[str, Any]] = []
         admitted: list[tuple[dict[str, Any], Tracking]] = []
@@ -160,15 +165,17 @@ class ToolCalls:
     async def _refuse_batch(
         self, messages: list[dict[str, Any]], actions: list[Action], decisions: list[Decision]
     ) -> list[dict[str, Any]]:
-        """A batch is forwarded whole or not at all: one refused (or deduplicated) request
-        refuses every message in it."""
-        culprit = next(d for d in decisions if d.refused or d.dedup is not None)
+        """A batch is forwarded whole or not at all: one refused (or deduplicated, or held)
+        request refuses every message in it."""
+        culprit = next(d for d in decisions if _alone(d))
         answers = []
         for message, action, decision in zip(messages, actions, decisions, strict=True):
             if not decision.refused:
                 why = (
                     f"it was sent in a batch with a request that {culprit.rule} refuses"
                     if culprit.refused
+                    else "calls held for votes cannot be batched"
+                    if culprit.verdict is Verdict.HOLD
                     else "calls with dedup keys cannot be batched"
                 )
                 decision = Decision(

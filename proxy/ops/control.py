@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from proxy.core import freeze, records
+from proxy.core import freeze, records, votes
 from proxy.core.reload import RulesReloader
 from rules import RulesError
 from store import Altered, Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
@@ -190,6 +190,40 @@ async def resolve_action(request: web.Request) -> web.Response:
     return web.json_response({"entry": entry.as_dict()})
 
 
+async def list_pending(request: web.Request) -> web.Response:
+    """GET /v1/pending: the actions held for votes, oldest first, with their votes so far."""
+    held = await asyncio.to_thread(votes.pending, request.app[LOG])
+    return web.json_response({"pending": held})
+
+
+async def vote_on_action(request: web.Request) -> web.Response:
+    """POST /v1/actions/{id}/votes {"vote": "approve"|"deny", "voter": str, "reason": str}: a vote
+    on a held action, and the decision it completed, if any. 404 for no such action, 409 for an
+    action not held (decided already), 403 for a voter the hold does not name."""
+    shape = 'send a JSON object: {"vote": "approve"|"deny", "voter": "name", "reason": "..."}'
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "bad_request", shape)
+    if not isinstance(body, dict):
+        return _error(400, "bad_request", shape)
+    for field, valid in (
+        ("vote", lambda v: v in (votes.APPROVE, votes.DENY)),
+        ("voter", lambda v: isinstance(v, str) and v.strip() != ""),
+        ("reason", lambda v: isinstance(v, str)),
+    ):
+        if (field in body or field != "reason") and not valid(body.get(field)):
+            wanted = {"vote": '"approve" or "deny"', "voter": "a non-empty name", "reason": "a string"}[field]
+            return _error(400, "bad_request", f"field {field}: must be {wanted}")
+    try:
+        ballot = (_action_id(request), body["voter"], body["vote"], body.get("reason", ""))
+        cast = await asyncio.to_thread(votes.cast, request.app[LOG], *ballot)
+    except votes.VoteRefused as e:
+        return _error(403, "not_a_voter", str(e))
+    decision = cast.decision.as_dict() if cast.decision is not None else None
+    return web.json_response({"vote": cast.vote.as_dict(), "decision": decision})
+
+
 async def verify(request: web.Request) -> web.Response:
     """GET /v1/verify?expect=SEQ:HASH: check the chain and every index against it, and the head
     it ends at; with `expect`, also that the log still holds that entry."""
@@ -313,6 +347,8 @@ def make_app(log: Log, token: str, reloader: RulesReloader) -> web.Application:
             web.get("/v1/actions", list_actions),
             web.get(r"/v1/actions/{id:\d+}", show_action),
             web.post(r"/v1/actions/{id:\d+}/resolve", resolve_action),
+            web.post(r"/v1/actions/{id:\d+}/votes", vote_on_action),
+            web.get("/v1/pending", list_pending),
             web.get("/v1/verify", verify),
             web.get("/v1/rules", show_rules),
             web.post("/v1/rules/reload", reload_rules),

@@ -21,7 +21,7 @@ from proxy.mcp import messages as mcp
 from proxy.mcp.evidence import Evidence
 from proxy.mcp.readings import server_of
 from proxy.plane.adapters.http import from_request
-from rules import Effect, Explanation, Rule, Ruleset
+from rules import Effect, Explanation, Rule, Ruleset, Verdict
 
 from .triage import Triage, triage
 
@@ -143,7 +143,9 @@ def render(read: Triage, ruleset: Ruleset, *, as_json: bool) -> str:
         lines.append(
             f"  {m['id']}  {m['action']}  ({m['source']})" + (f"  {m['message']}" if m["message"] else "")
         )
-    outcome = "refused" if decision.refused else "let through"
+    outcome = "let through"
+    if decision.refused or decision.verdict is Verdict.HOLD:
+        outcome = "refused" if decision.refused else "held until voters decide"
     by = f" by {decision.rule}" if decision.rule else ""
     lines.append(f"decision: {decision.verdict.value}{by}: {outcome}")
     lines.append(f"reason: {explanation.reason}")

@@ -170,6 +170,9 @@ async def serve(cfg: RunConfig) -> None:
                     name="rules watcher",
                 ),
                 asyncio.create_task(_recheck(log, cfg), name="verify in-doubt actions"),
+                asyncio.create_task(
+                    gate.admission.holds.keep_expiring(), name="end holds past their timeout"
+                ),
             ]
             logger.info(
                 "airlock: proxy on %s, control API on %s, data in %s, rules %s",

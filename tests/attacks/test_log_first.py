@@ -34,7 +34,8 @@ from ..support.mcp_stdio import Host, Setup, write_rules
 LOOPBACK = "version: 1\negress:\n  allow: [127.0.0.1, localhost]\n"
 WRITES_DENIED = LOOPBACK + "defaults: {read: allow, write: deny, destructive: deny}\n"
 ALLOW_ALL = LOOPBACK + "defaults: {read: allow, write: allow, destructive: allow}\n"
-STARTER = Path(default_path()).read_text()
+# The shipped rules, with held actions answered at once instead of after the default 25 s wait.
+STARTER = Path(default_path()).read_text().replace("\ndefaults:", "\nhold: {wait: 0s}\ndefaults:", 1)
 
 
 def rpc(method: str, nonce: str, *, id: Any = 1, **params: Any) -> dict[str, Any]:
@@ -209,6 +210,7 @@ def test_explain_agrees_with_the_proxy_on_every_reading(
     tmp_path: Path, witnessed: Callable[..., tuple[Airlock, Upstream, Witness]]
 ) -> None:
     rules = ALLOW_ALL.replace("destructive: allow", "destructive: hold") + (
+        "hold: {wait: 0s}\n"
         "rules:\n  - {id: no-transfers, match: {tool: transfer}, action: deny}\n"
         "  - {id: no-admin, match: {path: /admin/*, method: POST}, action: deny}\n"
     )
@@ -246,6 +248,7 @@ def test_explain_agrees_with_the_proxy_on_every_reading(
         doc = json.loads(out.stdout)
         refused = r.status_code == 403
         assert doc["decision"]["refused"] is refused, (method, path, r.text, doc)
+        assert (doc["decision"]["verdict"] == "hold") is (r.status_code == 503), (method, path, r.text)
         if refused:
             assert doc["decision"]["rule"] == r.json()["rule"], (method, path)
 
@@ -284,8 +287,8 @@ def test_a_delete_with_a_forged_session_id_is_destructive(
     else:
         r = requests.delete(url, headers={"Mcp-Session-Id": session}, proxies=a.proxies, timeout=30)
         status, text = r.status_code, r.text
-    assert status == 403, text
-    assert json.loads(text)["rule"] == "defaults.destructive"
+    assert status == 503, text  # held for votes, not run
+    assert (json.loads(text)["rule"], json.loads(text)["error"]) == ("defaults.destructive", "held")
     assert up.effects() == []
     [action] = a.log()[-1:]
     assert (action["method"], action["effect"], action["protocol"]) == ("DELETE", "destructive", "http")
@@ -307,7 +310,7 @@ def test_a_delete_with_a_forged_session_id_is_destructive(
         timeout=60,
     )
     doc = json.loads(out.stdout)
-    assert doc["action"]["effect"] == "destructive" and doc["decision"]["refused"] is True
+    assert doc["action"]["effect"] == "destructive" and doc["decision"]["verdict"] == "hold"
 
 
 # ---- a real MCP session still works -------------------------------------------------------------

@@ -23,7 +23,7 @@ from proxy.mcp.toolcalls import ToolCalls
 from proxy.plane.gate import TRACK, Gate
 from proxy.plane.streams import EventStream
 from proxy.plane.triage import Route, triage
-from rules import Action, Effect, Ruleset
+from rules import Action, Effect, Ruleset, Verdict
 from store import Log
 
 from ..support.actions import act
@@ -163,7 +163,7 @@ def test_with_evidence_messages_are_mcp_and_sessions_the_servers(ruleset: Rulese
         post("/orders/1", None, "DELETE", mcp_session_id="s-1"),
     ):
         t = read(forged, ruleset, evidence)
-        assert t.action.effect is Effect.DESTRUCTIVE and t.decision.refused and t.decision.error == "held"
+        assert t.action.effect is Effect.DESTRUCTIVE and t.decision.verdict is Verdict.HOLD
     malformed = read(post("/mcp", b'{"jsonrpc":"2.0","id":1,"method":5}'), ruleset, evidence)
     assert malformed.route is Route.MALFORMED and malformed.decision.error == "invalid_jsonrpc"
     # Without evidence the same malformed body is only a POST.
