@@ -558,3 +558,32 @@ def test_a_clients_error_answer_to_the_server_passes_through(
     [response] = client_responses(a, 1)
     assert (response["effect"], response["state"], response["rule"]) == ("read", "committed", None)
     assert response["id"] > logged["id"] and response["url"] == logged["url"]
+
+
+def test_a_held_tool_call_over_streamable_http_runs_once_when_approved(
+    notes_server: Callable[[str], NotesServer], make_airlock: Callable[..., Airlock]
+) -> None:
+    server = notes_server("sse-stream")
+    a = make_airlock(
+        rules="version: 1\negress: {allow: [127.0.0.1]}\nhold: {wait: 0s}\n"
+        "rules:\n  - {id: deletes-need-a-person, match: {tool: delete_note}, action: hold}\n"
+    )
+    name = note()
+
+    async def go() -> tuple[CallToolResult, CallToolResult]:
+        async with connect("sse-stream", server.url, a.proxy) as s:
+            held = await call(s, "delete_note", name=name)
+            [waiting] = a.log("--state", "held")
+            a.cli("approve", str(waiting["id"]), "--voter", "alice", "--reason", "cleanup")
+            return held, await call(s, "delete_note", name=name)
+
+    held, ran = run(go())
+    assert held.is_error and "awaits approval" in held.content[0].text  # type: ignore[union-attr]
+    assert_result(ran, f"deleted {name}")
+    assert server.effects(name) == [f"delete {name}"]
+    [logged] = settled_calls(a, 1)
+    assert (logged["tool"], logged["state"], logged["rule"]) == (
+        "delete_note",
+        "committed",
+        "deletes-need-a-person",
+    )

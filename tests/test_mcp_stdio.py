@@ -439,3 +439,38 @@ rules:
         assert (x["effect"], x["state"], x["status"], x["rule"]) == ("read", "committed", 202, None), x
         assert x["upstream"] == UPSTREAM and x["protocol"] == "mcp" and x["ts"] <= call["updated"], x
     assert [x for x in log if x["state"] != "committed" or x["rule"] is not None] == []
+
+
+# ---- holds ------------------------------------------------------------------------------------
+
+
+def test_a_held_tool_call_is_an_error_until_approved_then_runs_once(setup: Setup) -> None:
+    write_rules(
+        setup,
+        """\
+hold: {wait: 0s}
+rules:
+  - id: deletes-need-a-person
+    match: {tool: delete_note}
+    action: hold
+""",
+    )
+
+    async def gated(s: ClientSession) -> tuple[CallToolResult, CallToolResult, CallToolResult]:
+        held = await s.call_tool("delete_note", {"name": "b"})
+        [waiting] = [x for x in tool_calls(setup) if x["state"] == "held"]
+        await anyio.to_thread.run_sync(setup.cli, "approve", str(waiting["id"]), "--voter", "alice")
+        ran = await s.call_tool("delete_note", {"name": "b"})  # the same call again carries it out
+        again = await s.call_tool("delete_note", {"name": "b"})  # a new action, held anew
+        return held, ran, again
+
+    held, ran, again = through_airlock(setup, gated)
+    assert held.is_error is True and "awaits approval" in text_of(held)
+    assert ran.is_error is not True
+    assert again.is_error is True and "awaits approval" in text_of(again)
+    assert setup.effect_lines() == ["delete b"]
+    first, second = tool_calls(setup)
+    assert (first["state"], first["rule"]) == ("committed", "deletes-need-a-person")
+    assert second["state"] == "held"
+    kinds = [e["kind"] for e in setup.show(first["id"])["entries"]]
+    assert kinds == ["intent", "vote", "decision", "execute", "outcome"]
