@@ -21,7 +21,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from mitmproxy import connection, ctx, http
@@ -94,6 +94,19 @@ class Egress:
         # (client connection id, host, port) -> that client's open connections named by the host
         self._open: dict[tuple[str, str, int], dict[str, tuple[connection.Server, Address]]] = {}
         self._keys: dict[str, tuple[str, str, int]] = {}  # connection id -> its key in _open
+        self._own: frozenset[tuple[Address | None, int]] = frozenset()  # Airlock's listeners
+
+    def refuse_own(self, listeners: Iterable[tuple[str, int]]) -> None:
+        """Never connect to Airlock's own listeners (`(host, port)`; an empty or unspecified host
+        listens on every interface): the control API takes votes and freezes, and an agent that
+        allowed loopback must not reach it, or the proxy itself, through the proxy."""
+        self._own = frozenset(
+            (None if not h or h in ("0.0.0.0", "::") else address_of(h), p) for h, p in listeners
+        )
+
+    def _is_own(self, address: Address, port: int) -> bool:
+        local = address.is_loopback or address.is_unspecified
+        return any(p == port and (local or address == host) for host, p in self._own)
 
     async def resolved(self, action: Action) -> Action:
         """The action with the addresses its host resolves to, for the rules to check (a name
@@ -121,6 +134,13 @@ class Egress:
         allowed, decision = self.rules().check_address(ALLOWED, host, port, addresses)
         if allowed is None:
             server.error = f"airlock refused the connection: {decision.message}"
+            logger.warning("egress: %s", server.error)
+            return
+        if self._is_own(allowed, port):
+            server.error = (
+                f"airlock refused the connection: {host}:{port} is airlock's own control API or "
+                "proxy listener, which is not reachable through the proxy"
+            )
             logger.warning("egress: %s", server.error)
             return
         if address_of(host) is None:

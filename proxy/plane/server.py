@@ -118,6 +118,9 @@ def build(cfg: RunConfig, data: DataDir, log: Log, ruleset: Ruleset) -> tuple[ma
     )
     m.addons.add(BasePaths.of(named, cfg.upstreams))  # first: every later hook sees the upstream's path
     m.addons.add(*gated(gate, named, cfg.agent))
+    listeners = [cfg.control, cfg.listen, *([cfg.transparent] if cfg.transparent else [])]
+    ports = [(cfg.listen.host, up.port) for up in cfg.upstreams]
+    gate.egress.refuse_own([(a.host, a.port) for a in listeners] + ports)
     configure(m.options, cfg, data, specs)
     return m, gate
 

@@ -733,3 +733,35 @@ def test_a_kept_alive_connection_does_not_outlive_the_rules_that_allowed_its_add
     assert json.loads(run.stdout) == {"first": {"port": PA, "path": "/k"}, "reload": 200, "second": 200}
     assert [s["path"] for s in private_server.seen()] == ["/k"]  # only before the reload
     assert [s["path"] for s in public_server.seen()] == ["/k"]
+
+
+# ---- airlock itself is not a destination --------------------------------------------------------
+
+
+def test_the_control_api_and_the_proxy_are_not_reachable_through_the_proxy(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
+    # The rules allow loopback, where the control API listens: an agent that read its token
+    # must still not vote, freeze or thaw through the proxy, nor loop the proxy into itself.
+    a = make_airlock(rules="version: 1\negress: {allow: [127.0.0.1]}\n")
+    headers = {"Authorization": f"Bearer {a.token}"}
+    direct = requests.post(f"{a.control}/v1/freeze", json={"reason": "agent"}, headers=headers, timeout=10)
+    assert direct.status_code == 200  # the operator's own path works
+    requests.post(f"{a.control}/v1/thaw", headers=headers, timeout=10).raise_for_status()
+    through = [
+        requests.post(f"{a.control}/v1/freeze", json={}, headers=headers, proxies=a.proxies, timeout=10),
+        requests.get(f"{a.control}/v1/pending", headers=headers, proxies=a.proxies, timeout=10),
+        requests.get(f"{a.proxy}/", proxies=a.proxies, timeout=10),
+    ]
+    assert [r.status_code for r in through] == [502, 502, 502], [r.text for r in through]
+    assert all("own control API or proxy listener" in r.text for r in through[:2]), through[0].text
+    tunnel = curl("-p", "-x", a.proxy, "-o", "/dev/null", "-w", "%{http_code}", f"{a.control}/healthz")
+    assert tunnel.stdout != "200"
+    state = requests.get(f"{a.control}/v1/freeze", headers=headers, timeout=10).json()
+    assert state["frozen"] is False  # the freeze sent through the proxy never arrived
+    assert get_ok(a, upstream)
+
+
+def get_ok(a: Airlock, upstream: Upstream) -> bool:
+    """The proxy still serves an ordinary request."""
+    return requests.get(f"{upstream.url}/x", proxies=a.proxies, timeout=10).status_code == 200
