@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.core.reload import RulesReloader
 from proxy.ops import events as events_module
+from proxy.ops import tail as tail_module
 from proxy.ops.control import make_app
 from rules import Ruleset
 from store import Log, Record
@@ -276,6 +277,7 @@ async def test_a_watcher_that_falls_behind_is_dropped_and_told_where_to_resume(
     """A watcher that does not read while the log grows is dropped (the writer never waits for
     it), is told the id to resume from, and resuming from it misses nothing."""
     monkeypatch.setattr(events_module, "BUFFER", 4)
+    monkeypatch.setattr(tail_module, "CHUNK", 2)  # a batch always fits an empty buffer
     log, app = control_app
     client = await aiohttp_client(app())
     headers = {"Authorization": "Bearer secret"}

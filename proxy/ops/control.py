@@ -105,8 +105,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def _following(app: web.Application) -> AsyncIterator[None]:
     """The tail follows the log while the app runs; its readers are the metrics and events."""
-    app[TAIL].start()
-    app[EVENTS].start(asyncio.get_running_loop())
+    app[EVENTS].start(asyncio.get_running_loop())  # and the tail with it
     yield
     app[EVENTS].close()
     await asyncio.to_thread(app[TAIL].stop)

@@ -22,7 +22,7 @@ from store import Entry, Log
 
 from .tail import Tail
 
-BUFFER = 4096  # entries a watcher may be behind the log before it is dropped
+BUFFER = 4096  # entries a watcher may be behind the log before it is dropped (> tail.CHUNK)
 BACKLOG_CHUNK = 256  # entries read from the log at once for a watcher that resumes
 WATCHERS = 64  # watchers at once; more get 503
 KEEPALIVE = 15.0  # seconds of quiet before a comment line keeps the connection open
@@ -32,12 +32,12 @@ class Watcher:
     """One connected watcher: the entries it has yet to be sent, and whether it fell behind."""
 
     def __init__(self) -> None:
-        self.buffer: deque[Entry] = deque()
+        self.buffer: deque[Event] = deque()
         self.wake = asyncio.Event()
         self.dropped = False
 
-    def take(self) -> list[Entry]:
-        """The buffered entries, oldest first, and an empty buffer."""
+    def take(self) -> list[Event]:
+        """The buffered events, oldest first, and an empty buffer."""
         taken = list(self.buffer)
         self.buffer.clear()
         self.wake.clear()
@@ -63,18 +63,23 @@ class Events:
         tail.follow(self._from_tail)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Hand entries to watchers on `loop`, from where the (started) tail begins."""
-        self.published = self.tail.seq
+        """Start the tail, handing its entries to watchers on `loop` (the one running now)."""
+        # The loop first: a batch the tail reads at once is not lost. Whatever it has read by
+        # the next line is in the log, where a watcher that asks for it finds it.
         self.loop = loop
+        self.tail.start()
+        self.published = self.tail.seq
 
-    def _from_tail(self, batch: list[Entry]) -> None:
-        # On the tail's thread: one wake-up of the loop per batch.
+    def _from_tail(self, entries: list[Entry]) -> None:
+        # On the tail's thread: each entry encoded once for every watcher, and one wake-up of
+        # the loop per batch.
+        batch = [encoded(e) for e in entries]
         if self.loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody watches
                 self.loop.call_soon_threadsafe(self._publish, batch)
 
-    def _publish(self, batch: list[Entry]) -> None:
-        self.published = batch[-1].seq
+    def _publish(self, batch: list[Event]) -> None:
+        self.published = batch[-1][0]
         for watcher in self._watchers:
             if watcher.dropped:
                 continue
@@ -102,16 +107,20 @@ class Events:
         for watcher in self._watchers:
             watcher.wake.set()
 
-    def backlog(self, after: int, upto: int) -> list[Entry]:
-        """Up to BACKLOG_CHUNK entries after `after` and at most `upto` (reads the log: call it
-        on a thread)."""
+    def backlog(self, after: int, upto: int) -> list[Event]:
+        """Up to BACKLOG_CHUNK entries after `after` and at most `upto`, as events (reads the
+        log: call it on a thread)."""
         entries = itertools.takewhile(lambda e: e.seq <= upto, self.log.entries(after + 1))
-        return list(itertools.islice(entries, BACKLOG_CHUNK))
+        return [encoded(e) for e in itertools.islice(entries, BACKLOG_CHUNK)]
 
 
-def event(entry: Entry) -> bytes:
+# An entry as a watcher is sent it: its sequence number and its server-sent event.
+Event = tuple[int, bytes]
+
+
+def encoded(entry: Entry) -> Event:
     """One entry as a server-sent event."""
-    return b"id: %d\ndata: %s\n\n" % (entry.seq, orjson.dumps(entry.as_dict()))
+    return entry.seq, b"id: %d\ndata: %s\n\n" % (entry.seq, orjson.dumps(entry.as_dict()))
 
 
 def dropped(last: int) -> bytes:
@@ -180,8 +189,8 @@ async def _send(events: Events, watcher: Watcher, response: web.StreamResponse, 
         chunk = await asyncio.to_thread(events.backlog, sent, events.published)
         if not chunk:
             break
-        await response.write(b"".join(event(e) for e in chunk))
-        sent = chunk[-1].seq
+        await response.write(b"".join(text for _, text in chunk))
+        sent = chunk[-1][0]
         if watcher.dropped:
             watcher.rejoin()
     while not events.closing:
@@ -190,10 +199,10 @@ async def _send(events: Events, watcher: Watcher, response: web.StreamResponse, 
         except TimeoutError:
             await response.write(b": keepalive\n\n")
             continue
-        batch = [e for e in watcher.take() if e.seq > sent]
+        batch = [(seq, text) for seq, text in watcher.take() if seq > sent]
         if batch:
-            await response.write(b"".join(event(e) for e in batch))
-            sent = batch[-1].seq
+            await response.write(b"".join(text for _, text in batch))
+            sent = batch[-1][0]
         if watcher.dropped:
             await response.write(dropped(sent))
             return
