@@ -387,3 +387,42 @@ def test_the_next_logged_refusal_says_how_many_were_not(tmp_path: Path) -> None:
         assert logged[-1].data["unlogged"] == 5 and logged[-1].data["path"] == "/y"
     finally:
         log.close()
+
+
+HOLD_RULES = """\
+version: 1
+egress: {allow: [127.0.0.1]}
+rules:
+  - id: careful-deletes
+    match: {method: DELETE, path: "/items/*"}
+    action: hold
+    message: deletions wait for a person
+    hold: {wait: 0s, timeout: 10m}
+"""
+
+
+def test_metrics_follow_holds_votes_and_the_freeze(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
+    a = make_airlock(rules=HOLD_RULES)
+    r = requests.delete(f"{upstream.url}/items/1", proxies=a.proxies, timeout=10)
+    assert r.status_code == 503 and r.json()["error"] == "held"
+    action_id = r.json()["action_id"]
+    held = (
+        "airlock_actions_total",
+        (("effect", "destructive"), ("protocol", "http"), ("rule", "careful-deletes"), ("state", "held")),
+    )
+    wait_for(lambda: scrape(a).get(held) == 1, "the metrics count the held action")
+    assert scrape(a)[("airlock_held_actions", ())] == 1
+
+    a.cli("approve", str(action_id), "--voter", "alice", "--reason", "fine")
+    approved = ("airlock_votes_total", (("vote", "approve"), ("voter", "alice")))
+    wait_for(lambda: scrape(a).get(approved) == 1, "the metrics count alice's vote")
+    m = scrape(a)
+    assert m[("airlock_hold_decision_seconds_count", (("decision", "commit"),))] == 1
+    assert m[("airlock_held_actions", ())] == 0
+
+    a.cli("freeze", "--reason", "incident")
+    assert scrape(a)[("airlock_frozen", ())] == 1
+    a.cli("thaw")
+    assert scrape(a)[("airlock_frozen", ())] == 0

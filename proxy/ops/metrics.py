@@ -25,6 +25,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # From a cache hit to a held action's wait: fractions of a millisecond up to a minute.
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A hold: from a quick approval to a timeout past an hour.
+HOLD_SECONDS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 # An fsync: from a fast SSD's fraction of a millisecond to a stalled disk's seconds.
 COMMIT_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 
@@ -52,41 +54,61 @@ class Names:
         return "other"
 
 
+Labels = tuple[str, str, str]  # effect, protocol, rule
+
+
 class _Labels:
-    """The effect, protocol and rule of the actions the tail has seen open (bounded), read from
+    """The labels and opening time of the actions the tail has seen open (bounded), read from
     the log for one it has not."""
 
     def __init__(self, log: Log, rules: Names, protocols: Names):
         self.log = log
         self.rules = rules
         self.protocols = protocols
-        self._open: dict[int, tuple[str, str, str]] = {}
+        self._open: dict[int, tuple[Labels, float]] = {}
 
-    def of(self, entry: Entry) -> tuple[str, str, str] | None:
+    def _known(self, entry: Entry) -> tuple[Labels, float] | None:
         action_id = entry.action
         assert action_id is not None
-        labels = self._open.get(action_id)
-        if labels is None:
-            summary: dict[str, Any] | None = entry.summary or None
-            if summary is None or "effect" not in summary:
-                try:
-                    summary = self.log.action(action_id)
-                except StoreError:
-                    summary = None
+        known = self._open.get(action_id)
+        if known is not None:
+            return known
+        summary: dict[str, Any] | None = entry.summary if "effect" in entry.summary else None
+        opened = entry.ts
+        if summary is None:
+            try:
+                summary = self.log.action(action_id)
+            except StoreError:
+                summary = None
             if summary is None:
                 return None
-            labels = (
-                str(summary.get("effect") or ""),
-                self.protocols.label(summary.get("protocol")),
-                self.rules.label(summary.get("rule")),
-            )
+            opened = float(summary.get("ts") or entry.ts)
+        labels = (
+            str(summary.get("effect") or ""),
+            self.protocols.label(summary.get("protocol")),
+            self.rules.label(summary.get("rule")),
+        )
+        return labels, opened
+
+    def opened(self, entry: Entry) -> float | None:
+        """When the entry's action was opened (its first entry's time)."""
+        known = self._known(entry)
+        return None if known is None else known[1]
+
+    def of(self, entry: Entry) -> Labels | None:
+        """The labels of the action an entry moves; forgotten once it has ended."""
+        known = self._known(entry)
+        if known is None:
+            return None
+        action_id = entry.action
+        assert action_id is not None
         if entry.state in ENDED:
             self._open.pop(action_id, None)
         else:
-            if len(self._open) >= REMEMBERED:
+            if len(self._open) >= REMEMBERED and action_id not in self._open:
                 self._open.pop(next(iter(self._open)))
-            self._open[action_id] = labels
-        return labels
+            self._open[action_id] = known
+        return known[0]
 
 
 class _Scraped(Collector):
@@ -129,6 +151,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         rules = Names(lambda: frozenset(r.id for r in reloader.current.rules), extra=32)
         self._labels = _Labels(log, rules, Names(frozenset, extra=16))
+        self._voters = Names(frozenset, extra=64)
+        self._votes = Names(frozenset, extra=8)  # approve, deny; commit, abort
         self.actions = Counter(
             "airlock_actions",
             "Actions entering a state, by state, effect, protocol and deciding rule",
@@ -141,6 +165,19 @@ class Metrics:
             "or (held) decided by votes",
             ["verdict"],
             buckets=SECONDS,
+            registry=self.registry,
+        )
+        self.votes = Counter(
+            "airlock_votes",
+            "Votes on held actions, by voter and vote (approve, deny)",
+            ["voter", "vote"],
+            registry=self.registry,
+        )
+        self.holds = Histogram(
+            "airlock_hold_decision_seconds",
+            "From an action's hold to its decision, by decision (commit, abort)",
+            ["decision"],
+            buckets=HOLD_SECONDS,
             registry=self.registry,
         )
         self.commits = Histogram(
@@ -163,7 +200,15 @@ class Metrics:
     def read(self, batch: list[Entry]) -> None:
         """Count the actions these new entries move (a Tail reader)."""
         for entry in batch:
-            if entry.action is None or entry.state is None:
+            if entry.action is None:
+                continue
+            if entry.kind == "vote":
+                voter, vote = entry.data.get("voter"), entry.data.get("vote")
+                self.votes.labels(self._voters.label(voter), self._votes.label(vote)).inc()
+            elif entry.kind == "decision" and (opened := self._labels.opened(entry)) is not None:
+                decision = self._votes.label(entry.data.get("decision"))
+                self.holds.labels(decision).observe(max(entry.ts - opened, 0.0))
+            if entry.state is None:
                 continue
             labels = self._labels.of(entry)
             if labels is not None:
