@@ -20,6 +20,7 @@ from .rule import Rule
 from .ruleset import Explanation, Ruleset
 from .source import RulesError, rule_files_in
 from .templates import KeyTemplate, origin
+from .voters import Voter
 
 
 def default_path() -> Path:
@@ -52,6 +53,7 @@ __all__ = [
     "Storm",
     "Verdict",
     "VerifyRead",
+    "Voter",
     "address_of",
     "bom_codec",
     "default_path",

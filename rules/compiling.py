@@ -23,6 +23,7 @@ from .match import compile_match, is_literal, strings
 from .repeats import parse_dedup, parse_storm
 from .rule import Rule
 from .source import Document, Problem
+from .voters import Voter, parse_voter, voter_problem
 
 # Fields that are the same for every call to one tool of one server: a deny rule that looks
 # only at these refuses every call to the tools it matches.
@@ -40,9 +41,11 @@ class Compiled:
     egress_modes: list[str] = field(default_factory=list)
     defaults: dict[Effect, Verdict] = field(default_factory=dict)
     hold: Hold | None = None  # the top-level `hold`: the policy of holds that set none
+    voters: dict[str, Voter] = field(default_factory=dict)  # the declared automated voters
     secrets: set[str] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
     _seen: dict[str, Path] = field(default_factory=dict, init=False, repr=False)  # id: its file
+    _voters_seen: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
 
     def allowlist(self) -> Allowlist:
         """The egress allowlist; report mode only if every file that names a mode says report."""
@@ -73,6 +76,10 @@ class Compiled:
                 found.append(doc.problem(["hold"], "hold settings are given in more than one rule file"))
             else:
                 self.hold = parse_hold(content["hold"])
+        voters = content.get("voters", {})
+        for name, spec in voters.items() if isinstance(voters, dict) else ():
+            if doc.valid(["voters", name]):
+                found.extend(self._voter(doc, name, spec))
         if doc.valid(["secrets"]):
             self.secrets.update(h.lower() for h in content.get("secrets", {}).get("headers", []))
         specs = content.get("rules", [])
@@ -80,6 +87,17 @@ class Compiled:
             if doc.valid(["rules", i]):  # each rule the schema takes is checked on its own
                 found.extend(self._rule(doc, i, spec))
         self.problems.extend(sorted(found, key=lambda p: (p.line, p.column)))
+
+    def _voter(self, doc: Document, name: str, spec: dict[str, Any]) -> list[Problem]:
+        """Declare the document's voter `name`, or say what is wrong with it."""
+        if name in self._voters_seen:
+            where = self._voters_seen[name]
+            return [doc.problem(["voters", name], f"voter {name!r} is already declared in {where}")]
+        if (problem := voter_problem(spec)) is not None:
+            return [doc.problem(["voters", name], problem)]
+        self._voters_seen[name] = doc.path
+        self.voters[name] = parse_voter(name, spec)
+        return []
 
     def _rule(self, doc: Document, i: int, spec: dict[str, Any]) -> list[Problem]:
         """Compile the document's rule `i`, or say what is wrong with it."""

@@ -112,6 +112,7 @@ class Ruleset:
         self.rules = compiled.rules
         self.defaults = compiled.defaults
         self.hold = compiled.hold or DEFAULT_HOLD  # the policy of holds that set none
+        self.voters = compiled.voters  # the automated voters, by name
         self.secret_headers = frozenset(compiled.secrets)
         self.allowlist = compiled.allowlist()
         self.egress_report = self.allowlist.report

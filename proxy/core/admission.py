@@ -104,7 +104,7 @@ class Admission:
         self.breaker = Breaker()
         self.decided: DecisionObserver = _unobserved
         self.use_rules(ruleset)
-        self.holds = Holds(log, self._held_intent)
+        self.holds = Holds(log, self._held_intent, lambda: self.ruleset.voters)
 
     def use_rules(self, ruleset: Ruleset) -> None:
         """Describe actions with `ruleset`'s digest and secret headers from now on."""

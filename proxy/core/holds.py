@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from rules import Action, Decision, Hold, fingerprint
+from rules import Action, Decision, Hold, Voter, fingerprint
 from store import ActionRef, Log, Record, State, StateError, StoreError
 
+from . import voters as automated
 from . import votes
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,17 @@ class Parked:
 class Holds:
     """Parks held requests in the log and waits for their decisions."""
 
-    def __init__(self, log: Log, intent: Callable[[Action, Decision, ActionRef, dict[str, Any]], Record]):
+    def __init__(
+        self,
+        log: Log,
+        intent: Callable[[Action, Decision, ActionRef, dict[str, Any]], Record],
+        voters: Callable[[], Mapping[str, Voter]] = dict,
+    ):
         self.log = log
         self.intent = intent  # the intent record of a held action (the admission's, redacted)
+        self.voters = voters  # the automated voters the rules declare now, by name
         self._made: dict[str, tuple[int, float]] = {}  # fingerprint -> (action id, hold ends)
+        self._asking: set[asyncio.Task[None]] = set()
 
     async def park(self, action: Action, decision: Decision) -> Parked:
         """Hold `action` (or join the held action its request already made) and wait for the
@@ -65,11 +73,24 @@ class Holds:
             ref = ActionRef()
             until = time.time() + policy.timeout
             held = policy.as_dict() | {"until": until, "fingerprint": mark}
-            await self.log.append(self.intent(action, decision, ref, held))
+            intent = self.intent(action, decision, ref, held)
+            await self.log.append(intent)
             assert ref.id is not None
             found = ref.id
             self._made[mark] = (found, until)
+            self._ask(found, policy, intent)
         return await self._wait(found, time.monotonic() + policy.wait)
+
+    def _ask(self, action_id: int, policy: Hold, intent: Record) -> None:
+        """Ask the declared voters the hold names for their votes, off the request's path."""
+        declared = self.voters()
+        asked = [declared[name] for name in policy.voters if name in declared]
+        if not asked:
+            return
+        asking = automated.ask(self.log, action_id, asked, intent.data)
+        task = asyncio.create_task(asking, name=f"ask the voters of action {action_id}")
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
 
     def _joined(self, mark: str) -> int | None:
         """The held or approved action this request already made, if any (or one it made that
