@@ -161,6 +161,12 @@ class Log:
         with self._view() as view:
             return freeze.current(view.txn, self._dbs)
 
+    def last_action(self) -> int:
+        """The id of the newest action (0 for none): ids are dense, so the newest N are the ids
+        above `last_action() - N`."""
+        with self._view() as view:
+            return view.next_action() - 1
+
     def count(self, state: str) -> int:
         """How many actions are in `state` now, as the states index says (its cost grows with
         that number: call it off the event loop)."""

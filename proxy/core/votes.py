@@ -176,5 +176,14 @@ def pending(log: Log) -> list[dict[str, Any]]:
     for index in log.actions(State.HELD.value):
         whole = log.action(index["id"], whole=True) or index
         approved, denied = tally(log, whole)
-        out.append(whole | {"approved_by": sorted(approved), "denied_by": [d.get("voter") for d in denied]})
+        first = log.entry(whole["entries"][0])
+        said = first.data.get("decision", {}) if first is not None else {}
+        out.append(
+            whole
+            | {
+                "message": said.get("message", "") if isinstance(said, dict) else "",
+                "approved_by": sorted(approved),
+                "denied_by": [d.get("voter") for d in denied],
+            }
+        )
     return out

@@ -16,7 +16,7 @@ from proxy.core.reload import RulesReloader
 from rules import RulesError
 from store import Altered, Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
 
-from . import events
+from . import approvals, events
 from .events import EVENTS, Events
 from .metrics import CONTENT_TYPE, Metrics
 from .readiness import Readiness
@@ -32,7 +32,7 @@ READINESS = web.AppKey("readiness", Readiness)
 TAIL = web.AppKey("tail", Tail)
 UNAUTHORIZED = web.AppKey("unauthorized", UnauthorizedLog)
 # The probes only: /metrics needs the token too (docs/control-api.md#metrics says why).
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | approvals.PATHS
 STATES = frozenset(State)
 MAX_ID = (1 << 63) - 1
 
@@ -137,9 +137,14 @@ def _int_param(request: web.Request, name: str, default: int, least: int = 0) ->
 
 async def list_actions(request: web.Request) -> web.Response:
     """GET /v1/actions?state=S&after=ID&limit=N: action summaries, oldest first. `limit` is 1 or
-    more (default 100): `limit=0` is a 400, as a page of nothing would read as an empty log."""
+    more (default 100): `limit=0` is a 400, as a page of nothing would read as an empty log.
+    `newest=N` instead of `after`: among the newest N actions (what a page of recent actions
+    shows, whatever the log's length)."""
     after = _int_param(request, "after", 0)
     limit = _int_param(request, "limit", 100, least=1)
+    if "newest" in request.query:
+        newest = _int_param(request, "newest", 100, least=1)
+        after = max(0, await asyncio.to_thread(request.app[LOG].last_action) - newest)
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise _bad_request(f"state must be one of {', '.join(sorted(STATES))}")
@@ -340,6 +345,7 @@ def make_app(log: Log, token: str, reloader: RulesReloader) -> web.Application:
     app.add_routes(
         [
             web.get("/healthz", health),
+            *approvals.routes(),
             web.get("/readyz", ready),
             web.get("/metrics", metrics),
             web.get("/v1/events", events.stream),
