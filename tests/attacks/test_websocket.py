@@ -266,3 +266,26 @@ def test_a_refused_message_over_tls_closes_the_socket_too(
     wait_for(lambda: any(x["state"] == "denied" for x in _logged(a)), "the refusal is logged")
     [refused] = [x for x in _logged(a) if x["state"] == "denied"]
     assert (refused["url"], refused["rule"]) == (url, "no-sql-drops")
+
+
+def test_a_held_message_never_passes_before_a_decision(
+    make_airlock: Callable[..., Airlock], ws_server: SocketServer
+) -> None:
+    # A message a hold rule matches waits for votes like any action: with no decision within the
+    # hold's wait, the socket is closed (a message cannot be answered later) and nothing passed.
+    a = make_airlock(
+        rules="version: 1\negress: {allow: [127.0.0.1]}\n"
+        "rules:\n  - {id: drops-need-a-person, match: {text: '(?i)drop'}, action: hold, hold: {wait: 0s}}\n"
+    )
+    with connect(ws_server.url, proxy=a.proxy, open_timeout=10) as client:
+        client.send("hello")
+        assert client.recv(timeout=10) == "echo 5"
+        client.send("DROP TABLE users")
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                client.recv(timeout=10)
+    assert closed.value.rcvd is not None and "drops-need-a-person" in closed.value.rcvd.reason
+    assert ws_server.messages() == ["hello"]
+    wait_for(lambda: any(x["state"] == "held" for x in _logged(a)), "the held message is logged")
+    [held] = [x for x in _logged(a) if x["state"] == "held"]
+    assert (held["method"], held["rule"]) == ("SEND", "drops-need-a-person")
