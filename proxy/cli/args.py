@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 from proxy.ops.config import Address, ConfigError, default_data, parse_address, parse_agent, parse_seconds
+from proxy.ops.datadir import DataDir
 from rules import default_path
+from store import Log
 
 
 class UserError(Exception):
@@ -119,3 +122,27 @@ def command_line(args: argparse.Namespace, usage: str) -> list[str]:
     if not cmd:
         raise UserError(f"{args.command} needs a command: {usage}")
     return cmd
+
+
+@contextmanager
+def writing(data_dir: str, *, missing: str | None) -> Iterator[Log]:
+    """The log of `data_dir` with this process's writer started, closed when the block ends.
+    `missing` says why an absent log is an error (None: create it, as the proxy would)."""
+    data = DataDir(data_dir)
+    if missing is None:
+        data.prepare()
+    else:
+        data.check()
+        if not (data.log / "data.mdb").exists():
+            raise UserError(f"no log at {data.log}: {missing}")
+    log = Log.open(data.log)
+    try:
+        log.start()
+        yield log
+    finally:
+        log.close()
+
+
+def operator() -> str:
+    """The name the CLI records for whoever runs it: $USER (or $LOGNAME), else `operator`."""
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"

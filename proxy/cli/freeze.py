@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 
 from proxy.core import freeze
-from proxy.ops.datadir import DataDir
-from store import Entry, FreezeState, Log, Record, StateError
+from store import Entry, FreezeState, Record
 
-from .args import Commands, UserError, data_arg
+from .args import Commands, data_arg, operator, writing
 
 
 def add(sub: Commands) -> None:
@@ -31,25 +30,15 @@ def add(sub: Commands) -> None:
     go.set_defaults(func=cmd_thaw)
 
 
-def _append(data: DataDir, record: Record) -> tuple[Entry, FreezeState | None]:
+def _append(data: str, record: Record, missing: str | None) -> tuple[Entry, FreezeState | None]:
     """Write `record` durably; the entry and the freeze in force after it."""
-    log = Log.open(data.log)
-    try:
-        log.start()
-        try:
-            entry = log.append_blocking(record)
-        except StateError as e:
-            raise UserError(str(e)) from e
-        return entry, log.frozen()
-    finally:
-        log.close()
+    with writing(data, missing=missing) as log:
+        return log.append_blocking(record), log.frozen()
 
 
 def cmd_freeze(args: argparse.Namespace) -> int:
     """Freeze the log (creating it if the proxy has not run yet), as the user running this."""
-    data = DataDir(args.data)
-    data.prepare()
-    entry, state = _append(data, freeze.freeze(freeze.operator(), args.reason))
+    entry, state = _append(args.data, freeze.freeze(operator(), args.reason), None)
     assert state is not None and state.seq == entry.seq
     print(
         f"frozen: {freeze.describe(state)}; every write and destructive action is refused (503) "
@@ -60,10 +49,6 @@ def cmd_freeze(args: argparse.Namespace) -> int:
 
 def cmd_thaw(args: argparse.Namespace) -> int:
     """Lift the freeze, as the user running this."""
-    data = DataDir(args.data)
-    data.check()
-    if not (data.log / "data.mdb").exists():
-        raise UserError(f"no log at {data.log}: it was never frozen")
-    entry, _ = _append(data, freeze.thaw(freeze.operator(), args.reason))
+    entry, _ = _append(args.data, freeze.thaw(operator(), args.reason), "it was never frozen")
     print(f"thawed by {entry.data['by']} (log entry {entry.seq}): actions follow the rules again")
     return 0

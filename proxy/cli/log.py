@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 from proxy.core import records
 from proxy.ops import logview
 from proxy.ops.datadir import DataDir
-from store import Log, State, StateError, UnknownAction, parse_head
+from store import Log, State, parse_head
 
-from .args import Commands, UserError, data_arg
+from .args import Commands, UserError, data_arg, operator, writing
 
 
 def add(sub: Commands) -> None:
@@ -123,23 +122,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     """Record an operator's resolution of an in_doubt action."""
-    data = DataDir(args.data)
-    data.check()
-    if not (data.log / "data.mdb").exists():
-        raise UserError(f"no log at {data.log}: nothing to resolve")
-    log = Log.open(data.log)
-    try:
+    with writing(args.data, missing="nothing to resolve") as log:
         if log.action(args.id) is None:
             raise UserError(f"no action {args.id} in the log at {args.data}")
-        log.start()
-        who = os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"
-        record = records.resolution(args.id, executed=args.executed, note=args.note, by=who)
-        try:
-            entry = log.append_blocking(record)
-        except (StateError, UnknownAction) as e:
-            raise UserError(str(e)) from e
-    finally:
-        log.close()
+        record = records.resolution(args.id, executed=args.executed, note=args.note, by=operator())
+        entry = log.append_blocking(record)  # a StateError is the user's: main prints it
     verdict = "executed" if args.executed else "not executed"
     print(f"action {args.id} resolved as {verdict} (entry {entry.seq})")
     return 0

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from proxy.core import votes
 from proxy.ops import logview
-from proxy.ops.datadir import DataDir
-from store import Log, StateError
 
-from .args import Commands, UserError, data_arg
+from .args import Commands, UserError, data_arg, operator, writing
 from .log import open_log
 
 
@@ -47,20 +44,12 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 def cmd_vote(args: argparse.Namespace) -> int:
     """Vote on a held action; say whether the vote decided it."""
-    data = DataDir(args.data)
-    data.check()
-    if not (data.log / "data.mdb").exists():
-        raise UserError(f"no log at {data.log}: nothing is held")
-    voter = args.voter or os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"
-    log = Log.open(data.log)
-    try:
-        log.start()
+    voter = args.voter or operator()
+    with writing(args.data, missing="nothing is held") as log:
         try:
             cast = votes.cast(log, args.id, voter, args.choice, args.reason)
-        except (StateError, votes.VoteRefused, ValueError) as e:
+        except (votes.VoteRefused, ValueError) as e:
             raise UserError(str(e)) from e
-    finally:
-        log.close()
     said = f"{voter} voted {args.choice} on action {args.id} (entry {cast.vote.seq})"
     if cast.decision is None:
         print(f"{said}; more votes are needed")

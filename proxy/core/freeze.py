@@ -7,7 +7,6 @@ so the check and the intent are one durable step, whichever process froze the lo
 
 from __future__ import annotations
 
-import os
 import time
 
 from rules import Decision, Verdict
@@ -17,11 +16,6 @@ from . import redact
 
 FREEZE_RULE = "freeze"
 RETRY_AFTER = 60  # seconds: a freeze has no end an agent could be told, so it looks again later
-
-
-def operator() -> str:
-    """The name the CLI records for whoever runs it."""
-    return os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"
 
 
 def freeze(by: str, reason: str) -> Record:
