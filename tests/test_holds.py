@@ -51,6 +51,16 @@ def delete(a: Airlock, upstream: Upstream, path: str) -> requests.Response:
     return requests.delete(f"{upstream.url}{path}", proxies=a.proxies, timeout=60)
 
 
+def parked(
+    pool: concurrent.futures.ThreadPoolExecutor, a: Airlock, upstream: Upstream, path: str
+) -> tuple[concurrent.futures.Future[requests.Response], int]:
+    """A DELETE of `path` sent in the background, once it is held: its answer to come, and its id."""
+    waiting = pool.submit(delete, a, upstream, path)
+    wait_for(lambda: held_ids(a) != [], "the DELETE is held")
+    [action_id] = held_ids(a)
+    return waiting, action_id
+
+
 def state_of(a: Airlock, action_id: int) -> str:
     return str(json.loads(a.cli("show", str(action_id), "--json").stdout)["action"]["state"])
 
@@ -75,9 +85,7 @@ def api_vote(a: Airlock, action_id: int, body: Any, token: str | None = None) ->
 def test_a_held_delete_waits_and_runs_once_when_approved_from_the_cli(
     held: Airlock, upstream: Upstream, pool: concurrent.futures.ThreadPoolExecutor
 ) -> None:
-    waiting = pool.submit(delete, held, upstream, "/items/7")
-    wait_for(lambda: held_ids(held) != [], "the DELETE is held")
-    [action_id] = held_ids(held)
+    waiting, action_id = parked(pool, held, upstream, "/items/7")
     assert upstream.effects("DELETE") == []  # nothing went out while it was held
     [pending] = [json.loads(line) for line in held.cli("pending", "--json").stdout.splitlines()]
     assert (pending["id"], pending["state"], pending["rule"]) == (action_id, "held", "defaults.destructive")
@@ -100,9 +108,7 @@ def test_a_held_delete_waits_and_runs_once_when_approved_from_the_cli(
 def test_a_denied_hold_never_reaches_the_upstream_and_the_agent_is_told_why(
     held: Airlock, upstream: Upstream, pool: concurrent.futures.ThreadPoolExecutor
 ) -> None:
-    waiting = pool.submit(delete, held, upstream, "/items/8")
-    wait_for(lambda: held_ids(held) != [], "the DELETE is held")
-    [action_id] = held_ids(held)
+    waiting, action_id = parked(pool, held, upstream, "/items/8")
     vote(held, "deny", action_id, "bob", "that item is still in use")
     r = waiting.result(timeout=30)
     assert r.status_code == 403
@@ -124,9 +130,7 @@ def test_a_denied_hold_never_reaches_the_upstream_and_the_agent_is_told_why(
 def test_a_quorum_of_two_needs_two_distinct_voters(
     held: Airlock, upstream: Upstream, pool: concurrent.futures.ThreadPoolExecutor
 ) -> None:
-    waiting = pool.submit(delete, held, upstream, "/vault/gold")
-    wait_for(lambda: held_ids(held) != [], "the DELETE is held")
-    [action_id] = held_ids(held)
+    waiting, action_id = parked(pool, held, upstream, "/vault/gold")
     assert "more votes are needed" in vote(held, "approve", action_id, "alice")
     assert "more votes are needed" in vote(held, "approve", action_id, "alice")  # the same voter again
     assert state_of(held, action_id) == "held" and upstream.effects("DELETE") == []
