@@ -214,3 +214,25 @@ def test_a_freeze_stops_an_approved_action_until_thaw(held: Airlock, upstream: U
     assert delete(held, upstream, "/payroll/run-11").status_code == 200
     assert [s.path for s in upstream.effects("DELETE")] == ["/payroll/run-11"]
     assert state_of(held, action_id) == "committed"
+
+
+def test_an_approval_never_runs_with_another_requests_credentials(held: Airlock, upstream: Upstream) -> None:
+    # Approved for one account's token, the same DELETE sent with another token is a new held
+    # action: it does not join the approved one, and nothing runs with the second token.
+    def delete_as(token: str) -> requests.Response:
+        return requests.delete(
+            f"{upstream.url}/payroll/run-12",
+            headers={"Authorization": f"Bearer {token}"},
+            proxies=held.proxies,
+            timeout=30,
+        )
+
+    first = delete_as("token-of-staging").json()["action_id"]
+    vote(held, "approve", first, "alice", "staging only")
+    other = delete_as("token-of-production")
+    assert other.status_code == 503 and other.json()["action_id"] != first
+    assert upstream.effects("DELETE") == []
+    assert delete_as("token-of-staging").status_code == 200  # the approved request runs, once
+    [ran] = upstream.effects("DELETE")
+    assert ran.headers["authorization"] == "Bearer token-of-staging"
+    assert "token-of-staging" not in held.cli("show", str(first), "--json").stdout  # no secret kept

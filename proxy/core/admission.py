@@ -104,7 +104,12 @@ class Admission:
         self.breaker = Breaker()
         self.decided: DecisionObserver = _unobserved
         self.use_rules(ruleset)
-        self.holds = Holds(log, self._held_intent, lambda: self.ruleset.voters)
+        self.holds = Holds(
+            log,
+            self._held_intent,
+            lambda: self.ruleset.voters,
+            lambda name: self.redactor.secret_header(name),
+        )
 
     def use_rules(self, ruleset: Ruleset) -> None:
         """Describe actions with `ruleset`'s digest and secret headers from now on."""

@@ -13,7 +13,10 @@ are found through the log's index of held and approved actions.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,10 +59,13 @@ class Holds:
         log: Log,
         intent: Callable[[Action, Decision, ActionRef, dict[str, Any]], Record],
         voters: Callable[[], Mapping[str, Voter]] = dict,
+        secret_header: Callable[[str], bool] = lambda name: False,
     ):
         self.log = log
         self.intent = intent  # the intent record of a held action (the admission's, redacted)
         self.voters = voters  # the automated voters the rules declare now, by name
+        self.secret_header = secret_header  # which headers carry credentials
+        self._key = secrets.token_bytes(32)  # keys the credentials' part of a mark: see `mark`
         self._made: dict[str, tuple[int, float]] = {}  # fingerprint -> (action id, hold ends)
         self._asking: set[asyncio.Task[None]] = set()
 
@@ -67,7 +73,7 @@ class Holds:
         """Hold `action` (or join the held action its request already made) and wait for the
         decision up to the hold's `wait`."""
         policy = decision.hold or Hold()
-        mark = f"{action.agent}|{fingerprint(action)}"
+        mark = self.mark(action)
         found = self._joined(mark)
         if found is None:
             ref = ActionRef()
@@ -91,6 +97,18 @@ class Holds:
         task = asyncio.create_task(asking, name=f"ask the voters of action {action_id}")
         self._asking.add(task)
         task.add_done_callback(self._asking.discard)
+
+    def mark(self, action: Action) -> str:
+        """What makes a request the same as a held one: its agent, its fingerprint (method, URL,
+        canonical body) and, when it carries credentials, a keyed digest of them, so that an
+        approval given for one account's request never runs with another's. The key lives in
+        this process only (the log keeps no digest of a credential): a held request with
+        credentials is joined only while this proxy runs."""
+        plain = f"{action.agent}|{fingerprint(action)}"
+        creds = sorted((k.lower(), v) for k, v in action.headers.items() if self.secret_header(k))
+        if not creds:
+            return plain
+        return f"{plain}|{hmac.new(self._key, repr(creds).encode(), hashlib.sha256).hexdigest()}"
 
     def _joined(self, mark: str) -> int | None:
         """The held or approved action this request already made, if any (or one it made that
