@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,10 @@ from yarl import URL
 from rules import StatusSet, origin
 from store import Log, Record, State, StoreError
 
-from . import records
+from . import envheaders, records
 
 logger = logging.getLogger(__name__)
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TIMEOUT = 30.0
 BY = "verify"
 
@@ -47,12 +44,7 @@ def in_doubt_reads(log: Log) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _headers(read: dict[str, Any]) -> dict[str, str]:
-    def value(m: re.Match[str]) -> str:
-        if m[1] not in os.environ:
-            raise LookupError(f"environment variable {m[1]} is not set")
-        return os.environ[m[1]]
-
-    return {name: _ENV.sub(value, template) for name, template in read.get("headers", {}).items()}
+    return envheaders.resolved(read.get("headers", {}), "the verify read")
 
 
 def refusal(read: dict[str, Any]) -> str | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,12 +22,11 @@ import aiohttp
 from rules import Voter
 from store import ActionRef, Log, Record, StateError, StoreError
 
-from . import votes
+from . import envheaders, votes
 from .redact import text
 
 logger = logging.getLogger(__name__)
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FENCE = re.compile(r"```(?:json)?\s*\n(.*?)\n?```", re.DOTALL)
 SHOWN = 200  # characters of an answer that does not parse kept in its voter_error entry
 
@@ -56,15 +54,7 @@ def question(action_id: int, intent: Mapping[str, Any]) -> dict[str, Any]:
 
 def headers(voter: Voter) -> dict[str, str]:
     """The voter's headers, `${NAME}` replaced by the environment's value (LookupError when unset)."""
-
-    def value(m: re.Match[str]) -> str:
-        if m[1] not in os.environ:
-            raise LookupError(
-                f"environment variable {m[1]} is not set (named by a header of voter {voter.name})"
-            )
-        return os.environ[m[1]]
-
-    return {name: _ENV.sub(value, template) for name, template in voter.headers.items()}
+    return envheaders.resolved(voter.headers, f"voter {voter.name}")
 
 
 def body(voter: Voter, asked: dict[str, Any]) -> dict[str, Any]:
