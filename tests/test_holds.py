@@ -236,3 +236,24 @@ def test_an_approval_never_runs_with_another_requests_credentials(held: Airlock,
     [ran] = upstream.effects("DELETE")
     assert ran.headers["authorization"] == "Bearer token-of-staging"
     assert "token-of-staging" not in held.cli("show", str(first), "--json").stdout  # no secret kept
+
+
+def test_an_approval_never_runs_with_a_header_that_picks_another_target(
+    held: Airlock, upstream: Upstream
+) -> None:
+    # A header the redaction does not know may still pick where the action lands (a tenant): the
+    # approved request runs only with the headers it was approved with; a retry count may differ.
+    def delete_in(tenant: str, attempt: int) -> requests.Response:
+        headers = {"X-Tenant": tenant, "X-Stainless-Retry-Count": str(attempt)}
+        return requests.delete(
+            f"{upstream.url}/payroll/run-13", headers=headers, proxies=held.proxies, timeout=30
+        )
+
+    first = delete_in("staging", 0).json()["action_id"]
+    vote(held, "approve", first, "alice", "staging only")
+    other = delete_in("production", 1)
+    assert other.status_code == 503 and other.json()["action_id"] != first
+    assert upstream.effects("DELETE") == []
+    assert delete_in("staging", 2).status_code == 200  # the same request, a later attempt
+    [ran] = upstream.effects("DELETE")
+    assert ran.headers["x-tenant"] == "staging"

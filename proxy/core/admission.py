@@ -108,7 +108,7 @@ class Admission:
             log,
             self._held_intent,
             lambda: self.ruleset.voters,
-            lambda name: self.redactor.secret_header(name),
+            lambda: self.redactor,
         )
 
     def use_rules(self, ruleset: Ruleset) -> None:

@@ -28,10 +28,31 @@ from store import ActionRef, Log, Record, State, StateError, StoreError
 
 from . import voters as automated
 from . import votes
+from .redact import Redactor
 
 logger = logging.getLogger(__name__)
 
-HOLD_POLL = 0.05  # seconds between looks at a waiting action's state
+HOLD_POLL = 0.05
+
+# Headers that differ between attempts of one request (dates, retry counts, request and trace
+# ids, framing): left out of what makes a retry the same request.
+VOLATILE = frozenset(
+    {
+        "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "date",
+        "x-amz-date",
+        "amz-sdk-request",
+        "amz-sdk-invocation-id",
+        "x-stainless-retry-count",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+    }
+)  # seconds between looks at a waiting action's state
 
 
 class Fate(StrEnum):
@@ -59,12 +80,12 @@ class Holds:
         log: Log,
         intent: Callable[[Action, Decision, ActionRef, dict[str, Any]], Record],
         voters: Callable[[], Mapping[str, Voter]] = dict,
-        secret_header: Callable[[str], bool] = lambda name: False,
+        redactor: Callable[[], Redactor] = Redactor,
     ):
         self.log = log
         self.intent = intent  # the intent record of a held action (the admission's, redacted)
         self.voters = voters  # the automated voters the rules declare now, by name
-        self.secret_header = secret_header  # which headers carry credentials
+        self.redactor = redactor  # the rules' redaction: which headers carry credentials
         self._key = secrets.token_bytes(32)  # keys the credentials' part of a mark: see `mark`
         self._made: dict[str, tuple[int, float]] = {}  # fingerprint -> (action id, hold ends)
         self._asking: set[asyncio.Task[None]] = set()
@@ -100,12 +121,17 @@ class Holds:
 
     def mark(self, action: Action) -> str:
         """What makes a request the same as a held one: its agent, its fingerprint (method, URL,
-        canonical body) and, when it carries credentials, a keyed digest of them, so that an
-        approval given for one account's request never runs with another's. The key lives in
+        canonical body), its headers but those that change on every attempt (a header may pick
+        the tenant or account an action lands on), and, when it carries credentials, a keyed
+        digest of them, so that an approval given for one request never runs as another. The key lives in
         this process only (the log keeps no digest of a credential): a held request with
         credentials is joined only while this proxy runs."""
-        plain = f"{action.agent}|{fingerprint(action)}"
-        creds = sorted((k.lower(), v) for k, v in action.headers.items() if self.secret_header(k))
+        redactor = self.redactor()
+        kept = {k.lower(): v for k, v in action.headers.items() if k.lower() not in VOLATILE}
+        # The headers as the log shows them (credentials redacted): a plain digest reveals nothing.
+        shown = hashlib.sha256(repr(sorted(redactor.headers(kept).items())).encode()).hexdigest()
+        plain = f"{action.agent}|{fingerprint(action)}|{shown[:32]}"
+        creds = sorted((k, v) for k, v in kept.items() if redactor.secret_header(k))
         if not creds:
             return plain
         return f"{plain}|{hmac.new(self._key, repr(creds).encode(), hashlib.sha256).hexdigest()}"
