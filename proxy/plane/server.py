@@ -26,6 +26,7 @@ from proxy.errors import StartupError
 from proxy.ops.config import Address, RunConfig
 from proxy.ops.control import METRICS, make_app
 from proxy.ops.datadir import DataDir
+from proxy.ops.upkeep import Upkeep
 from rules import Ruleset
 from store import Log
 
@@ -136,8 +137,10 @@ async def serve(cfg: RunConfig) -> None:
     token = data.control_token(cfg.control_token)
     log = Log.open(data.log, max_size=cfg.log_max_size)
     log.start()
+    chores = upkeep(cfg, log)
     try:
         m, gate = build(cfg, data, log, ruleset)
+        chores.start()
 
         # Listeners first: the control API's /healthz answers only once the proxy does.
         # mitmproxy's own complaint about a busy port would repeat ours: keep it quiet here.
@@ -194,7 +197,14 @@ async def serve(cfg: RunConfig) -> None:
         finally:
             await runner.cleanup()
     finally:
+        chores.stop()  # before the log closes: a chore may be reading or writing it
         log.close()
+
+
+def upkeep(cfg: RunConfig, log: Log) -> Upkeep:
+    """The log's chores this process runs on the upkeep thread (proxy/ops/upkeep.py)."""
+    chores = Upkeep()
+    return chores
 
 
 async def _recheck(log: Log, cfg: RunConfig) -> None:
