@@ -9,6 +9,7 @@ from .freeze import FreezeState, Frozen
 from .keys import Claim, KeyOutcome, KeyTaken
 from .log import Log
 from .record import ActionRef, Record
+from .signing import Signer, parse_public, public_text, signature_ok
 from .states import State
 from .verify import ChainReport, parse_head
 
@@ -25,10 +26,14 @@ __all__ = [
     "Log",
     "NoLog",
     "Record",
+    "Signer",
     "State",
     "StateError",
     "StoreError",
     "StoreFull",
     "UnknownAction",
     "parse_head",
+    "parse_public",
+    "public_text",
+    "signature_ok",
 ]

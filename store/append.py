@@ -23,6 +23,7 @@ from .entry import Entry
 from .errors import StateError, StoreError, StoreFull, UnknownAction
 from .index import advance
 from .record import ActionRef, Record
+from .signed import SIGNATURE, signed_payload
 from .states import INITIAL, MOVES, State
 from .stored import seq_key, state_key
 from .view import HEAD, NEXT_ACTION, View
@@ -150,6 +151,9 @@ class Appender:
             action_id = None
 
         body = self._body(seq, record, action_id, index)
+        if record.sign is not None:
+            # Here, where the entry's seq and the hash before it are known for certain.
+            body["data"][SIGNATURE] = record.sign(signed_payload(seq, prev, record.kind, body["data"]))
         # Encoded before anything is written: a record that cannot be encoded changes nothing.
         digest, stored = seal(prev, canonical(body))
         entry = Entry(**body, prev=prev, hash=digest)

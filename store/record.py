@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,9 @@ class Record:
     `new_action` makes it the first entry of a new action (the writer assigns the id and may
     claim `claim`'s idempotency key, else KeyTaken); `if_state` applies it only to an action in
     that state now (else StateError); `key_outcome` keeps or releases the action's key;
-    `unless_frozen` writes it only while the log is not frozen (else Frozen)."""
+    `unless_frozen` writes it only while the log is not frozen (else Frozen); `sign` signs the
+    entry in the transaction that writes it (store/signing.py: the signature covers its seq,
+    the hash before it, its kind and data) and the signature is kept in its data."""
 
     kind: str
     action: ActionRef | None = None
@@ -39,6 +41,7 @@ class Record:
     claim: Claim | None = None
     key_outcome: KeyOutcome | None = None
     unless_frozen: bool = False
+    sign: Callable[[bytes], str] | None = None
 
     def check(self) -> None:
         """Refuse a record that cannot be written, before it joins a transaction."""
