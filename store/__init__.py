@@ -8,6 +8,7 @@ from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAc
 from .freeze import FreezeState, Frozen
 from .keys import Claim, KeyOutcome, KeyTaken
 from .log import Log
+from .query import Query
 from .record import ActionRef, Record
 from .signing import Signer, parse_public, public_text, signature_ok
 from .states import State
@@ -25,6 +26,7 @@ __all__ = [
     "KeyTaken",
     "Log",
     "NoLog",
+    "Query",
     "Record",
     "Signer",
     "State",

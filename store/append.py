@@ -16,7 +16,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import formats, freeze
+from . import attrs, formats, freeze
 from . import keys as keyrec
 from .chain import canonical, seal
 from .entry import Entry
@@ -171,7 +171,9 @@ class Appender:
         if action_id is not None:
             if index is not None and entry.state is not None:
                 txn.delete(state_key(index["state"], action_id), db=states_db)
+            was = attrs.of(index)
             index = advance(index, entry)
+            attrs.keep(txn, self._dbs, action_id, was, index)
             txn.put(state_key(index["state"], action_id), b"", db=states_db)
             if entry.claim is not None:
                 keyrec.put_claim(txn, self._dbs, entry)

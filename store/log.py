@@ -23,19 +23,22 @@ from typing import Any
 
 import lmdb
 
-from . import freeze
+from . import attrs, freeze
 from . import keys as keyrec
 from .append import Appender
 from .chain import canonical
 from .entry import Entry
 from .errors import NoLog, StoreError
 from .freeze import FreezeState
+from .links import linked
+from .query import Query
+from .query import newest as query_newest
 from .record import Record
 from .recovery import DIR_MODE, FILE_MODE, WriterLock, recover
 from .stored import MAX_NUMBER, in_range
 from .upgrade import record_format
 from .verify import ChainReport, check
-from .view import DBS, View
+from .view import ADDED, DBS, View
 from .writer import CommitObserver, Writer
 
 DEFAULT_MAP_SIZE = 64 << 20
@@ -55,7 +58,7 @@ class Log:
         self.writer_id = uuid.uuid4().hex[:12]
         self._env = env
         self._readonly = readonly
-        self._dbs = {name: env.open_db(name, create=not readonly) for name in DBS}
+        self._dbs = {name: db for name in DBS if (db := _database(env, name, readonly)) is not None}
         self._appender = Appender(path, env, self._dbs, self.writer_id, max_size)
         self._writer = Writer(self._appender.commit)
         self._lock = WriterLock(path, self.writer_id)
@@ -136,6 +139,26 @@ class Log:
         with self._view() as view:
             return view.action(action_id, whole=whole)
 
+    def action_entries(self, action_id: int) -> tuple[dict[str, Any], list[Entry]] | None:
+        """One action as its entries say, with those entries, each checked to be sealed and
+        linked to its neighbours in the chain (store/links.py): reads what it returns and the
+        entries around it, whatever the log's length."""
+        if not in_range(action_id):
+            return None
+        with self._view() as view:
+            index = view.action(action_id)
+            if index is None:
+                return None
+            entries = [e for seq in index["entries"] if (e := view.entry(seq)) is not None]
+            linked(view, entries)
+            return index, entries
+
+    def newest(self, query: Query) -> list[dict[str, Any]]:
+        """The newest actions `query` asks for, newest first, each as its entries say, found
+        through the indexes: reads what it returns (store/query.py), whatever the log's length."""
+        with self._view() as view:
+            return list(query_newest(view, query))
+
     def actions(
         self, state: str | None = None, after: int = 0, *, whole: bool = False
     ) -> Iterator[dict[str, Any]]:
@@ -191,6 +214,7 @@ class Log:
             raise StoreError("the log was opened read-only")
         self._lock.take()
         record_format(self._appender)
+        self._appender.commit(attrs.build)
         recover(self._appender)
         self._writer.start()
 
@@ -237,3 +261,14 @@ class Log:
         """Queue a record nobody waits for; it shares a commit within writer.LAZY_COMMIT, and
         the writer logs a failure to write it."""
         self._writer.append_soon(record)
+
+
+def _database(env: lmdb.Environment, name: bytes, readonly: bool) -> Any:
+    """One of the log's databases; None for one a later version added that a read-only open of
+    an older airlock's log lacks."""
+    try:
+        return env.open_db(name, create=not readonly)
+    except lmdb.NotFoundError:
+        if readonly and name in ADDED:
+            return None
+        raise

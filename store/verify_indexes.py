@@ -14,7 +14,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import freeze
+from . import attrs, freeze
 from . import keys as keyrec
 from .chain import GENESIS
 from .entry import Entry
@@ -53,6 +53,8 @@ def check_indexes(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFact
     _states(txn, dbs, chain)
     _keys(txn, dbs, held)
     _freeze(txn, dbs, chain)
+    if (problem := attrs.disagreement(txn, dbs)) is not None:
+        raise Bad(f"attrs index: {problem}")
     raw = txn.get(b"next_action", db=dbs[b"meta"])
     recorded = int.from_bytes(as_bytes(raw), "big") if raw is not None and len(raw) == 8 else None
     if (raw is None and chain.opened) or (raw is not None and recorded != chain.opened + 1):

@@ -28,7 +28,9 @@ from .stored import (
     state_key,
 )
 
-DBS = (b"entries", b"actions", b"states", b"meta", b"keys")
+DBS = (b"entries", b"actions", b"states", b"meta", b"keys", b"attrs")
+# Databases a later version added: a read-only open of a log an older airlock wrote lacks them.
+ADDED = frozenset({b"attrs"})
 HEAD = b"head"
 NEXT_ACTION = b"next_action"
 

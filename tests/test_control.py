@@ -126,7 +126,7 @@ def test_a_refused_resolve_changes_no_action(refusing: Airlock) -> None:
 
 
 def test_actions_lists_every_action_oldest_first(served: Served) -> None:
-    r = served.get("/v1/actions")
+    r = served.get("/v1/actions", params={"after": "0"})
     assert r.status_code == 200
     actions = r.json()["actions"]
     up = served.upstream.url
@@ -141,7 +141,7 @@ def test_actions_lists_every_action_oldest_first(served: Served) -> None:
 
 def test_actions_filter_by_state(served: Served) -> None:
     denied = served.get("/v1/actions", params={"state": "denied"}).json()["actions"]
-    committed = served.get("/v1/actions", params={"state": "committed"}).json()["actions"]
+    committed = served.get("/v1/actions", params={"state": "committed", "after": "0"}).json()["actions"]
     in_doubt = served.get("/v1/actions", params={"state": "in_doubt"}).json()["actions"]
     assert [x["id"] for x in denied] == [3]
     assert [x["id"] for x in committed] == [1, 2, 4]
@@ -149,7 +149,7 @@ def test_actions_filter_by_state(served: Served) -> None:
 
 
 def test_actions_limit_and_after(served: Served) -> None:
-    assert [x["id"] for x in served.get("/v1/actions", params={"limit": "1"}).json()["actions"]] == [1]
+    assert [x["id"] for x in served.get("/v1/actions", params={"limit": "1"}).json()["actions"]] == [4]
     page = served.get("/v1/actions", params={"after": "1", "limit": "2"}).json()["actions"]
     assert [x["id"] for x in page] == [2, 3]
     page = served.get("/v1/actions", params={"after": "2", "state": "committed"}).json()["actions"]

@@ -3,25 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from proxy.core import records
 from proxy.ops import logview
 from proxy.ops.datadir import DataDir
-from store import Log, State, parse_head
+from proxy.ops.times import parse_time
+from store import Log, Query, State, parse_head
 
 from .args import Commands, UserError, data_arg, operator, writing
+
+NEWEST = 20  # actions `airlock log` prints unless told otherwise
+FOLLOW_TICK = 0.25  # seconds between reads of the head while following
 
 
 def add(sub: Commands) -> None:
     """The commands that read the log, and `resolve`."""
-    log = sub.add_parser("log", help="list actions, newest last")
+    log = sub.add_parser("log", help="list the newest actions, newest last")
     data_arg(log)
     log.add_argument("--json", action="store_true", help="one JSON object per line")
     log.add_argument("--follow", "-f", action="store_true", help="keep printing actions as they change")
+    how_many = log.add_mutually_exclusive_group()
+    how_many.add_argument(
+        "-n", type=int, default=NEWEST, metavar="N", help=f"the newest N actions (default {NEWEST})"
+    )
+    how_many.add_argument(
+        "--all",
+        action="store_true",
+        help="every action, checked against the whole chain (reads the whole log)",
+    )
+    log.add_argument(
+        "--since", metavar="TIME", help="only actions opened since TIME (ISO 8601, or an age: 2h, 7d)"
+    )
     log.add_argument("--state", choices=[s.value for s in State], help="only actions in this state")
+    log.add_argument("--agent", help="only actions of this agent")
+    log.add_argument("--rule", help="only actions this rule decided")
+    log.add_argument("--host", help="only actions to this host")
     log.set_defaults(func=cmd_log)
 
     show = sub.add_parser("show", help="one action with all its entries")
@@ -58,37 +80,79 @@ def open_log(args: argparse.Namespace) -> Log:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    """Print actions; with --follow, keep printing them as entries arrive."""
+    """Print the newest actions that match (or, with --all, every one); with --follow, keep
+    printing them as entries arrive."""
     log = open_log(args)
+    query = _query(args)
     fmt = logview.as_json if args.json else logview.as_line
     last, _ = log.head()  # taken first, so nothing written while listing is missed
-    for index in log.actions(args.state, whole=True):
-        print(fmt(index), flush=False)
+    if args.all:
+        fields = query.fields()
+        for index in log.actions(args.state, whole=True):
+            if _matches(index, query, fields):
+                print(fmt(index), flush=False)
+    else:
+        for index in reversed(log.newest(query)):
+            print(fmt(index), flush=False)
     sys.stdout.flush()
     if not args.follow:
         return 0
-    try:
-        while True:
-            time.sleep(0.2)
-            for entry in log.entries(last + 1):
-                last = entry.seq
-                if entry.action is None:
-                    continue
-                changed = log.action(entry.action)
-                if changed is not None and (args.state is None or changed["state"] == args.state):
-                    print(fmt(changed), flush=True)
-    except KeyboardInterrupt:
-        return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        _follow(log, last, query, fmt)
+    return 0
+
+
+def _query(args: argparse.Namespace) -> Query:
+    if not args.all and args.n < 1:
+        raise UserError(f"-n {args.n}: give 1 or more (or --all for every action)")
+    since = None
+    if args.since is not None:
+        try:
+            since = parse_time(args.since)
+        except ValueError as e:
+            raise UserError(f"--since {e}") from None
+    return Query(
+        limit=None if args.all else args.n,
+        since=since,
+        state=args.state,
+        agent=args.agent,
+        rule=args.rule,
+        host=args.host,
+    )
+
+
+def _matches(index: dict[str, Any], query: Query, fields: dict[str, str]) -> bool:
+    if query.since is not None and index["ts"] < query.since:
+        return False
+    if query.state is not None and index.get("state") != query.state:
+        return False
+    return all(index.get(name) == value for name, value in fields.items())
+
+
+def _follow(log: Log, last: int, query: Query, fmt: Callable[[dict[str, Any]], str]) -> None:
+    """Print each action that changes after entry `last` and matches `query`. While nothing is
+    written a tick reads the head and nothing else."""
+    fields = query.fields()
+    while True:
+        time.sleep(FOLLOW_TICK)
+        if log.head()[0] == last:
+            continue
+        for entry in log.entries(last + 1):
+            last = entry.seq
+            if entry.action is None:
+                continue
+            changed = log.action(entry.action)
+            if changed is not None and _matches(changed, query, fields):
+                print(fmt(changed), flush=True)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """Print one action and every entry about it."""
+    """Print one action and every entry about it, each checked where it sits in the chain."""
     log = open_log(args)
-    found = log.action(args.id, whole=True)
+    found = log.action_entries(args.id)
     if found is None:
         raise UserError(f"no action {args.id} in the log at {args.data}")
-    index = found
-    entries = [e for seq in index["entries"] if (e := log.entry(seq)) is not None]
+    index, entries = found
     if args.json:
         print(json.dumps({"action": index, "entries": [e.as_dict() for e in entries]}, indent=2))
     else:

@@ -14,13 +14,14 @@ from aiohttp import web
 from proxy.core import freeze, records, votes
 from proxy.core.reload import RulesReloader
 from rules import RulesError
-from store import Altered, Log, NoLog, State, StateError, StoreError, UnknownAction, parse_head
+from store import Altered, Log, NoLog, Query, State, StateError, StoreError, UnknownAction, parse_head
 
 from . import approvals, events
 from .events import EVENTS, Events
 from .metrics import CONTENT_TYPE, Metrics
 from .readiness import Readiness
 from .tail import Tail
+from .times import parse_time
 from .unauthorized import UnauthorizedLog
 
 LOG = web.AppKey("log", Log)
@@ -136,20 +137,42 @@ def _int_param(request: web.Request, name: str, default: int, least: int = 0) ->
 
 
 async def list_actions(request: web.Request) -> web.Response:
-    """GET /v1/actions?state=S&after=ID&limit=N: action summaries, oldest first. `limit` is 1 or
-    more (default 100): `limit=0` is a 400, as a page of nothing would read as an empty log.
-    `newest=N` instead of `after`: among the newest N actions (what a page of recent actions
-    shows, whatever the log's length)."""
-    after = _int_param(request, "after", 0)
+    """GET /v1/actions?limit=N&before=ID: action summaries, newest first, at most N (1 or more,
+    default 100: `limit=0` is a 400, as a page of nothing would read as an empty log), with ids
+    below `before`; `next` is the `before` of the following page (null on the last). Filters
+    `state`, `agent`, `rule`, `host`, `since` (ISO 8601 or an age: `2h`), each read from an index.
+    `after=ID` instead: oldest first from the action after ID; `newest=K`: oldest first among
+    the newest K (both filter by `state` only)."""
     limit = _int_param(request, "limit", 100, least=1)
-    if "newest" in request.query:
-        newest = _int_param(request, "newest", 100, least=1)
-        after = max(0, await asyncio.to_thread(request.app[LOG].last_action) - newest)
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise _bad_request(f"state must be one of {', '.join(sorted(STATES))}")
     log = request.app[LOG]
+    if "after" in request.query or "newest" in request.query:
+        return await _oldest_first(request, log, state, limit)
+    since = None
+    if "since" in request.query:
+        try:
+            since = parse_time(request.query["since"])
+        except ValueError as e:
+            raise _bad_request(f"since: {e}") from None
+    before = _int_param(request, "before", MAX_ID, least=1)
+    fields = {name: request.query.get(name) for name in ("agent", "rule", "host")}
+    query = Query(limit=limit + 1, before=before, since=since, state=state, **fields)
     # Each action is rebuilt from its entries: work that grows with `limit` stays off the loop.
+    found = await asyncio.to_thread(log.newest, query)
+    following = found[limit - 1]["id"] if len(found) > limit else None
+    return web.json_response({"actions": found[:limit], "next": following})
+
+
+async def _oldest_first(request: web.Request, log: Log, state: str | None, limit: int) -> web.Response:
+    """The pages of `after=ID` and `newest=K`, oldest first."""
+    if any(name in request.query for name in ("before", "since", "agent", "rule", "host")):
+        raise _bad_request("before, since, agent, rule and host page newest first: drop after and newest")
+    after = _int_param(request, "after", 0)
+    if "newest" in request.query:
+        newest = _int_param(request, "newest", 100, least=1)
+        after = max(0, await asyncio.to_thread(log.last_action) - newest)
     found = await asyncio.to_thread(lambda: list(itertools.islice(log.actions(state, after=after), limit)))
     return web.json_response({"actions": found})
 

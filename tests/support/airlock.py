@@ -125,8 +125,8 @@ class Airlock:
         return proc
 
     def log(self, *args: str) -> list[dict[str, Any]]:
-        """`airlock log --json` as a list of actions."""
-        out = self.cli("log", "--json", *args).stdout
+        """`airlock log --json --all` as a list of actions."""
+        out = self.cli("log", "--json", "--all", *args).stdout
         return [json.loads(line) for line in out.splitlines()]
 
 

@@ -34,7 +34,7 @@ def databases(data: Path) -> Iterator[tuple[lmdb.Transaction, dict[str, Any]]]:
     env = lmdb.open(str(data / "log"), max_dbs=8)
     try:
         with env.begin(write=True) as txn:
-            names = ("entries", "actions", "states", "meta", "keys")
+            names = ("entries", "actions", "states", "meta", "keys", "attrs")
             yield txn, {n: env.open_db(n.encode(), txn=txn) for n in names}
     finally:
         env.close()
