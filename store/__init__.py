@@ -3,6 +3,7 @@
 Knows nothing of HTTP or rules: it stores plain records about numbered actions.
 """
 
+from .checkpoints import record as checkpoint_record
 from .entry import Entry
 from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAction
 from .freeze import FreezeState, Frozen
@@ -10,11 +11,22 @@ from .keys import Claim, KeyOutcome, KeyTaken
 from .log import Log
 from .query import Query
 from .record import ActionRef, Record
-from .signing import Signer, parse_public, public_text, signature_ok
+from .signing import (
+    KEY_FILE,
+    SIGNATURE,
+    PublicKey,
+    Signer,
+    parse_public,
+    public_text,
+    signature_ok,
+    signed_payload,
+)
 from .states import State
 from .verify import ChainReport, parse_head
 
 __all__ = [
+    "KEY_FILE",
+    "SIGNATURE",
     "ActionRef",
     "Altered",
     "ChainReport",
@@ -26,6 +38,7 @@ __all__ = [
     "KeyTaken",
     "Log",
     "NoLog",
+    "PublicKey",
     "Query",
     "Record",
     "Signer",
@@ -34,8 +47,10 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "UnknownAction",
+    "checkpoint_record",
     "parse_head",
     "parse_public",
     "public_text",
     "signature_ok",
+    "signed_payload",
 ]

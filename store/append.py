@@ -16,7 +16,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import attrs, formats, freeze
+from . import attrs, checkpoints, formats, freeze
 from . import keys as keyrec
 from .chain import canonical, seal
 from .entry import Entry
@@ -168,6 +168,8 @@ class Appender:
         txn.put(seq_key(seq), stored, db=self._dbs[b"entries"])
         if formats.is_upgrade(body) and txn.get(formats.META_KEY, db=meta) is None:
             txn.put(formats.META_KEY, formats.marker(seq), db=meta)
+        if body["kind"] == checkpoints.CHECKPOINT and action_id is None:
+            txn.put(checkpoints.META_KEY, seq_key(seq), db=meta)
         if action_id is not None:
             if index is not None and entry.state is not None:
                 txn.delete(state_key(index["state"], action_id), db=states_db)

@@ -28,6 +28,7 @@ KEY_FILE = "signing.key"
 __all__ = [
     "KEY_FILE",
     "SIGNATURE",
+    "PublicKey",
     "Signer",
     "parse_public",
     "public_text",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 _PREFIX = "ed25519:"
+
+type PublicKey = Ed25519PublicKey  # what `parse_public` returns and verification takes
 
 
 class Signer:

@@ -45,6 +45,8 @@ class ChainReport:
     head_hash: str = GENESIS
     failed: bool = False
     unchecked: int = 0  # actions an older airlock wrote: their summary fields are in no entry
+    signed: int = 0  # signed entries (checkpoints, prunes) whose signatures were checked
+    since: int = 0  # the checkpoint a check of only the recent entries started from
 
     @property
     def ok(self) -> bool:

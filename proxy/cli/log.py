@@ -16,6 +16,7 @@ from proxy.ops.datadir import DataDir
 from proxy.ops.times import parse_time
 from store import Log, Query, State, parse_head
 
+from . import key
 from .args import Commands, UserError, data_arg, operator, writing
 
 NEWEST = 20  # actions `airlock log` prints unless told otherwise
@@ -61,6 +62,7 @@ def add(sub: Commands) -> None:
         metavar="SEQ:HASH",
         help="a head printed by an earlier verify and kept elsewhere: fail if the log no longer holds it",
     )
+    key.add_verify_flags(verify)
     verify.set_defaults(func=cmd_verify)
 
     resolve = sub.add_parser("resolve", help="resolve an in_doubt action: record whether it took effect")
@@ -169,7 +171,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             expect = parse_head(args.expect)
         except ValueError as e:
             raise UserError(f"--expect {e}") from None
-    verdict = open_log(args).verify(expect)
+    verdict = key.verified(args, open_log(args), expect)
     if verdict.ok:
         note = ""
         if verdict.unchecked:
@@ -177,6 +179,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 f"; {verdict.unchecked} action(s) from before index checks "
                 "(an older airlock wrote them: their summaries are not checked)"
             )
+        note += key.described(args, verdict)
         print(f"ok: {verdict.checked} entries verified; head {verdict.head_seq}:{verdict.head_hash}{note}")
         return 0
     before = f" ({verdict.checked} entries before it verified)" if verdict.bad_seq is not None else ""

@@ -10,7 +10,14 @@ import logging
 import sys
 from pathlib import Path
 
-from proxy.ops.config import ConfigError, RunConfig, parse_address, parse_size, parse_upstream
+from proxy.ops.config import (
+    ConfigError,
+    RunConfig,
+    parse_address,
+    parse_otlp_endpoint,
+    parse_size,
+    parse_upstream,
+)
 from proxy.ops.datadir import DataDir
 from proxy.ops.trust import write_bundle
 
@@ -95,6 +102,13 @@ def add(sub: Commands) -> None:
         metavar="FILE|DIR",
         help="a CA certificate (PEM) trusted for upstream TLS besides the public CAs, e.g. an internal "
         "CA; a directory: its *.pem, *.crt and *.cer files (repeatable: all are trusted together)",
+    )
+    run.add_argument(
+        "--otlp-endpoint",
+        type=typed(parse_otlp_endpoint),
+        metavar="URL",
+        help="ship every entry of the log to this OpenTelemetry collector (OTLP/HTTP, e.g. "
+        "http://127.0.0.1:4318; no path: /v1/logs), resuming where it stopped after a restart",
     )
     run.set_defaults(func=cmd_run)
 

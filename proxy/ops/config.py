@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -72,6 +74,7 @@ class RunConfig:
     ca: Path | None = None  # a CA (key and certificate PEM) to install instead of minting one
     control_token: Path | None = None  # a file holding the control token
     reads_when_log_down: str = "refuse"  # "pass": reads go out unlogged while the log cannot be written
+    otlp_endpoint: str | None = None  # an OTLP/HTTP logs endpoint the log is shipped to
 
 
 def default_data() -> str:
@@ -145,6 +148,36 @@ def parse_size(text: str) -> int:
     return int(m[1]) * _UNITS[m[2].lower()]
 
 
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """A length of time: a number and a unit (s, m, h, d, w), e.g. 90s, 2h, 7d; in seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if not m:
+        raise ConfigError(f"{text!r} is not an age (a number and s, m, h, d or w, e.g. 2h or 7d)")
+    return float(m[1]) * _AGE_UNITS[m[2]]
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """A moment, as a Unix time: an ISO 8601 time (2026-11-30T01:00:00Z; without a zone, UTC;
+    a date alone is its midnight UTC) or an age before `now`, e.g. 2h or 7d."""
+    try:
+        return (time.time() if now is None else now) - parse_age(text)
+    except ConfigError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{text!r} is not a time: give an ISO 8601 time (e.g. 2026-11-30T14:00:00Z) or an age "
+            "(e.g. 2h, 7d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 def parse_seconds(text: str) -> float:
     """A non-negative number of seconds: 1, 0.5, 0."""
     try:
@@ -183,6 +216,25 @@ def parse_agent(text: str) -> str:
     if not text.strip() or not text.isprintable():
         raise ConfigError(f"{text!r} is not an agent name (e.g. billing-bot): it names the agent in the log")
     return text
+
+
+def parse_otlp_endpoint(text: str) -> str:
+    """An OTLP/HTTP logs endpoint: an http:// or https:// URL; one with no path gets the logs
+    path `/v1/logs`, as OpenTelemetry's OTEL_EXPORTER_OTLP_ENDPOINT does."""
+    url = urlsplit(text)
+    if "@" in url.netloc:
+        raise ConfigError(f"{text!r} carries credentials: give them in OTEL_EXPORTER_OTLP_HEADERS instead")
+    where = _NETLOC.fullmatch(url.netloc)
+    if url.scheme not in ("http", "https") or not url.hostname or not where:
+        raise ConfigError(
+            f"{text!r} is not an http:// or https:// URL of a collector "
+            "(e.g. http://127.0.0.1:4318 or https://collector:4318/v1/logs)"
+        )
+    if where["port"] is not None and not 0 < int(where["port"]) < 65536:
+        raise ConfigError(f"{text!r}: the port must be a number from 1 to 65535")
+    if url.query or url.fragment or text.endswith(("?", "#")):
+        raise ConfigError(f"{text!r} has a query or fragment: give the scheme, host, port and path only")
+    return text if url.path not in ("", "/") else text.rstrip("/") + "/v1/logs"
 
 
 def parse_http_url(text: str) -> str:

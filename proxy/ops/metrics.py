@@ -11,7 +11,7 @@ and a rule or protocol label is a name from the rules or from Airlock, at most
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,6 +20,9 @@ from prometheus_client.registry import Collector
 
 from proxy.core.reload import RulesReloader
 from store import Entry, Log, State, StoreError
+
+if TYPE_CHECKING:
+    from .shipping import Shipper  # loads OpenTelemetry: only when the log is shipped
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -144,6 +147,45 @@ def _frozen(log: Log) -> int:
     return 0 if log.frozen() is None else 1
 
 
+class _Shipping(Collector):
+    """How far shipping to the collector has come (read when Prometheus scrapes)."""
+
+    def __init__(self, shipper: Shipper):
+        self.shipper = shipper
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "airlock_export_lag_entries",
+            "Entries of the log not yet accepted by the OTLP collector (head minus the shipped cursor)",
+            self.shipper.lag(),
+        )
+        yield CounterMetricFamily(
+            "airlock_export_shipped_entries", "Entries the OTLP collector accepted", self.shipper.shipped
+        )
+        yield CounterMetricFamily(
+            "airlock_export_failures",
+            "Exports to the OTLP collector that failed (their entries are sent again)",
+            self.shipper.failures,
+        )
+
+
+class _Retention(Collector):
+    """What retention has pruned (read when Prometheus scrapes)."""
+
+    def __init__(self, retainer: Retainer):
+        self.retainer = retainer
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "airlock_log_pruned_bytes",
+            "Bytes retention removed from the log (entries and their index records), as its prune entries say",
+            self.retainer.pruned_bytes,
+        )
+        yield CounterMetricFamily(
+            "airlock_log_pruned_entries", "Entries retention removed from the log", self.retainer.pruned_entries
+        )
+
+
 class Metrics:
     """The metrics of one proxy process and the registry they are exposed from."""
 
@@ -213,6 +255,10 @@ class Metrics:
             labels = self._labels.of(entry)
             if labels is not None:
                 self.actions.labels(entry.state, *labels).inc()
+
+    def watch_shipping(self, shipper: Shipper) -> None:
+        """Expose how far `shipper` has shipped the log: its lag, entries shipped, failures."""
+        self.registry.register(_Shipping(shipper))
 
     def committed(self, seconds: float, error: StoreError | None) -> None:
         """Time one commit of the writer (a commit observer)."""

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from mitmproxy import master, options
@@ -26,6 +27,7 @@ from proxy.errors import StartupError
 from proxy.ops.config import Address, RunConfig
 from proxy.ops.control import METRICS, make_app
 from proxy.ops.datadir import DataDir
+from proxy.ops.metrics import Metrics
 from proxy.ops.upkeep import Upkeep
 from rules import Ruleset
 from store import Log
@@ -38,6 +40,9 @@ from .gate import Gate
 from .tunnels import Tunnels
 from .upgrades import Upgrades
 from .websocket import WebSockets
+
+if TYPE_CHECKING:
+    from proxy.ops.shipping import Shipper
 
 logger = logging.getLogger("airlock")
 
@@ -157,6 +162,7 @@ async def serve(cfg: RunConfig) -> None:
         gate.admission.decided = app[METRICS].decided
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        shipper = _shipper(cfg, log, app[METRICS])
         try:
             site = web.TCPSite(runner, cfg.control.host, cfg.control.port)
             try:
@@ -196,6 +202,8 @@ async def serve(cfg: RunConfig) -> None:
                     task.cancel()
         finally:
             await runner.cleanup()
+            if shipper is not None:
+                await asyncio.to_thread(shipper.stop)
     finally:
         chores.stop()  # before the log closes: a chore may be reading or writing it
         log.close()
@@ -205,6 +213,18 @@ def upkeep(cfg: RunConfig, log: Log) -> Upkeep:
     """The log's chores this process runs on the upkeep thread (proxy/ops/upkeep.py)."""
     chores = Upkeep()
     return chores
+
+
+def _shipper(cfg: RunConfig, log: Log, metrics: Metrics) -> Shipper | None:
+    """With --otlp-endpoint, the shipper of the log, started and watched by the metrics."""
+    if cfg.otlp_endpoint is None:
+        return None
+    from proxy.ops.shipping import Shipper  # OpenTelemetry loads only when the log is shipped
+
+    shipper = Shipper(log, cfg.otlp_endpoint)
+    metrics.watch_shipping(shipper)
+    shipper.start()
+    return shipper
 
 
 async def _recheck(log: Log, cfg: RunConfig) -> None:
