@@ -10,14 +10,16 @@ actions index once that is checked against the chain. Like every index, the rows
 actions: what a reader prints is rebuilt from their entries.
 
 A log an older airlock wrote has no rows: the first writer of this version to open it fills
-them in one pass over the actions index, and records that in the meta record `attrs`; until
-then readers find those actions by reading them (store/query.py).
+them in one pass over the actions index, in transactions of FILL_STEP actions (a writer that
+stops half-way leaves where it was, and the next one goes on from there), and then records the
+meta record `attrs`; until then readers find those actions by reading them (store/query.py),
+and verify has no rows to check.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import lmdb
@@ -34,6 +36,8 @@ DB = b"attrs"
 META_KEY = b"attrs"  # present once every action's rows are in the index
 FIELDS = ("agent", "rule", "host")  # summary fields of an action's intent (proxy/core/records.py)
 VERSION = 1
+FILL_STEP = 20_000  # actions indexed in one transaction while an older log is filled
+_FILLING = b"attrs_filling"  # while it is: the next action id to index
 _LONGEST = 200  # bytes of a value kept as it is; longer ones are keyed by their digest
 
 
@@ -94,25 +98,46 @@ def ready(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> bool:
     return DB in dbs and txn.get(META_KEY, db=dbs[b"meta"]) is not None
 
 
-def build(view: View) -> list[Record]:
-    """Fill the index from the actions index, once per log (a batch for Appender.commit: it
-    writes the rows and the meta record itself and appends no entry). One pass over the actions
-    index: a log that had none yet pays a read of each action's index record and a row per field."""
-    txn, dbs = view.txn, view.dbs
-    if ready(txn, dbs):
+def fill(commit: Callable[[Callable[[View], list[Record]]], object]) -> None:
+    """Fill the index from the actions index, once per log, in transactions of FILL_STEP actions
+    each (`commit` is Appender.commit): one pass over the actions index, a read of each action's
+    record and a row per field, and no writer of another process waits long for its turn."""
+    done = False
+
+    def step(view: View) -> list[Record]:
+        nonlocal done
+        done = _fill_step(view.txn, view.dbs)
         return []
-    # Rows a damaged or foreign index left behind would be read as true: start empty.
-    txn.drop(dbs[DB], delete=False)
-    for key, raw in txn.cursor(db=dbs[b"actions"]):
-        try:
-            index = orjson.loads(as_bytes(raw))
-        except ValueError:
-            continue  # verify names a malformed index record; it has no rows to give
-        action_id = int.from_bytes(as_bytes(key), "big")
-        for name, value in of(index if isinstance(index, dict) else None).items():
+
+    while not done:
+        commit(step)
+
+
+def _fill_step(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> bool:
+    """Index the next FILL_STEP actions; True once every action is in (and the index says so)."""
+    if ready(txn, dbs):
+        return True
+    raw = txn.get(_FILLING, db=dbs[b"meta"])
+    if raw is None:
+        # Rows a damaged or foreign index left behind would be read as true: start empty.
+        txn.drop(dbs[DB], delete=False)
+        start = 0
+    else:
+        start = int.from_bytes(as_bytes(raw), "big")
+    cur = txn.cursor(db=dbs[b"actions"])
+    placed, indexed = cur.set_range(seq_key(start)), 0
+    while placed and indexed < FILL_STEP:
+        action_id = int.from_bytes(as_bytes(cur.key()), "big")
+        for name, value in of(_record(cur.value())).items():
             txn.put(row(name, value, action_id), b"", db=dbs[DB])
+        indexed += 1
+        placed = cur.next()
+    if placed:
+        txn.put(_FILLING, cur.key(), db=dbs[b"meta"])
+        return False
+    txn.delete(_FILLING, db=dbs[b"meta"])
     txn.put(META_KEY, canonical({"version": VERSION}), db=dbs[b"meta"])
-    return []
+    return True
 
 
 def disagreement(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> str | None:

@@ -15,7 +15,7 @@ import lmdb
 import pytest
 import requests
 
-from store import ActionRef, Altered, ChainReport, Log, Query, Record, State
+from store import ActionRef, Altered, ChainReport, Log, Query, Record, State, attrs
 from store.links import linked
 from store.query import newest
 from store.view import View
@@ -235,7 +235,9 @@ def test_verify_names_an_attribute_row_added_removed_or_changed(small_log: Path,
             log.newest(query)
 
 
-def test_an_older_log_without_the_index_is_read_and_a_writer_fills_it(small_log: Path) -> None:
+def test_an_older_log_without_the_index_is_read_and_a_writer_fills_it(
+    small_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wanted = Query(agent="agent-2", limit=3)
     with reading(small_log) as log:
         before = [x["id"] for x in log.newest(wanted)]
@@ -250,6 +252,7 @@ def test_an_older_log_without_the_index_is_read_and_a_writer_fills_it(small_log:
         assert [x["id"] for x in old.newest(wanted)] == before  # read without the index
         assert [x["id"] for x in old.newest(Query(rule="r", state="denied", limit=None))] == [28, 21, 14, 7]
         assert old.verify().ok
+    monkeypatch.setattr(attrs, "FILL_STEP", 8)  # four transactions
     writer = Log.open(small_log)
     writer.start()  # fills the index once
     writer.close()
