@@ -28,7 +28,7 @@ from . import keys as keyrec
 from .append import Appender
 from .chain import canonical
 from .entry import Entry
-from .errors import NoLog, StoreError
+from .errors import Altered, NoLog, StoreError
 from .freeze import FreezeState
 from .links import linked
 from .query import Query
@@ -44,6 +44,7 @@ from .writer import CommitObserver, Writer
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_SIZE = 64 << 30
 PROBE = b"probe"  # the meta key readiness probes write: outside the chain, checked by nothing
+CURSOR = b"cursor:"  # + a reader's name: the last entry it has taken (outside the chain)
 
 
 class Log:
@@ -236,6 +237,31 @@ class Log:
                 with self._env.begin(write=True) as txn:
                     stamp = canonical({"ts": time.time(), "writer": self.writer_id})
                     txn.put(PROBE, stamp, db=self._dbs[b"meta"])
+                return
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+            except lmdb.Error as e:
+                raise StoreError(f"cannot write the log at {self.path}: {e}") from e
+        raise StoreError(f"cannot write the log at {self.path}: its map keeps being resized")
+
+    def cursor(self, name: str) -> int:
+        """The last entry the reader `name` has taken, as `set_cursor` recorded it (0 for none).
+        `otlp`: the last entry a collector accepted; entries after it are not shipped yet."""
+        with self._view() as view:
+            raw = view.txn.get(CURSOR + name.encode(), db=self._dbs[b"meta"])
+        if raw is None:
+            return 0
+        if len(raw) != 8:
+            raise Altered(f"the cursor {name} is not a valid record")
+        return int.from_bytes(bytes(raw), "big")
+
+    def set_cursor(self, name: str, seq: int) -> None:
+        """Record durably that the reader `name` has taken every entry up to `seq` (a meta
+        record outside the chain); StoreError if the log cannot be written now."""
+        for _attempt in range(2):
+            try:
+                with self._env.begin(write=True) as txn:
+                    txn.put(CURSOR + name.encode(), seq.to_bytes(8, "big"), db=self._dbs[b"meta"])
                 return
             except lmdb.MapResizedError:
                 self._env.set_mapsize(0)
