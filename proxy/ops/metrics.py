@@ -169,23 +169,6 @@ class _Shipping(Collector):
         )
 
 
-class _Retention(Collector):
-    """What retention has pruned (read when Prometheus scrapes)."""
-
-    def __init__(self, retainer: Retainer):
-        self.retainer = retainer
-
-    def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "airlock_log_pruned_bytes",
-            "Bytes retention removed from the log (entries and their index records), as its prune entries say",
-            self.retainer.pruned_bytes,
-        )
-        yield CounterMetricFamily(
-            "airlock_log_pruned_entries", "Entries retention removed from the log", self.retainer.pruned_entries
-        )
-
-
 class Metrics:
     """The metrics of one proxy process and the registry they are exposed from."""
 
