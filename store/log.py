@@ -23,7 +23,7 @@ from typing import Any
 
 import lmdb
 
-from . import attrs, freeze
+from . import attrs, checkpoints, freeze
 from . import keys as keyrec
 from .append import Appender
 from .chain import canonical
@@ -35,9 +35,12 @@ from .query import Query
 from .query import newest as query_newest
 from .record import Record
 from .recovery import DIR_MODE, FILE_MODE, WriterLock, recover
+from .signing import PublicKey
 from .stored import MAX_NUMBER, in_range
 from .upgrade import record_format
 from .verify import ChainReport, check
+from .verify_recent import check_recent
+from .verify_signed import with_signatures
 from .view import ADDED, DBS, View
 from .writer import CommitObserver, Writer
 
@@ -197,14 +200,33 @@ class Log:
         with self._view() as view:
             return view.count(state)
 
-    def verify(self, expect: tuple[int, str] | None = None) -> ChainReport:
+    def verify(self, expect: tuple[int, str] | None = None, key: PublicKey | None = None) -> ChainReport:
         """Check every entry's hash and link, the recorded head, and every index against the
-        chain; with `expect` (seq, hash), also that the log still holds that entry unchanged."""
+        chain; with `expect` (seq, hash), also that the log still holds that entry unchanged;
+        with `key`, also every checkpoint's and prune's signature (store/verify_signed.py)."""
         try:
             with self._view() as view:
-                return check(view.txn, self._dbs, expect)
+                report = check(view.txn, self._dbs, expect)
+                return with_signatures(view.txn, self._dbs, key, report) if report.ok else report
         except lmdb.Error as e:
             raise StoreError(f"cannot read the log at {self.path}: {e}") from e
+
+    def verify_recent(
+        self, expect: tuple[int, str] | None = None, key: PublicKey | None = None
+    ) -> ChainReport:
+        """Check only what came after the last checkpoint (store/verify_recent.py): its cost
+        grows with the entries written since, not with the log."""
+        try:
+            with self._view() as view:
+                return check_recent(view.txn, self._dbs, key, expect)
+        except lmdb.Error as e:
+            raise StoreError(f"cannot read the log at {self.path}: {e}") from e
+
+    def last_checkpoint(self) -> Entry | None:
+        """The last checkpoint entry, as the checkpoint record names it (None when there is
+        none, or it was pruned; Altered if the record names an entry that is no checkpoint)."""
+        with self._view() as view:
+            return checkpoints.last(view)
 
     # ---- writing -------------------------------------------------------------------------
 

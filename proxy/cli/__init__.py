@@ -11,7 +11,7 @@ from proxy.ops.datadir import DataDirError
 from rules import RulesError
 from store import NoLog, StoreError
 
-from . import export, freeze, log, route, rules, run, votes
+from . import export, freeze, key, log, route, rules, run, votes
 from .args import Parser, UserError, commands
 
 
@@ -21,6 +21,7 @@ def build_parser() -> Parser:
     sub = commands(parser, "command")
     run.add(sub)
     log.add(sub)
+    key.add(sub)
     export.add(sub)
     votes.add(sub)
     freeze.add(sub)

@@ -10,11 +10,14 @@ import logging
 import sys
 from pathlib import Path
 
+from proxy.ops.anchor import parse_target
 from proxy.ops.config import (
     ConfigError,
     RunConfig,
     parse_address,
+    parse_count,
     parse_otlp_endpoint,
+    parse_seconds,
     parse_size,
     parse_upstream,
 )
@@ -109,6 +112,28 @@ def add(sub: Commands) -> None:
         metavar="URL",
         help="ship every entry of the log to this OpenTelemetry collector (OTLP/HTTP, e.g. "
         "http://127.0.0.1:4318; no path: /v1/logs), resuming where it stopped after a restart",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=typed(parse_count),
+        default=RunConfig.checkpoint_every,
+        metavar="N",
+        help=f"write a signed checkpoint every N entries (default {RunConfig.checkpoint_every}; 0: off)",
+    )
+    run.add_argument(
+        "--checkpoint-interval",
+        type=typed(parse_seconds),
+        default=RunConfig.checkpoint_interval,
+        metavar="SECONDS",
+        help="and at least this often when anything was written "
+        f"(default {RunConfig.checkpoint_interval:g}; 0: by count only)",
+    )
+    run.add_argument(
+        "--checkpoint-to",
+        type=typed(parse_target),
+        metavar="URL|FILE",
+        help="send each checkpoint off the host: POST it as JSON to URL, or append it as a line to "
+        "FILE, kept where this host cannot rewrite it (`airlock verify --checkpoints FILE` checks it)",
     )
     run.set_defaults(func=cmd_run)
 

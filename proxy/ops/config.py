@@ -74,6 +74,9 @@ class RunConfig:
     ca: Path | None = None  # a CA (key and certificate PEM) to install instead of minting one
     control_token: Path | None = None  # a file holding the control token
     reads_when_log_down: str = "refuse"  # "pass": reads go out unlogged while the log cannot be written
+    checkpoint_every: int = 1000  # entries between signed checkpoints (0: by time only)
+    checkpoint_interval: float = 300.0  # seconds between checkpoints, if anything was written (0: off)
+    checkpoint_to: str | None = None  # a URL or file each checkpoint is sent to once durable
     otlp_endpoint: str | None = None  # an OTLP/HTTP logs endpoint the log is shipped to
 
 
@@ -187,6 +190,13 @@ def parse_seconds(text: str) -> float:
     if not 0 <= value <= 3600:
         raise ConfigError(f"{text!r} is not a number of seconds between 0 and 3600")
     return value
+
+
+def parse_count(text: str) -> int:
+    """A non-negative whole number: 0, 1000."""
+    if not text.isdigit() or int(text) > 1 << 32:
+        raise ConfigError(f"{text!r} is not a whole number from 0 to {1 << 32} (e.g. 1000; 0 turns it off)")
+    return int(text)
 
 
 def parse_uid(text: str) -> int:

@@ -10,6 +10,7 @@ and a rule or protocol label is a name from the rules or from Airlock, at most
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,11 @@ class _Scraped(Collector):
             "1 while the log is frozen (no write or destroy goes out), else 0",
             _frozen(self.log),
         )
+        age = _checkpoint_age(self.log)
+        if age is not None:
+            yield GaugeMetricFamily(
+                "airlock_checkpoint_age_seconds", "Seconds since the last signed checkpoint was written", age
+            )
         yield CounterMetricFamily(
             "airlock_rules_reloads", "Rule reloads that put new rules in force", self.reloader.reloads
         )
@@ -145,6 +151,14 @@ class _Scraped(Collector):
 
 def _frozen(log: Log) -> int:
     return 0 if log.frozen() is None else 1
+
+
+def _checkpoint_age(log: Log) -> float | None:
+    try:
+        last = log.last_checkpoint()
+    except StoreError:
+        return None  # a damaged record is verify's to report, not a scrape's
+    return None if last is None else max(time.time() - last.ts, 0.0)
 
 
 class _Shipping(Collector):
@@ -213,6 +227,11 @@ class Metrics:
         )
         self.commit_failures = Counter(
             "airlock_log_commit_failures", "Commits of the log that failed as a whole", registry=self.registry
+        )
+        self.checkpoint_send_failures = Counter(
+            "airlock_checkpoint_send_failures",
+            "Checkpoints --checkpoint-to could not deliver on a try (a URL is tried again)",
+            registry=self.registry,
         )
         self.unauthorized = Counter(
             "airlock_control_unauthorized",

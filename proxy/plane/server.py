@@ -24,6 +24,8 @@ from proxy.core.recheck import recheck_in_doubt
 from proxy.core.records import BodyPolicy
 from proxy.core.reload import RulesReloader
 from proxy.errors import StartupError
+from proxy.ops.anchor import anchor_for
+from proxy.ops.checkpoints import Cadence, Checkpoints, signer_for
 from proxy.ops.config import Address, RunConfig
 from proxy.ops.control import METRICS, make_app
 from proxy.ops.datadir import DataDir
@@ -163,6 +165,7 @@ async def serve(cfg: RunConfig) -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         shipper = _shipper(cfg, log, app[METRICS])
+        checkpoints = _checkpoints(cfg, data, log, app[METRICS])
         try:
             site = web.TCPSite(runner, cfg.control.host, cfg.control.port)
             try:
@@ -204,6 +207,7 @@ async def serve(cfg: RunConfig) -> None:
             await runner.cleanup()
             if shipper is not None:
                 await asyncio.to_thread(shipper.stop)
+            await asyncio.to_thread(checkpoints.stop)  # before the log closes: it writes to it
     finally:
         chores.stop()  # before the log closes: a chore may be reading or writing it
         log.close()
@@ -225,6 +229,18 @@ def _shipper(cfg: RunConfig, log: Log, metrics: Metrics) -> Shipper | None:
     metrics.watch_shipping(shipper)
     shipper.start()
     return shipper
+
+
+def _checkpoints(cfg: RunConfig, data: DataDir, log: Log, metrics: Metrics) -> Checkpoints:
+    """The writer of signed checkpoints (off with --checkpoint-every 0 --checkpoint-interval 0),
+    started, sending each to --checkpoint-to if given."""
+    failed = metrics.checkpoint_send_failures.inc
+    anchor = anchor_for(cfg.checkpoint_to, failed) if cfg.checkpoint_to else None
+    checkpoints = Checkpoints(
+        log, signer_for(data), Cadence(cfg.checkpoint_every, cfg.checkpoint_interval), anchor
+    )
+    checkpoints.start()
+    return checkpoints
 
 
 async def _recheck(log: Log, cfg: RunConfig) -> None:
