@@ -22,6 +22,7 @@ from .signing import (
     signed_payload,
 )
 from .states import State
+from .usage import Usage
 from .verify import ChainReport, parse_head
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "UnknownAction",
+    "Usage",
     "checkpoint_record",
     "parse_head",
     "parse_public",

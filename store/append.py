@@ -75,7 +75,7 @@ class Appender:
         if size >= self._max_size:
             raise StoreFull(
                 f"the log at {self.path} is full ({size} bytes, the configured maximum): "
-                "archive it or raise --log-max-size"
+                "make room (--retain, --archive) or raise --log-max-size"
             )
         try:
             self._env.set_mapsize(min(size * 2, self._max_size))

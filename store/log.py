@@ -37,7 +37,9 @@ from .record import Record
 from .recovery import DIR_MODE, FILE_MODE, WriterLock, recover
 from .signing import PublicKey
 from .stored import MAX_NUMBER, in_range
+from .sweep import Swept, sweep_step
 from .upgrade import record_format
+from .usage import Usage, usage
 from .verify import ChainReport, check
 from .verify_recent import check_recent
 from .verify_signed import with_signatures
@@ -64,6 +66,7 @@ class Log:
         self._readonly = readonly
         self._dbs = {name: db for name in DBS if (db := _database(env, name, readonly)) is not None}
         self._appender = Appender(path, env, self._dbs, self.writer_id, max_size)
+        self.max_size = max_size  # the most the log may use (--log-max-size)
         self._writer = Writer(self._appender.commit)
         self._lock = WriterLock(path, self.writer_id)
 
@@ -290,6 +293,33 @@ class Log:
             except lmdb.Error as e:
                 raise StoreError(f"cannot write the log at {self.path}: {e}") from e
         raise StoreError(f"cannot write the log at {self.path}: its map keeps being resized")
+
+    def usage(self) -> Usage:
+        """Bytes in use (pages, not the file's size), the most allowed, entries, and the oldest
+        entry's time: a few statistics and one entry, whatever the log's length."""
+        with self._view() as view:
+            return usage(view.txn, self._dbs, self.max_size)
+
+    def sweep_keys(self) -> Swept:
+        """Delete expired idempotency keys and their stored replies, in short write
+        transactions (store/sweep.py); StoreError if the log cannot be written."""
+        swept = Swept()
+        start: bytes | None = b""
+        while start is not None:
+            for _attempt in range(2):
+                try:
+                    with self._env.begin(write=True) as txn:
+                        going, step = sweep_step(txn, self._dbs, start)
+                    break
+                except lmdb.MapResizedError:
+                    self._env.set_mapsize(0)
+                except lmdb.Error as e:
+                    raise StoreError(f"cannot sweep expired keys in the log at {self.path}: {e}") from e
+            else:
+                raise StoreError(f"cannot write the log at {self.path}: its map keeps being resized")
+            swept.add(step)
+            start = going
+        return swept
 
     def close(self) -> None:
         """Write what is queued, stop the writer and close the environment."""

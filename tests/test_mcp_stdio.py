@@ -255,9 +255,9 @@ def test_arguments_are_logged_redacted_and_capped_but_reach_the_server_whole(set
     assert by_name["creds"]["args"] == redacted
     shown = setup.show(by_name["creds"]["id"])
     assert token not in json.dumps(shown) and password not in json.dumps(shown)
-    assert shown["entries"][0]["data"]["action"]["args"] == redacted
+    assert shown["action"]["args"] == redacted and "args" not in shown["entries"][0]["data"]["action"]
 
-    # The big argument: the listing shows a short excerpt, the intent a capped one.
+    # The big argument: the listing shows its size, the intent a capped copy.
     big_id = next(x["id"] for x in tool_calls(setup) if x["args"].get("truncated"))
     stored = setup.show(big_id)["entries"][0]["data"]["action"]["args"]
     assert stored["truncated"] is True

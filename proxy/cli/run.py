@@ -9,12 +9,15 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
+from proxy.core.records import BodyPolicy
 from proxy.ops.anchor import parse_target
 from proxy.ops.config import (
     ConfigError,
     RunConfig,
     parse_address,
+    parse_body_limit,
     parse_count,
     parse_otlp_endpoint,
     parse_seconds,
@@ -23,6 +26,7 @@ from proxy.ops.config import (
 )
 from proxy.ops.datadir import DataDir
 from proxy.ops.trust import write_bundle
+from rules import Effect
 
 from .args import (
     Commands,
@@ -57,10 +61,12 @@ def add(sub: Commands) -> None:
     agent_arg(run, "agent name recorded on actions (a request may say X-Airlock-Agent)")
     run.add_argument(
         "--body-limit",
-        type=typed(parse_size),
-        default=64 * 1024,
-        metavar="SIZE",
-        help="request body bytes kept in the log; digest always kept (default 64KiB)",
+        type=typed(parse_body_limit),
+        action=BodyLimits,
+        default=BodyPolicy(),
+        metavar="[EFFECT=]SIZE",
+        help="request body bytes kept in the log, for every effect not named or for one effect "
+        "(read, write, destructive; repeatable); size and digest always kept (default 64KiB, read=0)",
     )
     run.add_argument(
         "--log-max-size",
@@ -146,6 +152,21 @@ def add(sub: Commands) -> None:
     rules_poll_arg(mcp, "how often to check the rule files for changes (default 1; 0: never)")
     mcp.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the MCP server to run")
     mcp.set_defaults(func=cmd_mcp)
+
+
+class BodyLimits(argparse.Action):
+    """--body-limit, repeatable: each SIZE or EFFECT=SIZE changes the policy the flags before made."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        value: Any,
+        option: str | None = None,
+    ) -> None:
+        effect, size = value
+        policy: BodyPolicy = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, policy.with_limit(Effect(effect) if effect else None, size))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

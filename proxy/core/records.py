@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from rules import Action, Decision, Ruleset, Verdict, json_of
+from rules import Action, Decision, Effect, Ruleset, Verdict, json_of
 from store import ActionRef, Claim, KeyOutcome, Record, State
 
 from . import redact
 from .redact import Redactor
 
-ARGS_SHOWN = 256  # bytes of a tool call's arguments kept in the action's summary (`airlock log`)
+ARGS_SHOWN = 256  # bytes of arguments (JSON) the summary holds whole (`airlock log`); larger: the intent
 
 
 @dataclass(frozen=True)
 class BodyPolicy:
-    """How much of a body the log keeps; its size and digest are always kept."""
+    """How much of a request body the log keeps, by the action's effect: `limit` bytes unless
+    `effects` names the effect. A read keeps none by default: reads are most of the traffic and
+    their bodies are seldom the evidence. A body's size and digest are always kept."""
 
     limit: int = 64 * 1024
+    effects: tuple[tuple[Effect, int], ...] = ((Effect.READ, 0),)
+
+    def limit_for(self, effect: Effect) -> int:
+        """The bytes of a body kept for an action of this effect."""
+        return dict(self.effects).get(effect, self.limit)
+
+    def with_limit(self, effect: Effect | None, size: int) -> BodyPolicy:
+        """This policy with `size` for one effect, or (no effect) for every effect not named."""
+        if effect is None:
+            return dataclasses.replace(self, limit=size)
+        return dataclasses.replace(self, effects=tuple((dict(self.effects) | {effect: size}).items()))
 
 
 # A token cut by the body limit is still recognised: the kept bytes are redacted with this much
@@ -29,24 +43,30 @@ class BodyPolicy:
 _OVERLAP = 512
 
 
-def body_excerpt(body: bytes | None, policy: BodyPolicy, *, content_type: str = "") -> dict[str, Any]:
-    """Size and SHA-256 of a body as it was sent, and its first `limit` bytes with credentials
-    redacted (as text where it is UTF-8, else base64; `redacted: true` when any were)."""
+def body_excerpt(
+    body: bytes | None, policy: BodyPolicy, *, content_type: str = "", effect: Effect = Effect.WRITE
+) -> dict[str, Any]:
+    """Size and SHA-256 of a body as it was sent, and its first bytes up to the policy's limit
+    for `effect`, credentials redacted (as text where it is UTF-8, else base64; `redacted: true`
+    when any were). With a limit of 0 only the size and digest are kept."""
+    limit = policy.limit_for(effect)
     if body is None:
         return {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
     out: dict[str, Any] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-    if len(body) > policy.limit:
+    if limit == 0:
+        return out | ({"truncated": True} if body else {})
+    if len(body) > limit:
         out["truncated"] = True
         # Not parsed: a body past the limit is redacted as text, by name=value pairs and shapes.
-        seen = body[: policy.limit + _OVERLAP]
+        seen = body[: limit + _OVERLAP]
         cleaned = redact.body(seen, content_type, parsed=_never)
-        kept = cleaned[: policy.limit]
+        kept = cleaned[:limit]
     else:
         seen = body
         cleaned = kept = redact.body(body, content_type, parsed=json_of)
     if cleaned is not seen:
         out["redacted"] = True
-    text = _utf8(kept, cut=len(body) > policy.limit)
+    text = _utf8(kept, cut=len(body) > limit)
     if text is None:
         out["base64"] = base64.b64encode(kept).decode()
     else:
@@ -90,6 +110,11 @@ def intent(
     """
     described = describe(action, redactor=redactor, bodies=bodies)
     url = described["url"]
+    listed: dict[str, Any] = {}
+    if "args" in described:
+        listed["args"], whole = listed_args(described)
+        if whole:
+            del described["args"]  # in the summary, which the entry carries too
     state = State.DENIED if decision.verdict is Verdict.DENY else State.PENDING
     extra: dict[str, Any] = {}
     if replay_of is not None:
@@ -129,7 +154,7 @@ def intent(
             "status": None,
         }
         | {k: described[k] for k in ("upstream", "tool", "operation") if k in described}
-        | ({"args": capped_args(described["args"], ARGS_SHOWN)} if "args" in described else {})
+        | listed
         | extra
         | waits,
     )
@@ -171,14 +196,39 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         "path": redact.text(action.path),
         "effect": action.effect.value,
         "headers": redactor.headers(action.headers),
-        "body": body_excerpt(action.body, bodies, content_type=action.headers.get("content-type", "")),
     }
+    content_type = action.headers.get("content-type", "")
+    if _args_carried(action):
+        # The message's arguments are kept once, parsed (`args`): the body only by size and digest.
+        described["body"] = body_excerpt(action.body, BodyPolicy(0)) | {"kept_as": "args"}
+    else:
+        described["body"] = body_excerpt(action.body, bodies, content_type=content_type, effect=action.effect)
     for optional in ("upstream", "service", "operation", "tool", "configured_agent", "body_problem"):
         if (value := getattr(action, optional)) is not None:
             described[optional] = value
     if action.args is not None:
-        described["args"] = capped_args(redactor.args(action.args), bodies.limit)
+        # Never fewer bytes than the listing shows, whatever the effect's body limit.
+        limit = max(bodies.limit_for(action.effect), ARGS_SHOWN)
+        described["args"] = capped_args(redactor.args(action.args), limit)
     return described
+
+
+def _args_carried(action: Action) -> bool:
+    """True when an MCP message's arguments were parsed from its body (not replaced by a note
+    saying why they could not be logged)."""
+    return action.protocol == "mcp" and action.args is not None and not isinstance(action.args, str)
+
+
+def listed_args(described: dict[str, Any]) -> tuple[Any, bool]:
+    """The arguments the action's listing shows, and whether they are all of them: whole when
+    their JSON fits in ARGS_SHOWN bytes (the intent's data then leaves them out, so they are
+    stored once), else their size only (the intent's data holds them)."""
+    args = described["args"]
+    encoded = json.dumps(args, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(encoded) <= ARGS_SHOWN:  # capped arguments never are: they keep ARGS_SHOWN bytes and more
+        return args, True
+    capped = isinstance(args, dict) and args.get("truncated") is True and isinstance(args.get("size"), int)
+    return {"truncated": True, "size": args["size"] if capped else len(encoded)}, False
 
 
 def capped_args(args: Any, limit: int) -> Any:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from proxy.core.records import BodyPolicy
 from rules import default_path
 
 DEFAULT_DATA = "./airlock-data"
@@ -66,7 +67,7 @@ class RunConfig:
     rules: Path = field(default_factory=default_path)
     upstreams: tuple[Upstream, ...] = ()
     agent: str = "agent"
-    body_limit: int = 64 * 1024
+    body_limit: BodyPolicy = field(default_factory=BodyPolicy)  # request body bytes kept, by effect
     log_max_size: int = 64 << 30
     upstream_ca: Path | None = None
     rules_poll: float = 1.0  # seconds between checks of the rule files; 0 turns the watcher off
@@ -179,6 +180,25 @@ def parse_time(text: str, now: float | None = None) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+EFFECTS = ("read", "write", "destructive")
+
+
+def parse_body_limit(text: str) -> tuple[str | None, int]:
+    """SIZE (every effect not named) or EFFECT=SIZE (read, write, destructive): 64KiB, read=0."""
+    effect, eq, size = text.rpartition("=")
+    if eq and effect.strip() not in EFFECTS:
+        raise ConfigError(
+            f"{text!r}: {effect.strip()!r} is not an effect; give SIZE or EFFECT=SIZE with EFFECT one of "
+            f"{', '.join(EFFECTS)} (e.g. read=0, destructive=1MiB)"
+        )
+    try:
+        return (effect.strip() if eq else None), parse_size(size)
+    except ConfigError:
+        raise ConfigError(
+            f"{text!r} is not SIZE or EFFECT=SIZE (e.g. 64KiB, read=0, destructive=1MiB)"
+        ) from None
 
 
 def parse_seconds(text: str) -> float:

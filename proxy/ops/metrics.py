@@ -20,7 +20,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from proxy.core.reload import RulesReloader
-from store import Entry, Log, State, StoreError
+from store import Entry, Log, State, StoreError, Usage
+
+from .logroom import NEARLY_FULL, nearly_full
 
 if TYPE_CHECKING:
     from .shipping import Shipper  # loads OpenTelemetry: only when the log is shipped
@@ -139,6 +141,7 @@ class _Scraped(Collector):
             yield GaugeMetricFamily(
                 "airlock_checkpoint_age_seconds", "Seconds since the last signed checkpoint was written", age
             )
+        yield from _room(self.log.usage())
         yield CounterMetricFamily(
             "airlock_rules_reloads", "Rule reloads that put new rules in force", self.reloader.reloads
         )
@@ -147,6 +150,24 @@ class _Scraped(Collector):
             "Rule reloads refused (invalid files: the previous rules stayed)",
             self.reloader.failures,
         )
+
+
+def _room(usage: Usage) -> Iterator[Metric]:
+    """The log's size and room (store/usage.py: a few statistics, whatever the log's length)."""
+    yield GaugeMetricFamily(
+        "airlock_log_size_bytes", "Bytes of the log in use (its pages, not the file)", usage.used_bytes
+    )
+    yield GaugeMetricFamily("airlock_log_max_bytes", "The log's limit (--log-max-size)", usage.max_bytes)
+    yield GaugeMetricFamily("airlock_log_entries", "Entries the log holds", usage.entries)
+    age = max(time.time() - usage.oldest_ts, 0.0) if usage.oldest_ts is not None else 0.0
+    yield GaugeMetricFamily(
+        "airlock_log_oldest_entry_age_seconds", "Age of the oldest entry the log holds", age
+    )
+    yield GaugeMetricFamily(
+        "airlock_log_nearly_full",
+        f"1 while the log uses {int(NEARLY_FULL * 100)}% of --log-max-size or more, else 0",
+        int(nearly_full(usage)),
+    )
 
 
 def _frozen(log: Log) -> int:

@@ -1,7 +1,8 @@
 """Upkeep: the log's periodic chores (sweeping expired keys, watching the disk, pruning), run
 on one background thread so that nothing whose cost grows with the log runs on the event loop.
 
-Each job runs every `seconds`, first one period after `start()`. A job that raises is logged and
+Each job runs every `seconds`, the first time one period after it is registered (or sooner,
+if it asks). A job that raises is logged and
 runs again at its next time; it never stops the thread nor the other jobs. Jobs run one after
 another, never two at once, so a job that is slow delays the others rather than racing them.
 """
@@ -43,12 +44,17 @@ class Upkeep:
         with self._lock:
             return [job.name for job in self._jobs]
 
-    def every(self, name: str, seconds: float, fn: Callable[[], object]) -> None:
-        """Run `fn` every `seconds` (first one period from now), on the upkeep thread."""
+    def every(
+        self, name: str, seconds: float, fn: Callable[[], object], *, first: float | None = None
+    ) -> None:
+        """Run `fn` every `seconds` on the upkeep thread, the first time `first` seconds from
+        now (default: one period)."""
         if seconds <= 0:
             raise ValueError(f"upkeep job {name!r}: its period must be positive, not {seconds}")
         with self._lock:
-            self._jobs.append(Job(name, seconds, fn, time.monotonic() + seconds))
+            self._jobs.append(
+                Job(name, seconds, fn, time.monotonic() + (seconds if first is None else first))
+            )
         self._wake.set()
 
     def start(self) -> None:

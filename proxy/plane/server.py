@@ -21,7 +21,6 @@ from mitmproxy.addons import (
 from mitmproxy.proxy.mode_specs import ProxyMode
 
 from proxy.core.recheck import recheck_in_doubt
-from proxy.core.records import BodyPolicy
 from proxy.core.reload import RulesReloader
 from proxy.errors import StartupError
 from proxy.ops.anchor import anchor_for
@@ -29,10 +28,11 @@ from proxy.ops.checkpoints import Cadence, Checkpoints, signer_for
 from proxy.ops.config import Address, RunConfig
 from proxy.ops.control import METRICS, make_app
 from proxy.ops.datadir import DataDir
+from proxy.ops.logroom import CHECK_SECONDS, LogRoom, full_at_start
 from proxy.ops.metrics import Metrics
 from proxy.ops.upkeep import Upkeep
 from rules import Ruleset
-from store import Log
+from store import Log, StoreFull
 
 from .basepaths import BasePaths
 from .ca import ensure_ca, install_ca
@@ -120,7 +120,7 @@ def build(cfg: RunConfig, data: DataDir, log: Log, ruleset: Ruleset) -> tuple[ma
         log,
         ruleset,
         agent=cfg.agent,
-        bodies=BodyPolicy(cfg.body_limit),
+        bodies=cfg.body_limit,
         upstreams=named,
         reads_pass_unlogged=cfg.reads_when_log_down == "pass",
     )
@@ -143,7 +143,14 @@ async def serve(cfg: RunConfig) -> None:
     ensure_ca(data.ca)
     token = data.control_token(cfg.control_token)
     log = Log.open(data.log, max_size=cfg.log_max_size)
-    log.start()
+    try:
+        log.start()
+    except StoreFull as e:
+        log.close()
+        raise StartupError(full_at_start(log)) from e
+    if log.usage().used_fraction >= 1.0:  # over its limit (a smaller --log-max-size than before)
+        log.close()
+        raise StartupError(full_at_start(log))
     chores = upkeep(cfg, log)
     try:
         m, gate = build(cfg, data, log, ruleset)
@@ -159,7 +166,10 @@ async def serve(cfg: RunConfig) -> None:
         finally:
             mitm_log.setLevel(level)
         reloader = RulesReloader(cfg.rules, log, gate.use_rules, ruleset)
-        await reloader.record("start")
+        try:
+            await reloader.record("start")
+        except StoreFull as e:
+            raise StartupError(full_at_start(log)) from e
         app = make_app(log, token, reloader)
         gate.admission.decided = app[METRICS].decided
         runner = web.AppRunner(app, access_log=None)
@@ -216,7 +226,39 @@ async def serve(cfg: RunConfig) -> None:
 def upkeep(cfg: RunConfig, log: Log) -> Upkeep:
     """The log's chores this process runs on the upkeep thread (proxy/ops/upkeep.py)."""
     chores = Upkeep()
+    chores.every("sweep expired idempotency keys", SWEEP_SECONDS, lambda: _sweep(log), first=0)
+    room = LogRoom(log)
+    room.check()  # at once: a log already nearly full is said at start
+    chores.every("watch the log's room", CHECK_SECONDS, room.check)
     return chores
+
+
+SWEEP_SECONDS = 60.0  # how often expired idempotency keys are deleted
+
+
+def _sweep(log: Log) -> None:
+    swept = log.sweep_keys()
+    if swept.keys:
+        logger.info("airlock: deleted %d expired idempotency key(s) and their replies", swept.keys)
+
+
+def _retainer(cfg: RunConfig, data: DataDir, log: Log, chores: Upkeep) -> Retainer | None:
+    """With --retain or --retain-size, retention as one of the upkeep chores: signed with the
+    data dir's key, archiving to --archive, never past what the collector has yet to ship."""
+    policy = Retention(max_age=cfg.retain, max_bytes=cfg.retain_size)
+    if not policy.active:
+        return None
+    floor = None
+    if cfg.otlp_endpoint is not None:
+        from proxy.ops.shipping import CURSOR  # OpenTelemetry loads only when the log is shipped
+
+        floor = shipped_floor(log, CURSOR)
+    signer = signer_for(data)
+    retainer = Retainer(log, policy, archive=cfg.archive, sign=signer.sign, floor=floor or (lambda: None))
+    # A short retention is looked after more often (a quarter of it, at least every half second).
+    every = min(RETAIN_SECONDS, max(cfg.retain / 4, 0.5)) if cfg.retain is not None else RETAIN_SECONDS
+    chores.every("prune the log", every, retainer.run, first=0)
+    return retainer
 
 
 def _shipper(cfg: RunConfig, log: Log, metrics: Metrics) -> Shipper | None:
