@@ -190,10 +190,11 @@ async def show_action(request: web.Request) -> web.Response:
     action_id = _action_id(request)
 
     def read() -> tuple[dict[str, object] | None, list[dict[str, object]]]:
-        index = log.action(action_id)
-        if index is None:
+        # Its entries, each checked to be sealed and linked to its neighbours (as `airlock show`).
+        found = log.action_entries(action_id)
+        if found is None:
             return None, []
-        return index, [e.as_dict() for seq in index["entries"] if (e := log.entry(seq)) is not None]
+        return found[0], [e.as_dict() for e in found[1]]
 
     index, entries = await asyncio.to_thread(read)
     if index is None:
