@@ -30,9 +30,13 @@ _NEEDLES = tuple(b'"kind":"' + kind.encode() + b'"' for kind in sorted(SIGNED_KI
 def check_signed(txn: lmdb.Transaction, dbs: dict[bytes, Any], key: Ed25519PublicKey | None) -> int:
     """Raise Bad at the first signed entry whose signature `key` did not make (when a key is
     given), or when the checkpoint record does not name the last checkpoint; return how many
-    signed entries there are."""
+    signed entries it read (without a key, only those from the checkpoint the record names on:
+    the chain check vouches for the rest)."""
     signed, head, last_checkpoint = 0, 0, None
-    for raw_key, value in txn.cursor(db=dbs[b"entries"]):
+    cur = txn.cursor(db=dbs[b"entries"])
+    start = _recorded(txn, dbs) if key is None else None
+    found = cur.set_range(seq_key(start)) if start is not None and _holds(txn, dbs, start) else cur.first()
+    for raw_key, value in cur if found else ():
         head = int.from_bytes(as_bytes(raw_key), "big")
         raw = as_bytes(value)
         if not any(needle in raw for needle in _NEEDLES):
@@ -68,11 +72,15 @@ def check_signature(entry: Entry, key: Ed25519PublicKey) -> None:
     raise Bad(f"{what} has a signature the key given did not make: the entry was altered", entry.seq)
 
 
-def _check_hint(txn: lmdb.Transaction, dbs: dict[bytes, Any], last_checkpoint: int | None, head: int) -> None:
+def _recorded(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> int | None:
     try:
-        recorded = hint(txn, dbs)
+        return hint(txn, dbs)
     except Altered as e:
         raise Bad(f"meta: {e.what}") from None
+
+
+def _check_hint(txn: lmdb.Transaction, dbs: dict[bytes, Any], last_checkpoint: int | None, head: int) -> None:
+    recorded = _recorded(txn, dbs)
     if recorded == last_checkpoint:
         return
     if (
