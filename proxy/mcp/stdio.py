@@ -27,6 +27,8 @@ from proxy.core.records import BodyPolicy
 from proxy.core.reload import RulesReloader
 from proxy.errors import StartupError
 from proxy.ops.datadir import DataDir
+from proxy.ops.keysweep import schedule_sweep
+from proxy.ops.upkeep import Upkeep
 from rules import Action, Effect, Ruleset
 from store import Log
 
@@ -175,6 +177,9 @@ async def serve_stdio(cfg: StdioConfig) -> int:
     ruleset = Ruleset.load(cfg.rules)
     log = Log.open(data.log)
     log.start()
+    chores = Upkeep()
+    schedule_sweep(chores, log)  # its keys expire too when no proxy shares the log
+    chores.start()
     try:
         admission = Admission(log, ruleset, bodies=BodyPolicy(cfg.body_limit), policy=DedupPolicy())
         reloader = RulesReloader(cfg.rules, log, admission.use_rules, ruleset)
@@ -209,6 +214,7 @@ async def serve_stdio(cfg: StdioConfig) -> int:
             await asyncio.gather(*tasks, return_exceptions=True)
         return code if code >= 0 else 128 - code
     finally:
+        chores.stop()  # before the log closes: the sweep writes it
         log.close()
 
 

@@ -2,9 +2,9 @@
 on one background thread so that nothing whose cost grows with the log runs on the event loop.
 
 Each job runs every `seconds`, the first time one period after it is registered (or sooner,
-if it asks). A job that raises is logged and
-runs again at its next time; it never stops the thread nor the other jobs. Jobs run one after
-another, never two at once, so a job that is slow delays the others rather than racing them.
+if it asks). A job that raises is logged and runs again at its next time; it never stops the
+thread nor the other jobs. Jobs run one after another, never two at once, so a job that is
+slow delays the others rather than racing them.
 """
 
 from __future__ import annotations

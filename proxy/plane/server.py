@@ -28,6 +28,7 @@ from proxy.ops.checkpoints import Cadence, Checkpoints, signer_for
 from proxy.ops.config import Address, RunConfig
 from proxy.ops.control import METRICS, make_app
 from proxy.ops.datadir import DataDir
+from proxy.ops.keysweep import schedule_sweep
 from proxy.ops.logroom import CHECK_SECONDS, LogRoom, full_at_start
 from proxy.ops.metrics import Metrics
 from proxy.ops.upkeep import Upkeep
@@ -226,20 +227,11 @@ async def serve(cfg: RunConfig) -> None:
 def upkeep(cfg: RunConfig, log: Log) -> Upkeep:
     """The log's chores this process runs on the upkeep thread (proxy/ops/upkeep.py)."""
     chores = Upkeep()
-    chores.every("sweep expired idempotency keys", SWEEP_SECONDS, lambda: _sweep(log), first=0)
+    schedule_sweep(chores, log)
     room = LogRoom(log)
     room.check()  # at once: a log already nearly full is said at start
     chores.every("watch the log's room", CHECK_SECONDS, room.check)
     return chores
-
-
-SWEEP_SECONDS = 60.0  # how often expired idempotency keys are deleted
-
-
-def _sweep(log: Log) -> None:
-    swept = log.sweep_keys()
-    if swept.keys:
-        logger.info("airlock: deleted %d expired idempotency key(s) and their replies", swept.keys)
 
 
 def _retainer(cfg: RunConfig, data: DataDir, log: Log, chores: Upkeep) -> Retainer | None:
