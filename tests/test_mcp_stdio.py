@@ -248,7 +248,7 @@ def test_arguments_are_logged_redacted_and_capped_but_reach_the_server_whole(set
     assert text_of(large) == f"wrote big: text {len(big)}, api_token 0, password 0"
     assert setup.effect_lines() == ["write creds", "write big"]
 
-    log_text = setup.cli("log", "--json")
+    log_text = setup.cli("log", "--json", "--all")
     assert token not in log_text and password not in log_text
     by_name = {x["args"].get("name"): x for x in tool_calls(setup) if "name" in x["args"]}
     redacted = {"name": "creds", "text": "short", "api_token": "[redacted]", "password": "[redacted]"}

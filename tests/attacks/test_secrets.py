@@ -96,7 +96,7 @@ def log_bytes(a: Airlock) -> bytes:
     """Everything a reader of the log can see: the whole LMDB file, `airlock log --json`, and
     `airlock show ID --json` of every action."""
     raw = (a.data / "log" / "data.mdb").read_bytes()
-    listing = a.cli("log", "--json").stdout
+    listing = a.cli("log", "--json", "--all").stdout
     shown = "".join(a.cli("show", str(x["id"]), "--json").stdout for x in a.log())
     return raw + listing.encode() + shown.encode()
 
@@ -484,7 +484,7 @@ def test_a_keyed_reply_is_replayed_verbatim_but_shown_redacted(a: Airlock, upstr
         raw = b"".join(bytes(v) for n in shown_dbs for _, v in txn.cursor(env.open_db(n, txn=txn)))
     env.close()
     assert b"upstream-secret-cookie" not in raw
-    listing = a.cli("log", "--json").stdout + "".join(
+    listing = a.cli("log", "--json", "--all").stdout + "".join(
         a.cli("show", str(x["id"]), "--json").stdout for x in a.log()
     )
     assert "upstream-secret-cookie" not in listing

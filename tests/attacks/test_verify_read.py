@@ -209,7 +209,7 @@ def test_a_steering_client_token_gets_no_read_and_cannot_free_its_key(
     assert again.status_code == 409 and again.json()["error"] == "idempotency_in_doubt"
     assert len(upstream.effects("POST")) == before
     # The operator's token reached the upstream, never the log.
-    everything = proxy.cli("log", "--json").stdout + "".join(
+    everything = proxy.cli("log", "--json", "--all").stdout + "".join(
         proxy.cli("show", str(i), "--json").stdout for i in ids.values()
     )
     assert OPERATOR_TOKEN not in everything

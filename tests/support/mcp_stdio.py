@@ -97,7 +97,7 @@ class Setup:
 
     def log(self) -> list[dict[str, Any]]:
         """`airlock log --json`: every action, oldest first."""
-        return [json.loads(line) for line in self.cli("log", "--json").splitlines()]
+        return [json.loads(line) for line in self.cli("log", "--json", "--all").splitlines()]
 
     def show(self, action_id: int) -> dict[str, Any]:
         """`airlock show ID --json`: the action and every entry about it."""
