@@ -9,6 +9,8 @@ from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAc
 from .freeze import FreezeState, Frozen
 from .keys import Claim, KeyOutcome, KeyTaken
 from .log import Log
+from .prune import Retention, removed_bytes
+from .pruned import Pruned
 from .query import Query
 from .record import ActionRef, Record
 from .signing import (
@@ -24,12 +26,14 @@ from .signing import (
 from .states import State
 from .usage import Usage
 from .verify import ChainReport, parse_head
+from .verify_archive import ArchiveReport, check_archive
 
 __all__ = [
     "KEY_FILE",
     "SIGNATURE",
     "ActionRef",
     "Altered",
+    "ArchiveReport",
     "ChainReport",
     "Claim",
     "Entry",
@@ -39,9 +43,11 @@ __all__ = [
     "KeyTaken",
     "Log",
     "NoLog",
+    "Pruned",
     "PublicKey",
     "Query",
     "Record",
+    "Retention",
     "Signer",
     "State",
     "StateError",
@@ -49,10 +55,12 @@ __all__ = [
     "StoreFull",
     "UnknownAction",
     "Usage",
+    "check_archive",
     "checkpoint_record",
     "parse_head",
     "parse_public",
     "public_text",
+    "removed_bytes",
     "signature_ok",
     "signed_payload",
 ]

@@ -183,6 +183,8 @@ class Appender:
                 assert record.key_outcome is not None
                 keyrec.keep_or_release(txn, self._dbs, index["key"], entry, record.key_outcome.reply)
             txn.put(seq_key(action_id), orjson.dumps(index), db=actions_db)
+        if record.then is not None:
+            record.then(view, entry)
         return entry
 
     def _body(

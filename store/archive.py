@@ -83,7 +83,7 @@ def write(directory: Path, view: View, first: int, end: int) -> Segment:
         fd = os.open(making, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, FILE_MODE)
         with os.fdopen(fd, "wb") as out:
             tee = _Hashing(out, digest)
-            with gzip.GzipFile(fileobj=tee, mode="wb", mtime=0) as packed:  # type: ignore[arg-type]
+            with gzip.GzipFile(fileobj=tee, mode="wb", mtime=0) as packed:
                 expected = first
                 cur = view.txn.cursor(db=view.dbs[b"entries"])
                 if cur.set_range(seq_key(first)):

@@ -161,7 +161,11 @@ def _intact(view: View, seq: Any, what: str, tip: tuple[int, str]) -> Entry:
     if entry is None:
         raise Altered(f"{what} names entry {seq}, which is missing")
     after = view.entry(seq + 1)
-    linked = after.prev == entry.hash if after is not None else tip == (seq, entry.hash)
+    if after is not None:
+        linked = after.prev == entry.hash
+    else:
+        # The last entry, or one a prune kept (its entry vouches for its hash) with the next gone.
+        linked = tip == (seq, entry.hash) or view.pruned().islands.get(seq) == entry.hash
     if not linked:
         raise Altered(f"entry {seq} no longer links into the chain")
     return entry

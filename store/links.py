@@ -30,3 +30,7 @@ def linked(view: View, entries: list[Entry]) -> None:
             head = view.head()[0]
             if head <= entry.seq:
                 raise Altered(f"entry {entry.seq} is not the log's head, which records entry {head}")
+            kept = view.pruned()
+            if entry.seq < kept.start and kept.islands.get(entry.seq) != entry.hash:
+                # Below where the pruned log starts: only the prune entry vouches for it.
+                raise Altered(f"entry {entry.seq} is not an entry the last prune (entry {kept.entry}) kept")

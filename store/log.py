@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
-from . import attrs, checkpoints, freeze
+from . import archive as archived
+from . import attrs, checkpoints, freeze, prune
 from . import keys as keyrec
 from .append import Appender
 from .chain import canonical
@@ -31,6 +32,8 @@ from .entry import Entry
 from .errors import Altered, NoLog, StoreError
 from .freeze import FreezeState
 from .links import linked
+from .prune import Retention
+from .pruned import Pruned
 from .query import Query
 from .query import newest as query_newest
 from .record import Record
@@ -320,6 +323,45 @@ class Log:
             swept.add(step)
             start = going
         return swept
+
+    def pruned(self) -> Pruned:
+        """Where the log starts, as its last prune left it (`NEVER` if it was never pruned)."""
+        with self._view() as view:
+            return view.pruned()
+
+    def prune(
+        self,
+        policy: Retention,
+        *,
+        archive: Path | None = None,
+        floor: int | None = None,
+        sign: Callable[[bytes], str] | None = None,
+        now: float | None = None,
+    ) -> Entry | None:
+        """One small step of retention, from a thread that may block: remove the oldest closed
+        actions `policy` lets go (never past entry `floor`), writing them first to a segment
+        under `archive` if given; return the signed prune entry, or None when there was
+        nothing to prune. Call it again until it returns None."""
+        if not self.writing:
+            raise StoreError("the log writer is not running")
+        now = time.time() if now is None else now
+        with self._view() as view:
+            used = usage(view.txn, self._dbs, self.max_size).used_bytes
+            cut = prune.choose(view, policy, used, now, floor)
+            if cut is None:
+                return None
+            segment = archived.write(archive, view, cut.begin, cut.end) if archive is not None else None
+
+        def step(view: View) -> list[Record]:
+            found = prune.record(view, cut, now, sign, segment)
+            return [found] if found is not None else []
+
+        results = self._appender.commit(step)
+        if not results:
+            return None
+        if isinstance(results[0], StoreError):
+            raise results[0]
+        return results[0]
 
     def close(self) -> None:
         """Write what is queued, stop the writer and close the environment."""

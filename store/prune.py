@@ -4,9 +4,10 @@ A step takes the entries from where the log starts now up to a cut, at most STEP
 removes every one that belongs to an action that is closed (committed, failed, denied, aborted,
 replayed, fenced), has all its entries below the cut and holds no live idempotency key, with the
 action's index records and its spent key; the entries about no action go too, but for the
-freeze in force. Everything else below the cut stays, as an island the prune entry lists with
-its hash. The deletions and the prune entry share one write transaction (Record.then), so a
-step is whole or absent, and each step is small enough not to stall the writer for long.
+freeze in force and the last checkpoint. Everything else below the cut stays, as an island the
+prune entry lists with its hash. The deletions and the prune entry share one write transaction
+(Record.then), so a step is whole or absent, and each step is small enough not to stall the
+writer for long.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from . import attrs, freeze, pruned
+from . import attrs, checkpoints, freeze, pruned
 from .archive import Segment
 from .chain import unseal
 from .entry import Entry
@@ -58,11 +59,11 @@ class Cut:
 def choose(view: View, policy: Retention, used: int, now: float, floor: int | None = None) -> Cut | None:
     """The next step's cut, or None when the policy keeps everything there is: entries older
     than the age limit go, and while more than `max_bytes` are in use the oldest go whatever
-    their age. Never past the head, nor past `floor` (the first entry something still needs,
+    their age. Never past `floor` (the first entry something still needs,
     such as an export that has not shipped it)."""
     begin = pruned.current(view.txn, view.dbs).start
     head = view.head()[0]
-    limit = min(begin + STEP, head)
+    limit = min(begin + STEP, head + 1)
     if floor is not None:
         limit = min(limit, floor)
     if limit <= begin:
@@ -119,7 +120,8 @@ def plan(view: View, cut: Cut, now: float) -> Step | None:
     before = pruned.current(view.txn, view.dbs)
     if before.start != cut.begin:
         return None
-    in_force = freeze.recorded(view.txn, view.dbs[b"meta"])
+    # Entries about no action that stay: the freeze in force and the last checkpoint.
+    in_force = {freeze.recorded(view.txn, view.dbs[b"meta"]), checkpoints.hint(view.txn, view.dbs)}
     seen: dict[int, tuple[Entry, int]] = {}
     for seq in sorted(before.islands):
         raw = view.txn.get(seq_key(seq), db=view.dbs[b"entries"])
@@ -144,7 +146,7 @@ def plan(view: View, cut: Cut, now: float) -> Step | None:
     removed: list[int] = []
     size = 0
     for seq, (entry, stored) in sorted(seen.items()):
-        keep = closed[entry.action] is None if entry.action is not None else seq == in_force
+        keep = closed[entry.action] is None if entry.action is not None else seq in in_force
         if keep:
             islands[seq] = entry.hash
         else:

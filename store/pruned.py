@@ -52,10 +52,14 @@ class Pruned:
         start, first, since = data.get("start"), data.get("first_action"), data.get("format_since")
         continues, islands = data.get("continues"), data.get("islands")
         actions = data.get("island_actions")
-        if not (_number(start) and _number(first) and (since is None or _number(since))):
+        if not (isinstance(start, int) and isinstance(first, int) and _number(start) and _number(first)):
             raise ValueError(f"prune entry {entry.seq} has a malformed start or first action")
-        if not _digest(continues) or not isinstance(islands, dict) or not isinstance(actions, list):
-            raise ValueError(f"prune entry {entry.seq} has a malformed chain link or island list")
+        if since is not None and not (isinstance(since, int) and _number(since)):
+            raise ValueError(f"prune entry {entry.seq} has a malformed format start")
+        if not isinstance(continues, str) or not _digest(continues):
+            raise ValueError(f"prune entry {entry.seq} has a malformed chain link")
+        if not isinstance(islands, dict) or not isinstance(actions, list):
+            raise ValueError(f"prune entry {entry.seq} has a malformed list of what it kept")
         kept: dict[int, str] = {}
         for seq, digest in islands.items():
             if not seq.isdigit() or not _digest(digest) or not 1 <= int(seq) < start:
@@ -63,7 +67,7 @@ class Pruned:
             kept[int(seq)] = digest
         if not all(_number(a) and a < first for a in actions):
             raise ValueError(f"prune entry {entry.seq} lists a malformed kept action")
-        if start >= entry.seq:
+        if start > entry.seq:
             raise ValueError(f"prune entry {entry.seq} says the log starts after it, at {start}")
         return cls(entry.seq, start, continues, first, kept, frozenset(actions), since)
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError, UnknownAction
 from .keys import MAX_KEY_BYTES, Claim, KeyOutcome
 from .states import State
 from .stored import in_range
+
+if TYPE_CHECKING:
+    from .entry import Entry
+    from .view import View
 
 
 @dataclass
@@ -29,7 +33,9 @@ class Record:
     that state now (else StateError); `key_outcome` keeps or releases the action's key;
     `unless_frozen` writes it only while the log is not frozen (else Frozen); `sign` signs the
     entry in the transaction that writes it (store/signing.py: the signature covers its seq,
-    the hash before it, its kind and data) and the signature is kept in its data."""
+    the hash before it, its kind and data) and the signature is kept in its data; `then` makes
+    further changes in the transaction that writes the entry, once it is written (a prune's
+    deletions): if it raises, neither the entry nor the changes are kept."""
 
     kind: str
     action: ActionRef | None = None
@@ -42,6 +48,7 @@ class Record:
     key_outcome: KeyOutcome | None = None
     unless_frozen: bool = False
     sign: Callable[[bytes], str] | None = None
+    then: Callable[[View, Entry], None] | None = None
 
     def check(self) -> None:
         """Refuse a record that cannot be written, before it joins a transaction."""

@@ -26,9 +26,11 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import formats, freeze
+from . import formats, freeze, pruned
 from .chain import GENESIS, link, unseal
 from .entry import Entry
+from .errors import Altered
+from .pruned import PRUNE, Pruned
 from .stored import as_bytes, seq_key
 from .verify_indexes import Bad, ChainFacts, check_indexes
 
@@ -47,6 +49,8 @@ class ChainReport:
     unchecked: int = 0  # actions an older airlock wrote: their summary fields are in no entry
     signed: int = 0  # signed entries (checkpoints, prunes) whose signatures were checked
     since: int = 0  # the checkpoint a check of only the recent entries started from
+    start: int = 1  # where the chain checked starts (after retention pruned what came before)
+    kept: int = 0  # entries below `start` that the last prune kept
 
     @property
     def ok(self) -> bool:
@@ -58,6 +62,9 @@ def check(txn: lmdb.Transaction, dbs: dict[bytes, Any], expect: tuple[int, str] 
     """Check the chain, the expected head if given, then every index; the first problem wins."""
     chain = ChainFacts()
     try:
+        chain.pruned = _pruned(txn, dbs)
+        chain.opened = chain.pruned.first_action - 1
+        chain.since = chain.pruned.format_since
         _entries(txn, dbs, chain)
         if expect is not None:
             _expected(txn, dbs, expect, chain)
@@ -65,13 +72,28 @@ def check(txn: lmdb.Transaction, dbs: dict[bytes, Any], expect: tuple[int, str] 
         check_indexes(txn, dbs, chain)
     except Bad as bad:
         return ChainReport(chain.checked, bad.seq, bad.reason, *chain.head, failed=True)
-    return ChainReport(chain.checked, None, "", *chain.head, unchecked=chain.unchecked)
+    return ChainReport(
+        chain.checked,
+        None,
+        "",
+        *chain.head,
+        unchecked=chain.unchecked,
+        start=chain.pruned.start,
+        kept=len(chain.pruned.islands),
+    )
 
 
 def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) -> None:
-    prev, expected = GENESIS, 1
+    kept = chain.pruned
+    prev, expected = kept.continues, kept.start
+    islands: set[int] = set()
+    last_prune = 0
     for key, value in txn.cursor(db=dbs[b"entries"]):
         seq, raw = int.from_bytes(as_bytes(key), "big"), as_bytes(value)
+        if seq < kept.start:
+            _island(seq, raw, chain)
+            islands.add(seq)
+            continue
         if seq != expected:
             raise Bad(f"entry {expected} is missing (found {seq})", expected)
         # Entries about actions are parsed in full when their action is checked against them.
@@ -88,7 +110,11 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
                 chain.opened += 1
             elif not 1 <= action <= chain.opened:
                 raise Bad(f"entry {seq} names action {action}, which no earlier entry opened", seq)
+            elif not kept.keeps_action(action):
+                raise Bad(f"entry {seq} names action {action}, which prune entry {kept.entry} removed", seq)
             chain.about_actions += 1
+        elif fields.get("kind") == PRUNE:
+            last_prune = seq
         elif freeze.changes_freeze(fields):
             chain.frozen = freeze.after(chain.frozen, fields)
         if upgrade:
@@ -96,10 +122,16 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
                 raise Bad(
                     f"entry {seq} records a second format upgrade (the first is entry {chain.since})", seq
                 )
-            chain.since, chain.legacy_actions = seq, chain.opened
+            chain.since = seq
         prev, expected = digest, expected + 1
         chain.checked += 1
         chain.head = (seq, digest)
+    if islands != set(kept.islands):
+        lost = min(set(kept.islands) - islands)
+        raise Bad(f"entry {lost}, which prune entry {kept.entry} kept, is missing", lost)
+    if last_prune != kept.entry:
+        said = f"entry {kept.entry}" if kept.entry else "none"
+        raise Bad(f"meta: the pruned record names {said}, but the last prune entry is {last_prune or 'none'}")
     head_seq, head_hash = _recorded_head(txn, dbs)
     if (head_seq, head_hash) != chain.head:
         raise Bad(
@@ -107,6 +139,43 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
             f"entry {head_seq} (hash {head_hash[:12]})",
             expected,
         )
+
+
+def _pruned(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> Pruned:
+    """What the last prune left, from the entry the meta record names (checked to be the
+    chain's last prune entry when the pass reaches it)."""
+    try:
+        kept = pruned.current(txn, dbs)
+    except Altered as e:
+        raise Bad(f"meta: {e.what}") from None
+    stored = txn.get(seq_key(kept.entry), db=dbs[b"entries"]) if kept.entry else None
+    if stored is not None and not Entry.sealed(as_bytes(stored)):
+        raise Bad(f"entry {kept.entry} was altered: its hash does not match its contents", kept.entry)
+    return kept
+
+
+def _island(seq: int, raw: bytes, chain: ChainFacts) -> None:
+    """An entry below where the pruned log starts: one the last prune kept, unchanged."""
+    kept = chain.pruned
+    if seq not in kept.islands:
+        raise Bad(
+            f"entry {seq} is below where the log starts (entry {kept.start}) and prune entry "
+            f"{kept.entry} did not keep it",
+            seq,
+        )
+    action, claimed_seq, upgrade, fields = _action_of(seq, raw)
+    _, digest, body = unseal(raw)
+    if link(unseal(raw)[0], body) != digest or digest != kept.islands[seq] or claimed_seq != seq:
+        raise Bad(f"entry {seq} was altered: it is not the entry prune entry {kept.entry} kept", seq)
+    if action is not None:
+        if action not in kept.island_actions:
+            raise Bad(f"entry {seq} names action {action}, which prune entry {kept.entry} did not keep", seq)
+        chain.about_actions += 1
+    elif freeze.changes_freeze(fields):
+        chain.frozen = freeze.after(chain.frozen, fields)
+    if upgrade:
+        chain.since = seq
+    chain.checked += 1
 
 
 def _action_of(seq: int, raw: bytes) -> tuple[int | None, Any, bool, dict[str, Any]]:
@@ -170,6 +239,12 @@ def _expected(
 ) -> None:
     seq, digest = expect
     raw = txn.get(seq_key(seq), db=dbs[b"entries"]) if 1 <= seq < 1 << 64 else None
+    if raw is None and seq < chain.pruned.start:
+        raise Bad(
+            f"entry {seq} (hash {digest[:12]}) that was expected was pruned: the log starts at entry "
+            f"{chain.pruned.start}; check it in the archive, or expect a later head",
+            seq,
+        )
     if raw is None:
         raise Bad(
             f"the log no longer holds entry {seq} (hash {digest[:12]}) that was expected: it ends at entry "

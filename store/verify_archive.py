@@ -10,11 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .archive import lines, segments, unline
 from .chain import GENESIS, link
+from .checkpoints import SIGNED_KINDS
+from .entry import Entry
 from .errors import StoreError
 from .pruned import PRUNE
+from .verify_indexes import Bad
+from .verify_signed import check_signature
 
 if TYPE_CHECKING:
     from .log import Log
@@ -39,11 +44,18 @@ class _Bad(Exception):
     pass
 
 
-def check_archive(directory: Path, live: Log | None = None) -> ArchiveReport:
-    """Check the archive under `directory` on its own, and joined to `live` if given."""
-    state = _Pass(live)
+def check_archive(
+    directory: Path, live: Log | None = None, key: Ed25519PublicKey | None = None
+) -> ArchiveReport:
+    """Check the archive under `directory` on its own, and joined to `live` if given; with
+    `key`, also the signature of every checkpoint and prune entry in it."""
+    state = _Pass(live, key)
     try:
         found = segments(directory)
+        if live is not None:
+            # A segment from where the log still starts was written by a prune that never
+            # committed (the next one replaces it): its entries are in the log.
+            found = [f for f in found if f[0] < live.pruned().start]
         if not found:
             raise _Bad(f"there are no archive segments in {directory}")
         for first, last, path in found:
@@ -61,7 +73,8 @@ def check_archive(directory: Path, live: Log | None = None) -> ArchiveReport:
 class _Pass:
     """One pass over the segments in order."""
 
-    def __init__(self, live: Log | None):
+    def __init__(self, live: Log | None, key: Ed25519PublicKey | None):
+        self.key = key
         self.first = 0
         self.expected = 0
         self.prev = ""
@@ -102,6 +115,11 @@ class _Pass:
             raise _Bad(f"{name}: entry {seq} does not link to entry {seq - 1}")
         if fields.get("kind") == PRUNE and fields.get("action") is None:
             self._record(fields)
+        if self.key is not None and fields.get("kind") in SIGNED_KINDS and fields.get("action") is None:
+            try:
+                check_signature(Entry.parse(prev.encode() + digest.encode() + body), self.key)
+            except (Bad, ValueError) as e:
+                raise _Bad(f"{name}: {e}") from None
         if seq in self.islands:
             self.found_islands[seq] = digest
         self.prev, self.expected = digest, seq + 1

@@ -21,6 +21,7 @@ from .chain import GENESIS
 from .entry import Entry
 from .errors import Altered
 from .index import advance, first_difference
+from .pruned import NEVER, Pruned
 from .stored import as_bytes, seq_key
 
 
@@ -44,8 +45,21 @@ class ChainFacts:
     states: list[str] = field(default_factory=list)  # each action's state, by id (the strings are shared)
     frozen: int | None = None  # the entry the log is frozen by, if it is
     since: int | None = None  # the format entry: entries before it were written by an older airlock
-    legacy_actions: int = 0  # actions opened before it
     unchecked: int = 0
+    pruned: Pruned = NEVER  # where the log starts, as the last prune entry says
+    island_states: dict[int, str] = field(default_factory=dict)  # kept actions below the first action
+
+    def state_of(self, action_id: int) -> str | None:
+        """An action's state as the check of the actions index found it (None: no such action)."""
+        if action_id < self.pruned.first_action:
+            return self.island_states.get(action_id)
+        slot = action_id - self.pruned.first_action
+        return self.states[slot] if 0 <= slot < len(self.states) else None
+
+    @property
+    def kept_actions(self) -> int:
+        """How many actions the log holds: those kept below the first action, and the rest."""
+        return len(self.pruned.island_actions) + self.opened - self.pruned.first_action + 1
 
 
 def check_indexes(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) -> None:
@@ -68,10 +82,11 @@ def check_indexes(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFact
 def _actions(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) -> dict[str, dict[str, Any]]:
     """Rebuild each action from the entries its index lists and compare; return the key records
     the chain implies (the last claimer of a key decides its record)."""
-    expected_id, listed = 1, 0
+    expected = chain.pruned.kept_ids(0)
+    found, listed = 0, 0
     keys: dict[str, dict[str, Any]] = {}
     for key, value in txn.cursor(db=dbs[b"actions"]):
-        action_id = int.from_bytes(as_bytes(key), "big")
+        action_id, expected_id = int.from_bytes(as_bytes(key), "big"), next(expected)
         if action_id != expected_id:
             raise Bad(f"actions index: action {expected_id} is missing (the chain holds it)")
         try:
@@ -105,7 +120,7 @@ def _actions(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
                 key_record = keyrec.settled(key_record, entry)
             index = advance(index, entry)
         assert index is not None
-        if action_id <= chain.legacy_actions:
+        if chain.since is not None and seqs[0] < chain.since:
             # An older airlock's action: only what its entries say can be checked.
             chain.unchecked += 1
             if isinstance(stored.get("key"), str) and "key" not in index:
@@ -116,17 +131,21 @@ def _actions(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
                 f"actions index: action {action_id} disagrees with the chain: "
                 f"{first_difference(stored, index)}"
             )
-        chain.states.append(sys.intern(index["state"]))
+        if action_id < chain.pruned.first_action:
+            chain.island_states[action_id] = index["state"]
+        else:
+            chain.states.append(sys.intern(index["state"]))
         if txn.get(index["state"].encode() + b"\0" + seq_key(action_id), db=dbs[b"states"]) is None:
             raise Bad(f"states index: action {action_id} is {index['state']} in the chain but not listed so")
         if "key" in index:
             keys[index["key"]] = key_record if key_record is not None else {"released": True}
         listed += len(seqs)
-        expected_id += 1
-    if expected_id - 1 != chain.opened:
+        found += 1
+    if found != chain.kept_actions:
+        missing = next(expected)
         raise Bad(
-            f"actions index: it has {expected_id - 1} action(s), the chain opened {chain.opened} "
-            f"(action {min(expected_id, chain.opened)} is missing or extra)"
+            f"actions index: it has {found} action(s), the chain holds {chain.kept_actions} "
+            f"(action {min(missing, chain.opened)} is missing or extra)"
         )
     if listed != chain.about_actions:
         raise Bad(
@@ -153,16 +172,15 @@ def _states(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) -> 
         state, _, rest = as_bytes(key).partition(b"\0")
         action_id = int.from_bytes(rest, "big")
         # Each action's state as its entries say, from the check of the actions index.
-        known = len(rest) == 8 and 1 <= action_id <= len(chain.states)
-        actual = chain.states[action_id - 1] if known else None
+        actual = chain.state_of(action_id) if len(rest) == 8 else None
         if actual != state.decode(errors="replace"):
             raise Bad(
                 f"states index: it lists action {action_id} as {state.decode(errors='replace')}, "
                 f"the chain says {actual or 'no such action'}"
             )
         count += 1
-    if count != chain.opened:
-        raise Bad(f"states index: it has {count} record(s) for {chain.opened} action(s)")
+    if count != chain.kept_actions:
+        raise Bad(f"states index: it has {count} record(s) for {chain.kept_actions} action(s)")
 
 
 def _keys(txn: lmdb.Transaction, dbs: dict[bytes, Any], expected: dict[str, dict[str, Any]]) -> None:

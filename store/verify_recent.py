@@ -19,6 +19,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import keys as keyrec
+from . import pruned
 from .chain import link, unseal
 from .checkpoints import CHECKPOINT, SIGNED_KINDS, hint
 from .entry import Entry
@@ -43,12 +44,12 @@ def check_recent(
     chain = ChainFacts()
     start = 0
     try:
-        start, touched = _entries_since(txn, dbs, key, chain)
+        start, after, touched = _entries_since(txn, dbs, key, chain)
         if expect is not None:
             _expected(txn, dbs, expect, chain)
         view = View(txn, dbs)
         for action_id, seqs in touched.items():
-            _action(view, action_id, seqs, start)
+            _action(view, action_id, seqs, after)
     except Bad as bad:
         return ChainReport(chain.checked, bad.seq, bad.reason, *chain.head, failed=True, since=start)
     return ChainReport(chain.checked, None, "", *chain.head, since=start)
@@ -56,9 +57,10 @@ def check_recent(
 
 def _entries_since(
     txn: lmdb.Transaction, dbs: dict[bytes, Any], key: Ed25519PublicKey | None, chain: ChainFacts
-) -> tuple[int, dict[int, list[int]]]:
-    """Check the checkpoint and every entry after it; return the checkpoint's seq and, for each
-    action those entries are about, their seqs."""
+) -> tuple[int, int, dict[int, list[int]]]:
+    """Check the checkpoint and every entry after it; return the checkpoint's seq, the last entry
+    not walked (the checkpoint, or the last one pruned after it) and, for each action the walked
+    entries are about, their seqs."""
     try:
         start = hint(txn, dbs)
     except Altered as e:
@@ -83,6 +85,16 @@ def _entries_since(
     chain.checked, chain.head = 1, (start, checkpoint.hash)
     touched: dict[int, list[int]] = {}
     prev, expected = checkpoint.hash, start + 1
+    try:
+        kept = pruned.current(txn, dbs)
+    except Altered as e:
+        raise Bad(f"meta: {e.what}") from None
+    if start < kept.start:
+        # Kept below where the pruned log starts: the walk starts there, from the hash the last
+        # prune entry (walked below, and signed) says it continues from.
+        prev, expected = kept.continues, kept.start
+    after = expected - 1
+    seen_prune = kept.entry <= after  # none, or before the walk: vouched for by the checkpoint
     cur = txn.cursor(db=dbs[b"entries"])
     if cur.set_range(seq_key(expected)):
         for raw_key, value in cur:
@@ -98,6 +110,7 @@ def _entries_since(
                 check_signature(entry, key)
             if entry.action is not None:
                 touched.setdefault(entry.action, []).append(seq)
+            seen_prune = seen_prune or seq == kept.entry
             prev, expected = entry.hash, seq + 1
             chain.checked += 1
             chain.head = (seq, entry.hash)
@@ -108,7 +121,9 @@ def _entries_since(
             f"entry {head_seq} (hash {head_hash[:12]})",
             expected,
         )
-    return start, touched
+    if not seen_prune:
+        raise Bad(f"meta: the pruned record names entry {kept.entry}, which is not after the checkpoint")
+    return start, after, touched
 
 
 def _intact(seq: int, raw: bytes) -> Entry:
@@ -127,7 +142,7 @@ def _intact(seq: int, raw: bytes) -> Entry:
 
 def _action(view: View, action_id: int, recent: list[int], start: int) -> None:
     """The action's index records (actions, states, its idempotency key) must be what its
-    entries say, and list exactly the entries after the checkpoint that are about it."""
+    entries say, and list exactly the entries after `start` that are about it."""
     txn, dbs = view.txn, view.dbs
     raw = txn.get(seq_key(action_id), db=dbs[b"actions"])
     if raw is None:

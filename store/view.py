@@ -12,11 +12,12 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import formats
+from . import formats, pruned
 from .chain import GENESIS
 from .entry import Entry
 from .errors import Altered
 from .index import advance
+from .pruned import Pruned
 from .stored import (
     ChainCount,
     as_bytes,
@@ -41,6 +42,7 @@ class View:
     def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, Any]):
         self.txn = txn
         self.dbs = dbs
+        self._pruned: Pruned | None = None
 
     def head(self) -> tuple[int, str]:
         """The sequence number and hash of the last entry (0 and the genesis hash if empty)."""
@@ -96,10 +98,16 @@ class View:
             raise Altered("the log's format record is not a valid record")
         return since
 
+    def pruned(self) -> Pruned:
+        """Where the log starts, as its last prune left it (read once per view)."""
+        if self._pruned is None:
+            self._pruned = pruned.current(self.txn, self.dbs)
+        return self._pruned
+
     def action(self, action_id: int, *, whole: bool = False) -> dict[str, Any] | None:
-        """One action as its entries say (see `Log.action`)."""
+        """One action as its entries say (see `Log.action`); None for one pruned."""
         found = self.derived(action_id)
-        if found is None and 1 <= action_id < self.next_action():
+        if found is None and 1 <= action_id < self.next_action() and self.pruned().keeps_action(action_id):
             raise Altered(f"the actions index has no record of action {action_id}")
         if found is not None and whole:
             about = self._entries_about(action_id, found["entries"][0])
@@ -189,9 +197,10 @@ class View:
         return found
 
     def _all_actions(self, after: int, chain: ChainCount | None) -> Iterator[dict[str, Any]]:
-        expected = after + 1
+        kept = self.pruned().kept_ids(after)
+        expected = next(kept)
         cur = self.txn.cursor(db=self.dbs[b"actions"])
-        if cur.set_range(seq_key(expected)):
+        if cur.set_range(seq_key(after + 1)):
             for raw_key in cur.iternext(values=False):
                 action_id = int.from_bytes(as_bytes(raw_key), "big")
                 if action_id != expected:
@@ -200,7 +209,7 @@ class View:
                 found = self.derived(action_id, chain)
                 assert found is not None
                 yield found
-                expected += 1
+                expected = next(kept)
         opened = chain.opened if chain is not None else self.next_action() - 1
         if expected <= opened:
             raise Altered(f"the actions index has no record of action {expected} (the log has {opened})")

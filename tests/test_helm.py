@@ -77,6 +77,14 @@ CASES: dict[str, Obj] = {
     },
     "existing-claim": {"persistence": {"existingClaim": "planner-log"}},
     "network-policy": {"networkPolicy": {"enabled": True, "egressPorts": [443, 8443]}},
+    "retention": {
+        "airlock": {
+            "retain": "7d",
+            "retainSize": "6GiB",
+            "archive": "/archive",
+            "otlpEndpoint": "http://otel-collector.observability:4318",
+        }
+    },
 }
 
 
@@ -194,6 +202,7 @@ def test_objects_of_each_value_set(chart: helm.Chart) -> None:
         "rules-inline": base,
         "existing-claim": [k for k in base if k != "PersistentVolumeClaim"],
         "network-policy": sorted([*base, "NetworkPolicy"]),
+        "retention": base,
     }
 
 
@@ -454,6 +463,23 @@ def test_probe_command_passes_only_while_healthz_answers(chart: helm.Chart) -> N
         server.server_close()
 
 
+def test_retention_values_become_flags(chart: helm.Chart, default: Rendered) -> None:
+    """Retention is on by default (the log makes room below its limit); the values set its flags."""
+    args = default.container("airlock")["args"]
+    assert args[args.index("--retain-size") + 1] == "8GiB" and "--retain" not in args
+    rendered = render(chart, CASES["retention"])
+    args = rendered.container("airlock")["args"]
+    flags = ("--retain", "--retain-size", "--archive", "--otlp-endpoint")
+    given = {flag: args[args.index(flag) + 1] for flag in flags}
+    assert given == {
+        "--retain": "7d",
+        "--retain-size": "6GiB",
+        "--archive": "/archive",
+        "--otlp-endpoint": "http://otel-collector.observability:4318",
+    }
+    build_parser().parse_args(args)
+
+
 @pytest.mark.parametrize("container", ["airlock", "capture"])
 def test_chart_arguments_parse_with_the_airlock_cli(default: Rendered, container: str) -> None:
     """Every command and flag the chart passes is one the CLI takes: a chart the CLI would
@@ -488,6 +514,7 @@ BAD_VALUES = [
     ({"networkPolicy": {"egressPorts": [70000]}}, "at '/networkPolicy/egressPorts/0': maximum"),
     ({"secret": {"ca": {"cert": "-----BEGIN CERTIFICATE-----\n"}}}, "at '/secret/ca/key': minLength"),
     ({"rules": {"files": {"rules.txt": "version: 1"}}}, "'rules.txt' does not match pattern"),
+    ({"airlock": {"retain": "7 days"}}, "at '/airlock/retain': '7 days' does not match pattern"),
 ]
 # Refused by the chart's own checks across fields (`fail` in _helpers.tpl). Helm's lint mode
 # turns `fail` into a log line, so only rendering (install, upgrade, template) stops on these.

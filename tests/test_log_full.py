@@ -4,6 +4,7 @@ limit, and an `airlock run` that will not start on a full log, naming how to mak
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable
 
 import requests
@@ -100,3 +101,10 @@ def test_airlock_run_on_a_full_log_says_how_to_make_room(
         "--retain AGE (drop entries older than AGE; with --archive DIR they are kept in files first) "
         "or give a larger --log-max-size"
     )
+    # With retention, the same start makes room first (everything is older than a second now),
+    # and the proxy serves.
+    time.sleep(1.2)
+    b = make_airlock(data=a.data, extra=("--log-max-size", "256KiB", "--retain", "1s"))
+    assert requests.post(f"{upstream.url}/after", data=b"y", proxies=b.proxies, timeout=30).status_code == 200
+    assert [x["url"] for x in b.log()][-1] == f"{upstream.url}/after"
+    assert b.cli("verify").returncode == 0

@@ -117,3 +117,8 @@ def _anchored_head(path: Path, key: PublicKey | None) -> tuple[int, str] | str:
                 )
     last = max(lines, key=lambda line: line.seq)
     return last.seq, last.hash
+
+
+def given_key(args: argparse.Namespace) -> PublicKey | None:
+    """The public key --key names, if it was given (UserError if it is not one)."""
+    return _key(args.key) if args.key is not None else None

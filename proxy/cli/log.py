@@ -8,13 +8,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from proxy.core import records
 from proxy.ops import logview
 from proxy.ops.datadir import DataDir
 from proxy.ops.times import parse_time
-from store import Log, Query, State, parse_head
+from store import Log, Query, State, check_archive, parse_head
 
 from . import key
 from .args import Commands, UserError, data_arg, operator, writing
@@ -57,6 +58,13 @@ def add(sub: Commands) -> None:
         "verify", help="check the log's hash chain and every index against it; exit 1 if altered"
     )
     data_arg(verify)
+    verify.add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="also check the archive retention wrote to DIR: every segment, and that it joins the "
+        "log where the log starts (on its own when there is no log at --data)",
+    )
     verify.add_argument(
         "--expect",
         metavar="SEQ:HASH",
@@ -153,6 +161,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     log = open_log(args)
     found = log.action_entries(args.id)
     if found is None:
+        kept = log.pruned()
+        if 1 <= args.id < kept.first_action and not kept.keeps_action(args.id):
+            raise UserError(
+                f"action {args.id} was pruned by retention (the log at {args.data} keeps actions from "
+                f"{kept.first_action} on); `airlock verify --archive DIR` checks the archive that holds it"
+            )
         raise UserError(f"no action {args.id} in the log at {args.data}")
     index, entries = found
     if args.json:
@@ -171,7 +185,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
             expect = parse_head(args.expect)
         except ValueError as e:
             raise UserError(f"--expect {e}") from None
-    verdict = key.verified(args, open_log(args), expect)
+    if args.archive is not None and not (Path(args.data) / "log" / "data.mdb").exists():
+        return _archive_alone(args)
+    log = open_log(args)
+    verdict = key.verified(args, log, expect)
+    if verdict.ok and args.archive is not None:
+        archived = check_archive(args.archive, log, key.given_key(args))
+        if not archived.ok:
+            print(f"altered: archive {args.archive}: {archived.reason}")
+            return 1
+        print(f"ok: archive {args.archive}: entries {archived.first}-{archived.last} in {archived.segments} "
+              f"segment(s), joined to the log at entry {archived.last + 1}")
     if verdict.ok:
         note = ""
         if verdict.unchecked:
@@ -179,12 +203,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 f"; {verdict.unchecked} action(s) from before index checks "
                 "(an older airlock wrote them: their summaries are not checked)"
             )
+        if verdict.start > 1:
+            note += (
+                f"; the log starts at entry {verdict.start} (retention pruned what came before"
+                + (f", keeping {verdict.kept} open entries below it)" if verdict.kept else ")")
+            )
         note += key.described(args, verdict)
         print(f"ok: {verdict.checked} entries verified; head {verdict.head_seq}:{verdict.head_hash}{note}")
         return 0
     before = f" ({verdict.checked} entries before it verified)" if verdict.bad_seq is not None else ""
     print(f"altered: {verdict.reason}{before}")
     return 1
+
+
+def _archive_alone(args: argparse.Namespace) -> int:
+    """`verify --archive DIR` with no log at --data: the archive on its own."""
+    archived = check_archive(args.archive, None, key.given_key(args))
+    if not archived.ok:
+        print(f"altered: archive {args.archive}: {archived.reason}")
+        return 1
+    print(
+        f"ok: archive {args.archive}: entries {archived.first}-{archived.last} in {archived.segments} "
+        "segment(s) verified (no log at --data to join them to)"
+    )
+    return 0
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from proxy.ops.config import (
     ConfigError,
     RunConfig,
     parse_address,
+    parse_age,
     parse_body_limit,
     parse_count,
     parse_otlp_endpoint,
@@ -113,6 +114,27 @@ def add(sub: Commands) -> None:
         "CA; a directory: its *.pem, *.crt and *.cer files (repeatable: all are trusted together)",
     )
     run.add_argument(
+        "--retain",
+        type=typed(parse_age),
+        metavar="AGE",
+        help="prune closed actions older than AGE (e.g. 7d, 12h) in the background; actions in doubt, "
+        "held or pending, and live idempotency keys, are kept (see docs/log.md)",
+    )
+    run.add_argument(
+        "--retain-size",
+        type=typed(parse_size),
+        metavar="SIZE",
+        help="prune the oldest closed actions while the log uses more than SIZE (e.g. 4GiB); "
+        "below --log-max-size, so room is made before the log is full",
+    )
+    run.add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="write what retention prunes to DIR first, as gzip JSON lines with their chain hashes "
+        "(`airlock verify --archive DIR` checks them)",
+    )
+    run.add_argument(
         "--otlp-endpoint",
         type=typed(parse_otlp_endpoint),
         metavar="URL",
@@ -182,6 +204,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     ports += [cfg.transparent.port] if cfg.transparent else []
     if len(set(ports)) != len(ports):
         raise UserError(f"ports must differ: --listen, --control, --transparent and --upstream use {ports}")
+    if cfg.retain_size is not None and cfg.retain_size >= cfg.log_max_size:
+        raise UserError(
+            f"--retain-size ({cfg.retain_size} bytes) must be below --log-max-size ({cfg.log_max_size} "
+            "bytes): retention makes room before the log is full"
+        )
+    if cfg.archive is not None and cfg.retain is None and cfg.retain_size is None:
+        raise UserError("--archive keeps what retention prunes: give --retain AGE or --retain-size SIZE too")
     names = [u.name for u in cfg.upstreams]
     if len(set(names)) != len(names):
         again = sorted({n for n in names if names.count(n) > 1})

@@ -79,6 +79,9 @@ class RunConfig:
     checkpoint_interval: float = 300.0  # seconds between checkpoints, if anything was written (0: off)
     checkpoint_to: str | None = None  # a URL or file each checkpoint is sent to once durable
     otlp_endpoint: str | None = None  # an OTLP/HTTP logs endpoint the log is shipped to
+    retain: float | None = None  # seconds of closed actions kept (--retain), None: all
+    retain_size: int | None = None  # bytes of pages the log is pruned to stay under (--retain-size)
+    archive: Path | None = None  # where pruned entries are written first (--archive)
 
 
 def default_data() -> str:
@@ -152,6 +155,25 @@ def parse_size(text: str) -> int:
     return int(m[1]) * _UNITS[m[2].lower()]
 
 
+EFFECTS = ("read", "write", "destructive")
+
+
+def parse_body_limit(text: str) -> tuple[str | None, int]:
+    """SIZE (every effect not named) or EFFECT=SIZE (read, write, destructive): 64KiB, read=0."""
+    effect, eq, size = text.rpartition("=")
+    if eq and effect.strip() not in EFFECTS:
+        raise ConfigError(
+            f"{text!r}: {effect.strip()!r} is not an effect; give SIZE or EFFECT=SIZE with EFFECT one of "
+            f"{', '.join(EFFECTS)} (e.g. read=0, destructive=1MiB)"
+        )
+    try:
+        return (effect.strip() if eq else None), parse_size(size)
+    except ConfigError:
+        raise ConfigError(
+            f"{text!r} is not SIZE or EFFECT=SIZE (e.g. 64KiB, read=0, destructive=1MiB)"
+        ) from None
+
+
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -180,25 +202,6 @@ def parse_time(text: str, now: float | None = None) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-EFFECTS = ("read", "write", "destructive")
-
-
-def parse_body_limit(text: str) -> tuple[str | None, int]:
-    """SIZE (every effect not named) or EFFECT=SIZE (read, write, destructive): 64KiB, read=0."""
-    effect, eq, size = text.rpartition("=")
-    if eq and effect.strip() not in EFFECTS:
-        raise ConfigError(
-            f"{text!r}: {effect.strip()!r} is not an effect; give SIZE or EFFECT=SIZE with EFFECT one of "
-            f"{', '.join(EFFECTS)} (e.g. read=0, destructive=1MiB)"
-        )
-    try:
-        return (effect.strip() if eq else None), parse_size(size)
-    except ConfigError:
-        raise ConfigError(
-            f"{text!r} is not SIZE or EFFECT=SIZE (e.g. 64KiB, read=0, destructive=1MiB)"
-        ) from None
 
 
 def parse_seconds(text: str) -> float:

@@ -59,8 +59,15 @@ class LogRoom:
         return usage
 
 
-def full_at_start(log: Log) -> str:
-    """The one line `airlock run` exits with when the log has no room to start in."""
+def full_at_start(log: Log, retained: bool = False) -> str:
+    """The one line `airlock run` exits with when the log has no room to start in (`retained`:
+    retention ran and could not make enough)."""
+    if retained:
+        return (
+            f"the log at {log.path} is full (--log-max-size {size(log.max_size)}) and retention found "
+            "nothing more it may prune (what is left is open or younger than --retain): "
+            "give a shorter --retain, a --retain-size, or a larger --log-max-size"
+        )
     return f"the log at {log.path} is full (--log-max-size {size(log.max_size)}): {MAKE_ROOM}"
 
 

@@ -25,6 +25,7 @@ from store import Entry, Log, State, StoreError, Usage
 from .logroom import NEARLY_FULL, nearly_full
 
 if TYPE_CHECKING:
+    from .retention import Retainer
     from .shipping import Shipper  # loads OpenTelemetry: only when the log is shipped
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -204,6 +205,25 @@ class _Shipping(Collector):
         )
 
 
+class _Retention(Collector):
+    """What retention has pruned (read when Prometheus scrapes)."""
+
+    def __init__(self, retainer: Retainer):
+        self.retainer = retainer
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "airlock_log_pruned_bytes",
+            "Bytes retention removed from the log (entries and index records), as its prune entries say",
+            self.retainer.pruned_bytes,
+        )
+        yield CounterMetricFamily(
+            "airlock_log_pruned_entries",
+            "Entries retention removed from the log",
+            self.retainer.pruned_entries,
+        )
+
+
 class Metrics:
     """The metrics of one proxy process and the registry they are exposed from."""
 
@@ -278,6 +298,10 @@ class Metrics:
             labels = self._labels.of(entry)
             if labels is not None:
                 self.actions.labels(entry.state, *labels).inc()
+
+    def watch_retention(self, retainer: Retainer) -> None:
+        """Expose what retention has pruned since this process started."""
+        self.registry.register(_Retention(retainer))
 
     def watch_shipping(self, shipper: Shipper) -> None:
         """Expose how far `shipper` has shipped the log: its lag, entries shipped, failures."""

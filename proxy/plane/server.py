@@ -29,11 +29,13 @@ from proxy.ops.config import Address, RunConfig
 from proxy.ops.control import METRICS, make_app
 from proxy.ops.datadir import DataDir
 from proxy.ops.keysweep import schedule_sweep
-from proxy.ops.logroom import CHECK_SECONDS, LogRoom, full_at_start
+from proxy.ops.logroom import CHECK_SECONDS, NEARLY_FULL, LogRoom, full_at_start
 from proxy.ops.metrics import Metrics
+from proxy.ops.retention import RUN_SECONDS as RETAIN_SECONDS
+from proxy.ops.retention import Retainer, shipped_floor
 from proxy.ops.upkeep import Upkeep
 from rules import Ruleset
-from store import Log, StoreFull
+from store import Log, Retention, StoreFull
 
 from .basepaths import BasePaths
 from .ca import ensure_ca, install_ca
@@ -149,10 +151,18 @@ async def serve(cfg: RunConfig) -> None:
     except StoreFull as e:
         log.close()
         raise StartupError(full_at_start(log)) from e
+    retainer = _retainer(cfg, data, log)
+    if retainer is not None and log.usage().used_fraction >= NEARLY_FULL:
+        # Make room before the first request rather than after it: a full log refuses them all.
+        await asyncio.to_thread(retainer.run)
     if log.usage().used_fraction >= 1.0:  # over its limit (a smaller --log-max-size than before)
         log.close()
-        raise StartupError(full_at_start(log))
+        raise StartupError(full_at_start(log, retained=retainer is not None))
     chores = upkeep(cfg, log)
+    if retainer is not None:
+        # A short retention is looked after more often (a quarter of it, at least every half second).
+        every = min(RETAIN_SECONDS, max(cfg.retain / 4, 0.5)) if cfg.retain is not None else RETAIN_SECONDS
+        chores.every("prune the log", every, retainer.run, first=0)
     try:
         m, gate = build(cfg, data, log, ruleset)
         chores.start()
@@ -176,6 +186,8 @@ async def serve(cfg: RunConfig) -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         shipper = _shipper(cfg, log, app[METRICS])
+        if retainer is not None:
+            app[METRICS].watch_retention(retainer)
         checkpoints = _checkpoints(cfg, data, log, app[METRICS])
         try:
             site = web.TCPSite(runner, cfg.control.host, cfg.control.port)
@@ -234,9 +246,9 @@ def upkeep(cfg: RunConfig, log: Log) -> Upkeep:
     return chores
 
 
-def _retainer(cfg: RunConfig, data: DataDir, log: Log, chores: Upkeep) -> Retainer | None:
-    """With --retain or --retain-size, retention as one of the upkeep chores: signed with the
-    data dir's key, archiving to --archive, never past what the collector has yet to ship."""
+def _retainer(cfg: RunConfig, data: DataDir, log: Log) -> Retainer | None:
+    """With --retain or --retain-size, retention: signed with the data dir's key, archiving to
+    --archive, never past what the collector has yet to ship."""
     policy = Retention(max_age=cfg.retain, max_bytes=cfg.retain_size)
     if not policy.active:
         return None
@@ -246,11 +258,7 @@ def _retainer(cfg: RunConfig, data: DataDir, log: Log, chores: Upkeep) -> Retain
 
         floor = shipped_floor(log, CURSOR)
     signer = signer_for(data)
-    retainer = Retainer(log, policy, archive=cfg.archive, sign=signer.sign, floor=floor or (lambda: None))
-    # A short retention is looked after more often (a quarter of it, at least every half second).
-    every = min(RETAIN_SECONDS, max(cfg.retain / 4, 0.5)) if cfg.retain is not None else RETAIN_SECONDS
-    chores.every("prune the log", every, retainer.run, first=0)
-    return retainer
+    return Retainer(log, policy, archive=cfg.archive, sign=signer.sign, floor=floor or (lambda: None))
 
 
 def _shipper(cfg: RunConfig, log: Log, metrics: Metrics) -> Shipper | None:
