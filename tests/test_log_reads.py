@@ -5,7 +5,10 @@ action, and GET /v1/actions paged by cursor."""
 from __future__ import annotations
 
 import json
+import queue
+import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,6 +103,42 @@ def test_each_filter_lists_exactly_the_matching_actions_newest_last(traffic: Air
         # -n keeps the newest N of them, still newest last.
         assert listing(traffic, "-n", "2", *args) == expected[-2:], args
     assert "/items/4" in traffic.cli("log", "--agent", "alice", "-n", "1").stdout
+
+
+def test_follow_prints_only_the_actions_its_filters_match(traffic: Airlock, upstream: Upstream) -> None:
+    proc = subprocess.Popen(
+        [AIRLOCK, "log", "--follow", "--json", "-n", "1", "--agent", "bob", "--data", str(traffic.data)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[dict[str, Any]] = queue.Queue()
+    stdout = proc.stdout
+    assert stdout is not None
+
+    def read() -> None:
+        for line in stdout:
+            lines.put(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert lines.get(timeout=30)["url"].endswith("/b/2")  # the listing: bob's newest
+        # Written after the follower started; alice's first, so a line for it would come first.
+        for agent, path in (("alice", "/a/9"), ("bob", "/b/9")):
+            r = requests.get(
+                f"{upstream.url}{path}",
+                headers={"X-Airlock-Agent": agent},
+                proxies=traffic.proxies,
+                timeout=10,
+            )
+            assert r.status_code == 200
+        seen = [lines.get(timeout=30)]
+        while seen[-1]["state"] != "committed":
+            seen.append(lines.get(timeout=30))
+        assert {(x["agent"], x["url"]) for x in seen} == {("bob", f"{upstream.url}/b/9")}, seen
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(15)
+    assert proc.returncode == 0
 
 
 def test_a_bad_since_or_count_is_one_line_naming_it(traffic: Airlock) -> None:
