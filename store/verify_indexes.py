@@ -1,7 +1,8 @@
 """Checking the log's indexes against its chain: each is rebuilt from the entries with the
 writer's own steps and compared with what is stored: the actions index (state, summary fields,
-entry list), the states index, the idempotency keys (holder, payload, expiry, finality, the
-digest of a stored reply), the action counter and the freeze record (see store/verify.py).
+entry list), the states index, the attribute index (store/attrs.py), the idempotency keys
+(holder, payload, expiry, finality, the digest of a stored reply), the action counter and the
+freeze record (see store/verify.py).
 """
 
 from __future__ import annotations
