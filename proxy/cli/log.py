@@ -194,8 +194,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not archived.ok:
             print(f"altered: archive {args.archive}: {archived.reason}")
             return 1
-        print(f"ok: archive {args.archive}: entries {archived.first}-{archived.last} in {archived.segments} "
-              f"segment(s), joined to the log at entry {archived.last + 1}")
+        print(
+            f"ok: archive {args.archive}: entries {archived.first}-{archived.last} in {archived.segments} "
+            f"segment(s), joined to the log at entry {archived.last + 1}"
+        )
     if verdict.ok:
         note = ""
         if verdict.unchecked:
@@ -204,9 +206,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "(an older airlock wrote them: their summaries are not checked)"
             )
         if verdict.start > 1:
-            note += (
-                f"; the log starts at entry {verdict.start} (retention pruned what came before"
-                + (f", keeping {verdict.kept} open entries below it)" if verdict.kept else ")")
+            note += f"; the log starts at entry {verdict.start} (retention pruned what came before" + (
+                f", keeping {verdict.kept} open entries below it)" if verdict.kept else ")"
             )
         note += key.described(args, verdict)
         print(f"ok: {verdict.checked} entries verified; head {verdict.head_seq}:{verdict.head_hash}{note}")
