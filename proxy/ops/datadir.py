@@ -10,6 +10,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from store import KEY_FILE
+
 logger = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
@@ -29,6 +31,7 @@ class DataDir:
         self.ca = self.root / "ca"
         self.token_file = self.root / "control.token"
         self.upstream_ca = self.root / "upstream-ca.pem"  # the CAs trusted for upstream TLS
+        self.signing_key = self.root / KEY_FILE  # signs checkpoints and prunes (store/signing.py)
 
     def check(self) -> None:
         """Raise DataDirError if the path, or a directory above it, is a file."""
@@ -46,7 +49,9 @@ class DataDir:
         self.check()
         try:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            loosened = restrict(self.root, [self.log, self.ca, self.token_file, self.upstream_ca])
+            loosened = restrict(
+                self.root, [self.log, self.ca, self.token_file, self.upstream_ca, self.signing_key]
+            )
             if loosened:
                 logger.warning(
                     "data dir %s: %s could be read by other users; tightened to owner only "
