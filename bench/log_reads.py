@@ -34,17 +34,30 @@ AIRLOCK = str(Path(sys.executable).parent / "airlock")
 BATCH = 2000
 
 
-def build(data: Path, actions: int) -> None:
-    """A data dir whose log holds `actions` actions, written through the store."""
-    data.mkdir(mode=0o700, parents=True)
+def build(
+    data: Path, actions: int, checkpoint: Callable[[], Record] | None = None, every: int = 1000
+) -> None:
+    """A data dir whose log holds `actions` actions, written through the store; with
+    `checkpoint`, the record it makes is appended after every `every` entries, as the proxy's
+    --checkpoint-every does."""
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = Log.open(data / "log", max_size=64 << 30)
     log.start()
+    written = 0
+
+    def append(record: Record) -> None:
+        nonlocal written
+        log.append_soon(record)
+        written += 1
+        if checkpoint is not None and written % every == 0:
+            log.append_soon(checkpoint())
+
     for start in range(1, actions + 1, BATCH):
         refs: list[tuple[ActionRef, bool]] = []
         for i in range(start, min(start + BATCH, actions + 1)):
             ref, denied = ActionRef(), i % 7 == 0
             refs.append((ref, denied))
-            log.append_soon(
+            append(
                 Record(
                     kind="intent",
                     action=ref,
@@ -65,9 +78,7 @@ def build(data: Path, actions: int) -> None:
         log.append_blocking(Record(kind="note"))
         for ref, denied in refs:
             if not denied:
-                log.append_soon(
-                    Record(kind="outcome", action=ref, state=State.COMMITTED, summary={"status": 200})
-                )
+                append(Record(kind="outcome", action=ref, state=State.COMMITTED, summary={"status": 200}))
         log.append_blocking(Record(kind="note"))
     log.close()
 
