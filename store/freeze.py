@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import lmdb
-import orjson
 
-from .chain import canonical
 from .entry import Entry
 from .errors import Altered, StateError, StoreError
-from .stored import as_bytes, in_range, parsed_entry, seq_key
+from .stored import as_bytes, name_entry, named_entry, parsed_entry, seq_key
 
 FREEZE = "freeze"
 THAW = "thaw"
@@ -74,16 +72,7 @@ def after(current: int | None, body: dict[str, Any]) -> int | None:
 
 def recorded(txn: lmdb.Transaction, meta: Any) -> int | None:
     """The entry the meta record says the log is frozen by (Altered if it is not a valid record)."""
-    raw = txn.get(META_KEY, db=meta)
-    if raw is None:
-        return None
-    try:
-        seq = orjson.loads(as_bytes(raw))["entry"]
-    except (ValueError, TypeError, KeyError):
-        raise Altered("the freeze record is not a valid record") from None
-    if not isinstance(seq, int) or isinstance(seq, bool) or not in_range(seq):
-        raise Altered("the freeze record is not a valid record")
-    return seq
+    return named_entry(txn, meta, META_KEY, "freeze")
 
 
 def current(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> FreezeState | None:
@@ -114,7 +103,7 @@ def keep(txn: lmdb.Transaction, dbs: dict[bytes, Any], body: dict[str, Any]) -> 
     if seq is None:
         txn.delete(META_KEY, db=dbs[b"meta"])
     else:
-        txn.put(META_KEY, canonical({"entry": seq}), db=dbs[b"meta"])
+        name_entry(txn, dbs[b"meta"], META_KEY, seq)
 
 
 def refuse_if_frozen(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:

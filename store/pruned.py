@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
-import orjson
 
-from .chain import GENESIS, canonical
+from .chain import GENESIS
 from .entry import Entry
 from .errors import Altered
-from .stored import as_bytes, in_range, parsed_entry, seq_key
+from .stored import as_bytes, name_entry, named_entry, parsed_entry, seq_key
 
 PRUNE = "prune"
 META_KEY = b"pruned"
@@ -104,16 +103,7 @@ NEVER = Pruned()
 
 def recorded(txn: lmdb.Transaction, meta: Any) -> int | None:
     """The prune entry the meta record names (None: never pruned; Altered if malformed)."""
-    raw = txn.get(META_KEY, db=meta)
-    if raw is None:
-        return None
-    try:
-        seq = orjson.loads(as_bytes(raw))["entry"]
-    except (ValueError, TypeError, KeyError):
-        raise Altered("the pruned record is not a valid record") from None
-    if not _number(seq) or not in_range(seq):
-        raise Altered("the pruned record is not a valid record")
-    return int(seq)
+    return named_entry(txn, meta, META_KEY, "pruned")
 
 
 def current(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> Pruned:
@@ -133,7 +123,7 @@ def current(txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> Pruned:
 
 def mark(txn: lmdb.Transaction, meta: Any, seq: int) -> None:
     """Record `seq` as the last prune entry."""
-    txn.put(META_KEY, canonical({"entry": seq}), db=meta)
+    name_entry(txn, meta, META_KEY, seq)
 
 
 def _number(value: Any) -> bool:

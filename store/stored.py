@@ -41,6 +41,26 @@ def state_key(state: str, action_id: int) -> bytes:
     return state.encode() + b"\0" + seq_key(action_id)
 
 
+def named_entry(txn: lmdb.Transaction, meta: Any, key: bytes, what: str) -> int | None:
+    """The entry number a meta record `{"entry": N}` under `key` names (None when there is no
+    record; Altered naming `what` if it is not a valid one)."""
+    raw = txn.get(key, db=meta)
+    if raw is None:
+        return None
+    try:
+        seq = orjson.loads(as_bytes(raw))["entry"]
+    except (ValueError, TypeError, KeyError):
+        raise Altered(f"the {what} record is not a valid record") from None
+    if not isinstance(seq, int) or isinstance(seq, bool) or not in_range(seq):
+        raise Altered(f"the {what} record is not a valid record")
+    return seq
+
+
+def name_entry(txn: lmdb.Transaction, meta: Any, key: bytes, seq: int) -> None:
+    """Write the meta record `{"entry": seq}` under `key`."""
+    txn.put(key, orjson.dumps({"entry": seq}), db=meta)
+
+
 def parsed_entry(seq: int, raw: bytes) -> Entry:
     """An entry read back, refused unless it is well formed, matches its hash and its place."""
     try:
