@@ -36,6 +36,7 @@ from .support import (
     Upstream,
     free_port,
     hold_and_crash,
+    interruptible,
     plain_upstream,
     settle,
     started_airlock,
@@ -184,6 +185,7 @@ def test_log_follow_prints_new_actions(airlock: Airlock, upstream: Upstream) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None and proc.stderr is not None

@@ -23,7 +23,7 @@ from store.links import linked
 from store.query import newest
 from store.view import View
 
-from .support import AIRLOCK, Airlock, Upstream
+from .support import AIRLOCK, Airlock, Upstream, interruptible
 
 RULES = """\
 version: 1
@@ -110,6 +110,7 @@ def test_follow_prints_only_the_actions_its_filters_match(traffic: Airlock, upst
         [AIRLOCK, "log", "--follow", "--json", "-n", "1", "--agent", "bob", "--data", str(traffic.data)],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     lines: queue.Queue[dict[str, Any]] = queue.Queue()
     stdout = proc.stdout

@@ -7,7 +7,7 @@ in tests/conftest.py; no test module imports another."""
 
 from .airlock import AIRLOCK, RULES, Airlock, entries_now, hold_and_crash, settle, started_airlock
 from .ca import UpstreamCA, pem_of_key, self_signed_ca
-from .clients import curl, environ_without_proxy
+from .clients import curl, environ_without_proxy, interruptible
 from .upstream import Seen, Upstream, free_port, plain_upstream, recording_handler, running, serving
 from .waiting import wait_for
 
@@ -23,6 +23,7 @@ __all__ = [
     "environ_without_proxy",
     "free_port",
     "hold_and_crash",
+    "interruptible",
     "pem_of_key",
     "plain_upstream",
     "recording_handler",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 
@@ -16,3 +17,10 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["curl", "-sS", *args], capture_output=True, text=True, timeout=30, env=environ_without_proxy()
     )
+
+
+def interruptible() -> None:
+    """A `preexec_fn` that gives a child Ctrl-C's default handling, as in a terminal: a test
+    run started in the background (SIGINT ignored, which children inherit) would otherwise
+    start children that cannot be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
