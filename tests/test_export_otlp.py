@@ -356,8 +356,8 @@ def test_a_bad_since_or_endpoint_is_one_line(tmp_path: Path) -> None:
     )
     assert bad_since.returncode == 2
     assert bad_since.stderr.splitlines() == [
-        "airlock export: error: --since 'yesterday' is not a time: give an ISO 8601 time "
-        "(e.g. 2026-11-30T14:00:00Z) or an age (e.g. 2h, 7d)"
+        "airlock export: error: --since 'yesterday' is neither a time (ISO 8601, e.g. "
+        "2026-11-30T14:00:00Z) nor an age (a number and s, m, h, d or w, e.g. 2h or 7d)"
     ]
     for endpoint in ("collector:4318", "ftp://collector", "http://user:secret@collector:4318"):
         run = subprocess.run(

@@ -8,7 +8,7 @@ import sys
 import time
 
 from proxy.ops import export
-from proxy.ops.config import ConfigError, parse_time
+from proxy.ops.times import parse_time
 
 from .args import Commands, UserError, data_arg
 from .log import open_log
@@ -54,5 +54,5 @@ def _moment(flag: str, text: str | None, now: float) -> float | None:
         return None
     try:
         return parse_time(text, now)
-    except ConfigError as e:
+    except ValueError as e:
         raise UserError(f"{flag} {e}") from None

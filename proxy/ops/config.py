@@ -5,14 +5,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from proxy.core.records import BodyPolicy
 from rules import default_path
+
+from . import times
 
 DEFAULT_DATA = "./airlock-data"
 
@@ -174,34 +174,13 @@ def parse_body_limit(text: str) -> tuple[str | None, int]:
         ) from None
 
 
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_age(text: str) -> float:
-    """A length of time: a number and a unit (s, m, h, d, w), e.g. 90s, 2h, 7d; in seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    if not m:
-        raise ConfigError(f"{text!r} is not an age (a number and s, m, h, d or w, e.g. 2h or 7d)")
-    return float(m[1]) * _AGE_UNITS[m[2]]
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """A moment, as a Unix time: an ISO 8601 time (2026-11-30T01:00:00Z; without a zone, UTC;
-    a date alone is its midnight UTC) or an age before `now`, e.g. 2h or 7d."""
+    """A length of time in seconds: a number and a unit (s, m, h, d, w), e.g. 90s, 2h, 7d
+    (proxy/ops/times.py reads it)."""
     try:
-        return (time.time() if now is None else now) - parse_age(text)
-    except ConfigError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigError(
-            f"{text!r} is not a time: give an ISO 8601 time (e.g. 2026-11-30T14:00:00Z) or an age "
-            "(e.g. 2h, 7d)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        return times.parse_age(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_seconds(text: str) -> float:

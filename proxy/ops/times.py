@@ -12,13 +12,21 @@ _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+def parse_age(text: str) -> float:
+    """A length of time in seconds: a number and a unit (s, m, h, d, w), e.g. 90s, 2h, 7d;
+    ValueError saying the form."""
+    age = _AGE.fullmatch(text.strip())
+    if age is None:
+        raise ValueError(f"{text!r} is not an age (a number and s, m, h, d or w, e.g. 2h or 7d)")
+    return float(age[1]) * _SECONDS[age[2]]
+
+
 def parse_time(text: str, now: float | None = None) -> float:
     """The Unix time `text` names: an ISO 8601 time (UTC unless it gives an offset) or an age
     before `now` (default: the clock now); ValueError saying which forms are taken."""
     given = text.strip()
-    age = _AGE.fullmatch(given)
-    if age is not None:
-        return (time.time() if now is None else now) - float(age[1]) * _SECONDS[age[2]]
+    if _AGE.fullmatch(given):
+        return (time.time() if now is None else now) - parse_age(given)
     try:
         moment = datetime.fromisoformat(given)
     except ValueError:
