@@ -17,13 +17,14 @@ import lmdb
 
 from .entry import Entry
 from .errors import Altered
+from .pruned import PRUNE
 from .record import Record
 from .stored import as_bytes, in_range
 from .view import View
 
 CHECKPOINT = "checkpoint"
 META_KEY = b"checkpoint"
-SIGNED_KINDS = frozenset({CHECKPOINT, "prune"})  # kinds whose entries must carry a good signature
+SIGNED_KINDS = frozenset({CHECKPOINT, PRUNE})  # kinds whose entries must carry a good signature
 
 
 def record(public_key: str, sign: Callable[[bytes], str]) -> Record:

@@ -101,7 +101,6 @@ def choose(view: View, policy: Retention, used: int, now: float, floor: int | No
 class Step:
     """What one step removes and keeps, worked out inside its write transaction."""
 
-    before: Pruned
     after: Pruned
     entries: list[int]  # the entries it removes
     actions: dict[int, dict[str, Any]]  # the actions it removes, with their index records
@@ -166,7 +165,7 @@ def plan(view: View, cut: Cut, now: float) -> Step | None:
         island_actions=frozenset(e.action for e, _ in (seen[s] for s in islands) if e.action is not None),
         format_since=since if 1 < since < cut.end else before.format_since,
     )
-    return Step(before, after, removed, gone, size)
+    return Step(after, removed, gone, size)
 
 
 def _closed(view: View, action_id: int, end: int, now: float) -> dict[str, Any] | None:

@@ -83,10 +83,6 @@ class Pruned:
             out["format_since"] = self.format_since
         return out
 
-    def holds(self, seq: int) -> bool:
-        """True when entry `seq` is still in the log (at or after the start, or kept below it)."""
-        return seq >= self.start or seq in self.islands
-
     def keeps_action(self, action_id: int) -> bool:
         """True when action `action_id` was not pruned."""
         return action_id >= self.first_action or action_id in self.island_actions
