@@ -7,7 +7,7 @@ Knows nothing of flows or LMDB; the proxy builds an Action and asks `Ruleset.dec
 from importlib import resources
 from pathlib import Path
 
-from .action import Action, Effect
+from .action import Action, Effect, Kube
 from .addresses import Address, address_of, non_public
 from .allowlist import EGRESS_RULE, Allowlist
 from .body import bom_codec
@@ -43,6 +43,7 @@ __all__ = [
     "Explanation",
     "Hold",
     "KeyTemplate",
+    "Kube",
     "ParsedBodies",
     "ParsedJson",
     "Readings",

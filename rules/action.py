@@ -28,16 +28,39 @@ class Effect(StrEnum):
         return self if _STRICTNESS[self] >= _STRICTNESS[other] else other
 
 
+# Protocols whose actions are one HTTP request each: a rule for `protocol: http` matches them.
+HTTP_PROTOCOLS = frozenset({"http", "aws", "k8s"})
+
 _STRICTNESS = {Effect.READ: 0, Effect.WRITE: 1, Effect.DESTRUCTIVE: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Kube:
+    """A Kubernetes API request as the API server reads it: the verb it derives from the method
+    and path, and the resource the path names (`group` is "" for the core group)."""
+
+    verb: str
+    resource: str
+    version: str
+    group: str = ""
+    subresource: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+
+    @property
+    def resources(self) -> str:
+        """The resource as RBAC names it: `deployments`, or with its subresource `pods/exec`."""
+        return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
     """What an agent asks to do, independent of how it arrived.
 
-    `protocol` says which adapter read it (http, mcp, ws; tcp or dns for a refused stream);
-    `operation`, `tool` and `args` are filled in by the adapters that understand more than
-    HTTP. `service` is matched by rules but no adapter sets it yet.
+    `protocol` says which adapter read it (http, mcp, ws, aws, k8s; tcp or dns for a refused
+    stream); `service`, `operation`, `region`, `targets`, `kube`, `tool` and `args` are filled
+    in by the adapters that understand more than HTTP. An aws or k8s action is an HTTP request
+    too: rules for `protocol: http` match it.
     """
 
     method: str
@@ -56,6 +79,16 @@ class Action:
     operation: str | None = None
     tool: str | None = None
     args: Any = None
+    region: str | None = None
+    # The resources the action touches, as far as the request says (`bucket/key`, a table, a
+    # queue URL, instance ids; `namespace/name` in Kubernetes): a batch lists each of them.
+    targets: tuple[str, ...] = ()
+    count: int | None = None  # how many items a batch touches (S3 DeleteObjects: its keys)
+    kube: Kube | None = None
+    # Other readings an upstream could make of the same request (an S3 bucket named by the
+    # host instead of the path, a second `Action=`): each is decided too, and the strictest
+    # decision holds (proxy.plane.triage).
+    others: tuple[Action, ...] = ()
     # The addresses the host resolves to, when the proxy has looked them up: egress checks
     # them, and the connection goes to the one it allows.
     addresses: tuple[Address, ...] | None = None
@@ -63,7 +96,8 @@ class Action:
     # is the agent the operator configured: a claim is not an identity.
     configured_agent: str | None = None
     # Why the body as sent cannot be decoded (an unknown or corrupt Content-Encoding, or one
-    # that expands past the limit); `body` is then the bytes as sent.
+    # that expands past the limit; a batch whose list of targets cannot be read); `body` is
+    # then the bytes as sent.
     body_problem: str | None = None
     # Readings of the action computed on first use (rules.readings); never compared.
     memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -72,6 +106,11 @@ class Action:
     def agent_claimed(self) -> bool:
         """True when the agent named itself with a name other than the one the operator gave."""
         return self.configured_agent is not None
+
+    @property
+    def over_http(self) -> bool:
+        """True for an action that is one HTTP request, whatever else an adapter read in it."""
+        return self.protocol in HTTP_PROTOCOLS
 
     @property
     def url(self) -> str:

@@ -43,6 +43,7 @@ class Compiled:
     hold: Hold | None = None  # the top-level `hold`: the policy of holds that set none
     voters: dict[str, Voter] = field(default_factory=dict)  # the declared automated voters
     secrets: set[str] = field(default_factory=set)
+    aws_endpoints: list[str] = field(default_factory=list)  # host globs that serve AWS's APIs
     problems: list[Problem] = field(default_factory=list)
     _seen: dict[str, Path] = field(default_factory=dict, init=False, repr=False)  # id: its file
     _voters_seen: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
@@ -80,6 +81,8 @@ class Compiled:
         for name, spec in voters.items() if isinstance(voters, dict) else ():
             if doc.valid(["voters", name]):
                 found.extend(self._voter(doc, name, spec))
+        if doc.valid(["aws"]):
+            self.aws_endpoints.extend(h.lower() for h in content.get("aws", {}).get("endpoints", []))
         if doc.valid(["secrets"]):
             self.secrets.update(h.lower() for h in content.get("secrets", {}).get("headers", []))
         specs = content.get("rules", [])

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 import jsonschema
 
-from .action import Action
+from .action import Action, Kube
 from .readings import Readings, readings_of
 
 Predicate = Callable[[Action], bool]
@@ -117,9 +117,15 @@ def _agent_claimed(v: Any, widen: bool) -> Predicate:
     return lambda a: a.agent_claimed is wanted
 
 
+def protocol_in(action: Action, wanted: frozenset[str]) -> bool:
+    """True when the action's protocol is wanted; `http` also covers the actions an adapter read
+    more into (aws, k8s), which are HTTP requests all the same."""
+    return action.protocol in wanted or ("http" in wanted and action.over_http)
+
+
 def _protocol(v: Any, widen: bool) -> Predicate:
-    wanted = {p.lower() for p in strings(v)}
-    return lambda a: a.protocol in wanted
+    wanted = frozenset(p.lower() for p in strings(v))
+    return lambda a: protocol_in(a, wanted)
 
 
 def _host(v: Any, widen: bool) -> Predicate:
@@ -190,8 +196,44 @@ def _service(v: Any, widen: bool) -> Predicate:
 
 
 def _operation(v: Any, widen: bool) -> Predicate:
+    # `DeleteObject` or, as IAM writes it, `s3:DeleteObject` (the service without case).
     t = globs(strings(v), fold=False)
-    return lambda a: t(a.operation)
+
+    def test(a: Action) -> bool:
+        if a.operation is None:
+            return False
+        return t(a.operation) or (a.service is not None and t(f"{a.service.lower()}:{a.operation}"))
+
+    return test
+
+
+def _region(v: Any, widen: bool) -> Predicate:
+    t = globs(strings(v), fold=True)
+    return lambda a: t(a.region)
+
+
+def _target(v: Any, widen: bool) -> Predicate:
+    """A batch matches a deny or hold rule if any of its targets does, an allow rule only if all
+    of them do; a batch whose targets cannot be read matches a deny or hold rule."""
+    t = globs(strings(v), fold=False)
+
+    def widened(a: Action) -> bool:
+        return any(t(x) for x in a.targets) or (a.body_problem is not None and a.effect.mutating)
+
+    def strict(a: Action) -> bool:
+        return bool(a.targets) and a.body_problem is None and all(t(x) for x in a.targets)
+
+    return widened if widen else strict
+
+
+def _kube(pick: Callable[[Kube], str | None]) -> Callable[[Any, bool], Predicate]:
+    """A field of a Kubernetes request (none matches an action that is not one)."""
+
+    def compile_field(v: Any, widen: bool) -> Predicate:
+        t = globs(strings(v), fold=False)
+        return lambda a: a.kube is not None and t(pick(a.kube))
+
+    return compile_field
 
 
 def _unknown_args(a: Action) -> bool:
@@ -283,6 +325,12 @@ _FIELDS: dict[str, Callable[[Any, bool], Predicate]] = {
     "headers": _headers,
     "service": _service,
     "operation": _operation,
+    "region": _region,
+    "target": _target,
+    "verb": _kube(lambda k: k.verb),
+    "namespace": _kube(lambda k: k.namespace),
+    "resource": _kube(lambda k: k.resources),
+    "name": _kube(lambda k: k.name),
     "tool": _tool,
     "text": _text,
     "body": _body,

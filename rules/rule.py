@@ -8,7 +8,7 @@ from pathlib import Path
 from .action import Action, Effect
 from .decision import Verdict
 from .holds import Hold
-from .match import Predicate
+from .match import Predicate, protocol_in
 from .readings import readings_of
 from .repeats import Dedup, Storm
 
@@ -55,6 +55,6 @@ class Rule:
                     return False
             elif not sent:
                 return False
-        if self.protocols is not None and action.protocol not in self.protocols:
+        if self.protocols is not None and not protocol_in(action, self.protocols):
             return False
         return self.test(action)

@@ -21,6 +21,7 @@ from .addresses import Address
 from .compiling import Compiled
 from .decision import PRECEDENCE, Decision, Verdict
 from .holds import DEFAULT_HOLD, Hold
+from .match import globs
 from .readings import KINDS, readings_of
 from .rule import Rule
 from .source import RulesError, files, read
@@ -114,6 +115,7 @@ class Ruleset:
         self.hold = compiled.hold or DEFAULT_HOLD  # the policy of holds that set none
         self.voters = compiled.voters  # the automated voters, by name
         self.secret_headers = frozenset(compiled.secrets)
+        self._aws_endpoints = globs(compiled.aws_endpoints, fold=True)
         self.allowlist = compiled.allowlist()
         self.egress_report = self.allowlist.report
         self.digest = digest
@@ -151,6 +153,11 @@ class Ruleset:
         return cls(compiled, digest=digest, sources=sources)
 
     # ---- egress: the allowlist's answers, asked of the Ruleset the proxy holds ---------------
+
+    def aws_endpoint(self, host: str, port: int) -> bool:
+        """True when the rules name `host` (or `host:port`) as an endpoint that serves AWS's APIs
+        as AWS does (`aws: endpoints`)."""
+        return self._aws_endpoints(host) or self._aws_endpoints(f"{host}:{port}")
 
     def egress_allows(self, host: str, port: int | None = None) -> bool:
         """True when the host (and port) is on the egress allowlist (see Allowlist.allows)."""
