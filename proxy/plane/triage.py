@@ -5,7 +5,9 @@ A request is read as MCP only when its server has shown it is one (proxy/mcp/evi
 Without that evidence a body shaped like JSON-RPC is decided under every reading an upstream could make
 of it: the plain HTTP request (its method's effect, its URL and body), and each message read as
 MCP for `tool`, `args` and `operation` rules, with an effect never lower than the method's.
-The strictest decision of all readings is the request's.
+A call to a cloud API (adapters/cloud.py) is read as its API reads it, and each other reading
+an upstream could make of it is decided too. The strictest decision of all readings is the
+request's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from proxy.mcp import messages as mcp
 from proxy.mcp.evidence import Evidence, Introduction
 from proxy.mcp.readings import decide_messages, judge
+from proxy.plane.adapters import cloud
 from rules import PRECEDENCE, Action, Decision, Explanation, Ruleset, Verdict
 
 
@@ -61,6 +64,7 @@ def triage(
 ) -> Triage:
     """Read a request (an Action of the plain HTTP request, egress addresses resolved or not) and
     decide it. `complete`: match every rule even where egress refuses (for explanations)."""
+    action = cloud.classified(action, ruleset)
     proven = evidence.proven(action)
     session = mcp.session_action(action, proven=proven, issued=lambda sid: evidence.issued(action, sid))
     if session is not None:
@@ -76,10 +80,14 @@ def triage(
         readings = decide_messages(messages, action, ruleset, catalog, complete=complete)
         return Triage(Route.MCP, action, _strictest(readings).decision, tuple(readings), messages)
     plain = judge(ruleset, action, complete=complete)
-    if messages is None:
+    others = [judge(ruleset, other, complete=complete) for other in action.others]
+    if messages is None and not others:
         return Triage(Route.HTTP, plain.action, plain.decision, (plain,))
-    # Shaped like JSON-RPC, to a server not shown to be MCP: every reading counts.
-    readings = [plain, *decide_messages(messages, action, ruleset, catalog, floor=plain.action.effect)]
+    # Every reading counts: other readings of a cloud call, and a body shaped like JSON-RPC to a
+    # server not shown to be MCP read as MCP.
+    readings = [plain, *others]
+    if messages is not None:
+        readings += decide_messages(messages, action, ruleset, catalog, floor=plain.action.effect)
     deciding = _strictest(readings)
     decision = deciding.decision
     if not decision.refused and deciding is not plain:
@@ -87,8 +95,10 @@ def triage(
     effect = plain.action.effect
     for reading in readings:
         effect = effect.stricter(reading.action.effect)
-    methods = sorted({str(m.get("method", "response")) for m in messages})
-    logged = dataclasses.replace(plain.action, effect=effect, operation=",".join(methods))
+    logged = dataclasses.replace(plain.action, effect=effect)
+    if messages is not None:
+        methods = sorted({str(m.get("method", "response")) for m in messages})
+        logged = dataclasses.replace(logged, operation=",".join(methods))
     readings[readings.index(deciding)] = dataclasses.replace(deciding, decision=decision)
     return Triage(
         Route.HTTP,
@@ -96,7 +106,7 @@ def triage(
         decision,
         tuple(readings),
         messages,
-        introduction=evidence.introduction(action, messages),
+        introduction=evidence.introduction(action, messages) if messages is not None else None,
     )
 
 
