@@ -16,6 +16,8 @@ from . import redact
 from .redact import Redactor
 
 ARGS_SHOWN = 256  # bytes of arguments (JSON) the summary holds whole (`airlock log`); larger: the intent
+TARGETS_KEPT = 100  # targets an intent lists (a batch may name thousands: `count` says how many)
+TARGETS_SHOWN = 10  # targets the summary lists (`airlock log`)
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,13 @@ def intent(
             "rule": decision.rule,
             "status": None,
         }
-        | {k: described[k] for k in ("upstream", "tool", "operation") if k in described}
+        | {
+            k: described[k]
+            for k in ("upstream", "tool", "operation", "service", "region", "count")
+            if k in described
+        }
+        | ({"targets": described["targets"][:TARGETS_SHOWN]} if "targets" in described else {})
+        | described.get("kube", {})
         | listed
         | extra
         | waits,
@@ -203,14 +211,42 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         described["body"] = body_excerpt(action.body, BodyPolicy(0)) | {"kept_as": "args"}
     else:
         described["body"] = body_excerpt(action.body, bodies, content_type=content_type, effect=action.effect)
-    for optional in ("upstream", "service", "operation", "tool", "configured_agent", "body_problem"):
+    for optional in (
+        "upstream",
+        "service",
+        "operation",
+        "region",
+        "tool",
+        "configured_agent",
+        "body_problem",
+    ):
         if (value := getattr(action, optional)) is not None:
             described[optional] = value
+    if action.targets:
+        described["targets"] = [redact.text(t) for t in action.targets[:TARGETS_KEPT]]
+        if action.count is not None or len(action.targets) > TARGETS_KEPT:
+            described["count"] = action.count if action.count is not None else len(action.targets)
+    if action.kube is not None:
+        described["kube"] = {k: v for k, v in kube_fields(action).items() if v is not None}
     if action.args is not None:
         # Never fewer bytes than the listing shows, whatever the effect's body limit.
         limit = max(bodies.limit_for(action.effect), ARGS_SHOWN)
         described["args"] = capped_args(redactor.args(action.args), limit)
     return described
+
+
+def kube_fields(action: Action) -> dict[str, str | None]:
+    """A Kubernetes request's verb, resource (as RBAC names it), group, namespace and name."""
+    k = action.kube
+    if k is None:
+        return {}
+    return {
+        "verb": k.verb,
+        "resource": k.resources,
+        "group": k.group or None,
+        "namespace": k.namespace,
+        "name": k.name,
+    }
 
 
 def _args_carried(action: Action) -> bool:

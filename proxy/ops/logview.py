@@ -31,13 +31,15 @@ def as_line(index: dict[str, Any]) -> str:
     """One action as a readable line: id, time, state, method, status, URL, then who and why."""
     status = index.get("status")
     extra = [f"agent={index.get('agent', '-')}", f"effect={index.get('effect', '-')}"]
+    if (call := cloud_call(index)) is not None:
+        extra.insert(0, call)
     if index.get("rule"):
         extra.append(f"rule={index['rule']}")
     if index.get("tool"):
         extra.append(f"tool={index['tool']}")
         if index.get("args") is not None:
             extra.append(f"args={json.dumps(index['args'], ensure_ascii=False, separators=(',', ':'))}")
-    elif index.get("operation"):
+    elif index.get("operation") and index.get("protocol") != "aws":
         extra.append(f"op={index['operation']}")
     if index.get("upstream"):
         extra.append(f"upstream={index['upstream']}")
@@ -48,6 +50,25 @@ def as_line(index: dict[str, Any]) -> str:
         f"{index.get('method', '-'):<7} {status if status is not None else '-':>3}  "
         f"{index.get('url', '-')}  {' '.join(extra)}"
     )
+
+
+def cloud_call(index: dict[str, Any]) -> str | None:
+    """A cloud API call as its people say it: `aws s3 DeleteObject prod-users/report.csv`,
+    `k8s delete deployments prod/api` (a batch: its first target and how many more)."""
+    protocol = index.get("protocol")
+    if protocol == "aws":
+        words = ["aws", str(index.get("service", "?")), str(index.get("operation") or "?")]
+    elif protocol == "k8s":
+        words = ["k8s", str(index.get("verb", "?")), str(index.get("resource", "?"))]
+    else:
+        return None
+    targets = index.get("targets") or []
+    if targets:
+        words.append(str(targets[0]))
+        more = max(int(index.get("count") or len(targets)), len(targets)) - 1
+        if more:
+            words.append(f"(+{more} more)")
+    return " ".join(words)
 
 
 def describe(index: dict[str, Any], entries: list[Entry]) -> str:

@@ -6,9 +6,20 @@ import json
 
 from mitmproxy import http
 
-from rules import Decision
+from rules import Action, Decision
+
+from .adapters import aws
 
 RULE_HEADER = "X-Airlock-Rule"
+# Kubernetes' Status reasons for the statuses a refusal has.
+KUBE_REASONS = {
+    400: "BadRequest",
+    403: "Forbidden",
+    409: "Conflict",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
 
 
 def _json(status: int, body: dict[str, object], extra: dict[str, str] | None = None) -> http.Response:
@@ -17,10 +28,21 @@ def _json(status: int, body: dict[str, object], extra: dict[str, str] | None = N
 
 
 def refusal(
-    decision: Decision, action_id: int | None, status: int = 403, headers: dict[str, str] | None = None
+    decision: Decision,
+    action_id: int | None,
+    status: int = 403,
+    headers: dict[str, str] | None = None,
+    *,
+    action: Action | None = None,
 ) -> http.Response:
-    """A refusal (403 unless said otherwise) naming the rule, why, and what to do."""
+    """A refusal (403 unless said otherwise) naming the rule, why, and what to do: in the shape
+    the client reads (an AWS SDK its protocol's error, kubectl a Status), else Airlock's JSON."""
     rule = decision.rule
+    extra = ({RULE_HEADER: rule} if rule else {}) | (headers or {})
+    if action is not None and action.protocol == "aws":
+        return _aws(decision, action, action_id, status, extra)
+    if action is not None and action.protocol == "k8s":
+        return _kube(decision, action, action_id, status, extra)
     return _json(
         status,
         {
@@ -29,8 +51,51 @@ def refusal(
             "message": decision.message,
             "action_id": action_id,
         },
-        ({RULE_HEADER: rule} if rule else {}) | (headers or {}),
+        extra,
     )
+
+
+def said(decision: Decision, action_id: int | None) -> str:
+    """A refusal's message as one line: what the rule says, which rule, which action."""
+    parts = [decision.message or decision.error or "refused"]
+    if decision.rule:
+        parts.append(f"rule {decision.rule}")
+    if action_id is not None:
+        parts.append(f"action {action_id}")
+    return f"airlock: {parts[0]} ({', '.join(parts[1:])})" if len(parts) > 1 else f"airlock: {parts[0]}"
+
+
+def _aws(
+    decision: Decision, action: Action, action_id: int | None, status: int, extra: dict[str, str]
+) -> http.Response:
+    protocol = aws.protocol_of(action.service) or "rest-xml"
+    error = aws.aws_error(protocol, action.service, status, said(decision, action_id), f"airlock-{action_id}")
+    headers = {"Content-Type": error.content_type, "Cache-Control": "no-store"} | error.headers | extra
+    return http.Response.make(status, error.body, headers)
+
+
+def _kube(
+    decision: Decision, action: Action, action_id: int | None, status: int, extra: dict[str, str]
+) -> http.Response:
+    k = action.kube
+    details: dict[str, object] = {}
+    if k is not None:
+        details = (
+            {"kind": k.resource}
+            | ({"name": k.name} if k.name else {})
+            | ({"group": k.group} if k.group else {})
+        )
+    status_object = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": said(decision, action_id),
+        "reason": KUBE_REASONS.get(status, "Forbidden" if status < 500 else "InternalError"),
+        "details": details,
+        "code": status,
+    }
+    return _json(status, status_object, extra)
 
 
 def internal_error(message: str) -> http.Response:

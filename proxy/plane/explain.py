@@ -20,6 +20,7 @@ from proxy.core.redact import Redactor
 from proxy.mcp import messages as mcp
 from proxy.mcp.evidence import Evidence
 from proxy.mcp.readings import server_of
+from proxy.ops.logview import cloud_call
 from proxy.plane.adapters.http import from_request
 from rules import Effect, Explanation, Rule, Ruleset, Verdict
 
@@ -135,7 +136,10 @@ def render(read: Triage, ruleset: Ruleset, *, as_json: bool) -> str:
             },
             indent=2,
         )
-    lines = [f"read as: {_route(read)}", "action:"]
+    lines = [f"read as: {_route(read)}"]
+    if (call := cloud_call(action | action.get("kube", {}))) is not None:
+        lines.append(f"call: {call}")
+    lines.append("action:")
     lines += [f"  {line}" for line in json.dumps(action, indent=2).splitlines()]
     lines.append(f"egress: {explanation.egress}")
     lines.append("matching rules:" if matched else "matching rules: none")
@@ -157,6 +161,7 @@ def render(read: Triage, ruleset: Ruleset, *, as_json: bool) -> str:
         lines.append("readings (the strictest decides):")
         for r in readings:
             what = " ".join(str(r[k]) for k in ("protocol", "operation", "tool") if r.get(k))
+            what += "".join(f" {t}" for t in r.get("targets", [])[:3])
             by = f" by {r['rule']}" if r["rule"] else ""
             lines.append(f"  {what}, {r['effect']}: {r['verdict']}{by}")
     return "\n".join(lines)
@@ -165,6 +170,9 @@ def render(read: Triage, ruleset: Ruleset, *, as_json: bool) -> str:
 def _route(read: Triage) -> str:
     if read.route.value == "mcp":
         return "MCP messages to a server that has shown it is MCP"
+    if len(read.readings) > 1 and read.messages is None:
+        protocol = read.action.protocol
+        return f"{protocol} request read in more than one way: each reading decided, the strictest holds"
     if len(read.readings) > 1:
         return "JSON-RPC to a server not shown to be MCP: decided as HTTP and as MCP, the strictest holds"
     return f"{read.action.protocol} request"
@@ -176,6 +184,7 @@ def _reading(r: Explanation) -> dict[str, Any]:
         "protocol": a.protocol,
         "operation": a.operation,
         "tool": a.tool,
+        "targets": list(a.targets),
         "effect": a.effect.value,
         "verdict": d.verdict.value,
         "rule": d.rule,

@@ -132,7 +132,7 @@ class Gate:
             keep = self.admission.policy.reply_limit
             admitted = await self.admission.admit(read.action, read.decision, keep=keep)
             if isinstance(admitted, Answer):
-                flow.response = _http_answer(admitted)
+                flow.response = _http_answer(admitted, read.action)
                 return
             flow.metadata[TRACK] = admitted
             if read.introduction is not None:
@@ -344,7 +344,7 @@ def _name_by_host_header(flow: http.HTTPFlow) -> None:
     flow.request.data.host = host
 
 
-def _http_answer(answer: Answer) -> http.Response:
+def _http_answer(answer: Answer, action: Action) -> http.Response:
     """An Answer as the HTTP response the client gets."""
     if answer.reply is not None and answer.replay_of is not None:
         replayed = replays.replay(answer.reply, answer.replay_of)
@@ -357,5 +357,5 @@ def _http_answer(answer: Answer) -> http.Response:
             "over HTTP; do not retry",
             "idempotency_key_completed",
         )
-        return answers.refusal(decision, answer.action_id, 409)
-    return answers.refusal(answer.decision, answer.action_id, answer.status, answer.headers)
+        return answers.refusal(decision, answer.action_id, 409, action=action)
+    return answers.refusal(answer.decision, answer.action_id, answer.status, answer.headers, action=action)

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 from rules import Action, Effect, readings_of
 
 from .effects import effect_of
+from .errors import AwsError, aws_error
 from .hosts import bucket_of_host, endpoint_prefix_of, may_name_bucket, own_endpoint
 from .models import Model, index, warm
 from .operations import Call, json_calls, query_calls, rest_calls
@@ -31,7 +32,7 @@ FORM = "application/x-www-form-urlencoded"
 
 Declared = Callable[[str, int], bool]  # does the rule set name host:port as an AWS endpoint?
 
-__all__ = ["PROTOCOL", "Declared", "classified", "protocol_of", "warm"]
+__all__ = ["PROTOCOL", "AwsError", "Declared", "aws_error", "classified", "protocol_of", "warm"]
 
 
 def classified(action: Action, *, declared: Declared) -> Action:
