@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml
 # Debian packages the tests drive: curl as a real client; iptables, iproute2 (ip) and
 # util-linux (setpriv) and procps (sysctl) for the capture and isolation tests, which run only as root;
 # nodejs for an upstream that reads JSON as Node does; chromium and its driver for the approvals
-# page, driven in a headless browser.
-DEBS := curl:curl iptables:iptables ip:iproute2 setpriv:util-linux sysctl:procps node:nodejs chromium:chromium chromedriver:chromium-driver
+# page, driven in a headless browser; kubectl as a real Kubernetes client.
+DEBS := curl:curl iptables:iptables ip:iproute2 setpriv:util-linux sysctl:procps node:nodejs chromium:chromium chromedriver:chromium-driver kubectl:kubernetes-client
 
 deps:
 	@missing=$$(for d in $(DEBS); do command -v $${d%%:*} >/dev/null || echo $${d#*:}; done); \
