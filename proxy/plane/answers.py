@@ -78,7 +78,7 @@ def _kube(
     decision: Decision, action: Action, action_id: int | None, status: int, extra: dict[str, str]
 ) -> http.Response:
     k = action.kube
-    details: dict[str, object] = {}
+    details: dict[str, str] = {}
     if k is not None:
         details = (
             {"kind": k.resource}

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from rules import Action, Ruleset
 
-from . import aws
+from . import aws, kube
 
 
 def classified(action: Action, ruleset: Ruleset) -> Action:
     """The action as the cloud API it calls reads it, or unchanged when it calls none."""
     if action.protocol != "http":
         return action
-    return aws.classified(action, declared=ruleset.aws_endpoint)
+    read = aws.classified(action, declared=ruleset.aws_endpoint)
+    return read if read is not action else kube.classified(action)
