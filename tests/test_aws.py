@@ -44,6 +44,14 @@ rules:
     match: {operation: dynamodb:DeleteTable}
     action: deny
     message: Tables are not deleted during the migration; leave the table for an operator.
+  - id: no-user-deletes
+    match: {operation: iam:DeleteUser}
+    action: deny
+    message: Users are removed by the identity team; open a ticket with them.
+  - id: instances-stay
+    match: {operation: ec2:TerminateInstances, target: "i-*"}
+    action: deny
+    message: Instances are stopped by the on-call engineer; page them instead.
 """
 
 # The same proxy without `aws: endpoints`: moto is then just a host that takes POSTs.
@@ -402,17 +410,66 @@ def test_the_aws_cli_prints_the_rule_and_its_message_when_a_prod_delete_is_refus
     m.direct("s3").create_bucket(Bucket=prod)
     m.direct("s3").put_object(Bucket=prod, Key="2026/11.pdf", Body=b"%PDF")
 
+    m.direct("s3").put_object(Bucket=prod, Key="2026/12.pdf", Body=b"%PDF")
+    start = mark(airlock)
+
     api = aws_cli(
         airlock, m, home, "s3api", "delete-object", "--bucket", prod, "--key", "2026/11.pdf", check=False
     )
     rm = aws_cli(airlock, m, home, "s3", "rm", f"s3://{prod}/2026/11.pdf", check=False)
+    recursive = aws_cli(airlock, m, home, "s3", "rm", f"s3://{prod}/2026/", "--recursive", check=False)
 
-    assert objects(m, prod) == {"2026/11.pdf"}
-    for proc in (api, rm):
+    assert objects(m, prod) == {"2026/11.pdf", "2026/12.pdf"}
+    for proc in (api, rm, recursive):
         assert proc.returncode != 0
         assert "AccessDenied" in proc.stderr
         assert "no-prod-object-deletes" in proc.stderr
         assert "ask the data owner" in proc.stderr
+    # `s3 rm --recursive` lists the prefix, then deletes each key it found.
+    entries = since(airlock, start)
+    listing = next(i for i, e in enumerate(entries) if e["operation"] == "ListObjectsV2")
+    assert entries[listing]["state"] == "committed"
+    assert sorted((e["operation"], e["state"], *e["targets"]) for e in entries[listing + 1 :]) == [
+        ("DeleteObject", "denied", f"{prod}/2026/11.pdf"),
+        ("DeleteObject", "denied", f"{prod}/2026/12.pdf"),
+    ]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_denied_iam_and_ec2_calls_get_their_protocols_error_codes_and_nothing_changes(
+    airlock: Airlock, motos: dict[str, Moto], home: Path, scheme: str
+) -> None:
+    m = motos[scheme]
+    user = unique("ci-deployer")
+    m.direct("iam").create_user(UserName=user)
+    image = m.direct("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    [instance] = m.direct("ec2").run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"]
+    start = mark(airlock)
+
+    with pytest.raises(ClientError) as user_delete:
+        proxied(airlock, m, "iam").delete_user(UserName=user)
+    with pytest.raises(ClientError) as terminate:
+        proxied(airlock, m, "ec2").terminate_instances(InstanceIds=[instance["InstanceId"]])
+    cli = aws_cli(
+        airlock, m, home, "ec2", "terminate-instances", "--instance-ids", instance["InstanceId"], check=False
+    )
+
+    assert refusal(user_delete)[0] == "AccessDenied"  # the query protocol's <ErrorResponse>
+    assert "no-user-deletes" in refusal(user_delete)[1]
+    assert refusal(terminate)[0] == "UnauthorizedOperation"  # EC2's <Response><Errors>
+    assert "instances-stay" in refusal(terminate)[1]
+    assert cli.returncode != 0
+    assert "UnauthorizedOperation" in cli.stderr
+    assert "Instances are stopped by the on-call engineer" in cli.stderr
+    assert user in {u["UserName"] for u in m.direct("iam").list_users()["Users"]}
+    described = m.direct("ec2").describe_instances(InstanceIds=[instance["InstanceId"]])
+    assert described["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
+    entries = since(airlock, start)
+    assert [(e["service"], e["operation"], e["targets"], e["effect"], e["state"]) for e in entries] == [
+        ("iam", "DeleteUser", [user], "destructive", "denied"),
+        ("ec2", "TerminateInstances", [instance["InstanceId"]], "destructive", "denied"),
+        ("ec2", "TerminateInstances", [instance["InstanceId"]], "destructive", "denied"),
+    ]
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -591,16 +648,6 @@ def test_the_aws_pack_holds_deletes_terminations_iam_changes_and_key_deletions_f
                 KeyId="1234abcd-12ab-34cd-56ef-1234567890ab", PendingWindowInDays=7
             )
         ],
-        "aws-batch-item-deletes-wait": [
-            lambda: ddb.batch_write_item(
-                RequestItems={
-                    table: [
-                        {"PutRequest": {"Item": {"id": {"S": "cart-2"}}}},
-                        {"DeleteRequest": {"Key": {"id": {"S": "cart-1"}}}},
-                    ]
-                }
-            )
-        ],
     }
     for rule, calls in held.items():
         for call in calls:
@@ -610,6 +657,15 @@ def test_the_aws_pack_holds_deletes_terminations_iam_changes_and_key_deletions_f
             assert rule in refusal(waiting)[1]
     with pytest.raises(ClientError):
         ec2.terminate_instances(InstanceIds=[instance])
+    with pytest.raises(ClientError):
+        ddb.batch_write_item(
+            RequestItems={
+                table: [
+                    {"PutRequest": {"Item": {"id": {"S": "cart-2"}}}},
+                    {"DeleteRequest": {"Key": {"id": {"S": "cart-1"}}}},
+                ]
+            }
+        )
     iam.list_users()
     ddb.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": {"id": {"S": "cart-3"}}}}]})
 
@@ -618,22 +674,23 @@ def test_the_aws_pack_holds_deletes_terminations_iam_changes_and_key_deletions_f
     items = m.direct("dynamodb").scan(TableName=table)["Items"]
     assert sorted(i["id"]["S"] for i in items) == ["cart-1", "cart-3"]
     entries = since(pack, start)
-    assert [(e["service"], e["operation"], e["state"], e["rule"]) for e in entries[:6]] == [
+    assert [(e["service"], e["operation"], e["state"], e["rule"]) for e in entries[:5]] == [
         ("s3", "DeleteObject", "held", "aws-deletes-wait"),
         ("s3", "DeleteBucket", "held", "aws-deletes-wait"),
         ("ec2", "StopInstances", "held", "aws-instance-stops-wait"),
         ("iam", "CreateUser", "held", "aws-iam-changes-wait"),
         ("kms", "ScheduleKeyDeletion", "held", "aws-kms-key-changes-wait"),
-        ("dynamodb", "BatchWriteItem", "held", "aws-batch-item-deletes-wait"),
     ]
-    terminate, list_users, puts = entries[6:]
-    # Two hold rules match a termination; the log names one of them.
+    terminate, batch, list_users, puts = entries[5:]
+    # Two hold rules match each of these; the log names one of them.
     assert (terminate["operation"], terminate["targets"], terminate["state"]) == (
         "TerminateInstances",
         [instance],
         "held",
     )
     assert terminate["rule"] in ("aws-deletes-wait", "aws-instance-stops-wait")
+    assert (batch["operation"], batch["targets"], batch["state"]) == ("BatchWriteItem", [table], "held")
+    assert batch["rule"] in ("aws-deletes-wait", "aws-batch-item-deletes-wait")
     assert (list_users["operation"], list_users["state"], list_users["rule"]) == (
         "ListUsers",
         "committed",
