@@ -411,7 +411,7 @@ CASES = [
         "attach_role_policy",
         {"RoleName": "deployer", "PolicyArn": POLICY},
         "AttachRolePolicy",
-        ("deployer", POLICY),
+        ("deployer", POLICY, "ReadOnlyAccess"),  # an ARN, and the name it ends in
         WRITE,
         WRITE,
     ),
@@ -439,7 +439,7 @@ CASES = [
         "assume_role",
         {"RoleArn": ROLE, "RoleSessionName": "agent-session"},
         "AssumeRole",
-        (ROLE, "agent-session"),
+        (ROLE, "deployer", "agent-session"),
         WRITE,
         WRITE,
     ),
@@ -620,6 +620,8 @@ def test_an_action_in_the_query_does_not_hide_the_one_in_the_body(tmp_path: Path
     assert refused_by(read) == "no"
     assert read.deciding.action.operation == "TerminateInstances"
     assert read.deciding.action.targets == IDS
+    # The log names the strictest reading, not the one the query happened to carry first.
+    assert (read.action.operation, read.action.targets) == ("TerminateInstances", IDS)
 
 
 def test_a_delete_objects_body_that_is_not_xml_is_refused_by_a_rule_on_targets(tmp_path: Path) -> None:
@@ -657,6 +659,22 @@ def test_a_bucket_in_the_host_or_in_the_path_is_denied_either_way(
     assert request.url == "http://prod-data.storage.test:9000/dev-data/report.csv"
     read = explain(deny(tmp_path, {"service": "s3", "target": denied}), request)
     assert refused_by(read) == "no"
+
+
+def test_a_bucket_under_a_declared_endpoint_is_read_from_the_host_first(declared: Ruleset) -> None:
+    """`reports-bucket.moto.test:5000/2026/q3.csv`: under a declared endpoint (moto.test) the
+    first label is the bucket, as an SDK addressing it virtually meant; the path-style reading is
+    still decided."""
+    request = sign(
+        "s3.delete_object",
+        {"Bucket": "reports-bucket", "Key": "2026/q3.csv"},
+        endpoint=DECLARED,
+        addressing="virtual",
+    )
+    assert request.host == "reports-bucket.moto.test"
+    read = explain(declared, request)
+    assert (read.action.operation, read.action.targets) == ("DeleteObject", ("reports-bucket/2026/q3.csv",))
+    assert ("DeleteObject", ("2026/q3.csv",)) in [(o.operation, o.targets) for o in read.action.others]
 
 
 def _sigv4a(request: Signed) -> Signed:
@@ -719,3 +737,51 @@ def test_an_allow_on_some_targets_does_not_allow_a_batch_touching_others(tmp_pat
     assert mixed.action.targets == ("dev-a", "prod-b")
     assert mixed.decision.refused
     assert mixed.decision.rule != "dev-tables"
+
+
+# ---- resources named another way, deletes inside batches ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "params"),
+    [
+        ("dynamodb.execute_statement", {"Statement": "DELETE FROM \"prod-orders\" WHERE id = '42'"}),
+        (
+            "dynamodb.delete_item",
+            {"TableName": "arn:aws:dynamodb:us-east-1:123456789012:table/prod-orders", "Key": ITEM},
+        ),
+    ],
+    ids=["partiql", "table-arn"],
+)
+def test_a_deny_on_a_table_holds_however_the_table_is_named(
+    tmp_path: Path, call: str, params: dict[str, Any]
+) -> None:
+    rules = deny(tmp_path, {"service": "dynamodb", "target": "prod-*"})
+    assert refused_by(explain(rules, sign(call, params))) == "no"
+
+
+def test_a_deny_on_a_function_holds_when_it_is_named_by_arn(tmp_path: Path) -> None:
+    rules = deny(tmp_path, {"service": "lambda", "target": "prod-*"})
+    arn = "arn:aws:lambda:ap-southeast-2:123456789012:function:prod-api"
+    assert (
+        refused_by(
+            explain(rules, sign("lambda.delete_function", {"FunctionName": arn}, region="ap-southeast-2"))
+        )
+        == "no"
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "params"),
+    [
+        ("dynamodb.batch_write_item", {"RequestItems": {"orders": [{"DeleteRequest": {"Key": ITEM}}]}}),
+        (
+            "dynamodb.transact_write_items",
+            {"TransactItems": [{"Delete": {"TableName": "orders", "Key": ITEM}}]},
+        ),
+        ("dynamodb.execute_statement", {"Statement": "DELETE FROM \"orders\" WHERE id = '42'"}),
+    ],
+    ids=["batch-delete", "transact-delete", "partiql-delete"],
+)
+def test_deleting_items_in_a_batch_is_destructive(plain: Ruleset, call: str, params: dict[str, Any]) -> None:
+    assert explain(plain, sign(call, params)).action.effect is DESTRUCTIVE

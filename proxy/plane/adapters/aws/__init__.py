@@ -30,6 +30,7 @@ from .targets import Touched, Unreadable, copy_source, deleted_keys, from_docume
 PROTOCOL = "aws"
 FORM = "application/x-www-form-urlencoded"
 
+_STRICTEST_FIRST = {Effect.DESTRUCTIVE: 0, Effect.WRITE: 1, Effect.READ: 2}
 Declared = Callable[[str, int], bool]  # does the rule set name host:port as an AWS endpoint?
 
 __all__ = ["PROTOCOL", "AwsError", "Declared", "aws_error", "classified", "protocol_of", "warm"]
@@ -47,12 +48,14 @@ def classified(action: Action, *, declared: Declared) -> Action:
         models = index().hosted(prefix)
     else:
         return action
-    base = dataclasses.replace(action, protocol=PROTOCOL, service=service, region=region)
-    readings = [_reading(base, call, touched, declared) for call, touched in _calls(base, models)]
-    if not readings:
-        return base
+    calls = _calls(action, models, declared)
+    if not calls:
+        return dataclasses.replace(action, protocol=PROTOCOL, service=service, region=region)
+    readings = [_reading(action, service, region, call, touched, declared) for call, touched in calls]
+    # The log records the first reading: the strictest one, so that it names what could happen.
+    readings.sort(key=lambda r: _STRICTEST_FIRST[r.effect])
     first, *others = readings
-    return dataclasses.replace(first, others=tuple(others))
+    return dataclasses.replace(first, others=tuple(others)) if others else first
 
 
 def protocol_of(service: str | None) -> str | None:
@@ -61,23 +64,35 @@ def protocol_of(service: str | None) -> str | None:
     return models[0].protocol if models else None
 
 
-def _reading(base: Action, call: Call, touched: Touched | str, declared: Declared) -> Action:
+def _reading(
+    action: Action, service: str, region: str | None, call: Call, touched: Touched | str, declared: Declared
+) -> Action:
+    """One reading as an Action (one copy of the action: each copy costs all its fields)."""
     operation_effect = effect_of(call.operation)
-    prefix = call.model.endpoint_prefix if call.model is not None else (base.service or "")
-    if own_endpoint(base.host, prefix) or declared(base.host, base.port):
+    prefix = call.model.endpoint_prefix if call.model is not None else service
+    if own_endpoint(action.host, prefix) or declared(action.host, action.port):
         effect = operation_effect
     else:
-        effect = base.effect.stricter(operation_effect)
+        effect = action.effect.stricter(operation_effect)
+    problem = action.body_problem
     if isinstance(touched, str):  # the request names its targets in a body that cannot be read
-        return dataclasses.replace(
-            base, operation=call.operation, effect=effect.stricter(Effect.WRITE), body_problem=touched
-        )
+        effect, problem, touched = effect.stricter(Effect.WRITE), touched, Touched(())
+    if touched.destroys:
+        effect = effect.stricter(Effect.DESTRUCTIVE)
     return dataclasses.replace(
-        base, operation=call.operation, effect=effect, targets=touched.targets, count=touched.count
+        action,
+        protocol=PROTOCOL,
+        service=service,
+        region=region,
+        operation=call.operation,
+        effect=effect,
+        targets=touched.targets,
+        count=touched.count,
+        body_problem=problem,
     )
 
 
-def _calls(action: Action, models: tuple[Model, ...]) -> list[tuple[Call, Touched | str]]:
+def _calls(action: Action, models: tuple[Model, ...], declared: Declared) -> list[tuple[Call, Touched | str]]:
     """Every reading of the request: its operation and what it touches."""
     found: list[tuple[Call, Touched | str]] = []
     if target := action.headers.get("x-amz-target"):
@@ -90,25 +105,29 @@ def _calls(action: Action, models: tuple[Model, ...]) -> list[tuple[Call, Touche
             found.append((call, _field_targets(call, fields)))
     rest = tuple(m for m in models if m.protocol.startswith("rest-"))
     if rest and not found:
-        for path in _paths(action, rest):
+        for path in _paths(action, rest, declared):
             for call in rest_calls(action.method, path, action.query, action.headers, rest):
                 found.append((call, _rest_targets(action, call)))
     return found
 
 
-def _paths(action: Action, models: tuple[Model, ...]) -> list[str]:
+def _paths(action: Action, models: tuple[Model, ...], declared: Declared) -> list[str]:
     """The paths to match REST routes against: the path as sent, with an S3 bucket that the host
-    names put in front; on a host that is not AWS's, each way the host may name one too."""
+    names put in front; on a host that is not AWS's, each way the host may name one too (first,
+    when the rest of the host is a declared endpoint or localhost: `bucket.localhost`)."""
     path = action.path
     if not any(m.name == "s3" for m in models):
         return [path]
     if (bucket := bucket_of_host(action.host)) is not None:
         return [f"/{bucket}{path}"]
-    paths = [path]
-    if endpoint_prefix_of(action.host) is None and may_name_bucket(action.host):
-        host = action.host.lower().rstrip(".")
-        paths += [f"/{host.partition('.')[0]}{path}", f"/{host}{path}"]
-    return paths
+    if endpoint_prefix_of(action.host) is not None or not may_name_bucket(action.host):
+        return [path]
+    host = action.host.lower().rstrip(".")
+    first, _, rest = host.partition(".")
+    hosted = [f"/{first}{path}", f"/{host}{path}"]
+    if rest == "localhost" or declared(rest, action.port):
+        return [*hosted, path]
+    return [path, *hosted]
 
 
 def _fields(action: Action) -> dict[str, list[str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -51,8 +52,9 @@ class RestOperation:
     method: str
     path: re.Pattern[str]
     labels: tuple[str, ...]  # the template's labels, in order
-    query: tuple[tuple[str, str | None], ...]  # required keys, and the value where one is given
-    headers: tuple[str, ...]  # headers the operation requires (x-amz-copy-source), lower case
+    query: frozenset[str]  # the query keys the route requires
+    values: tuple[tuple[str, str], ...]  # and the value some of them must have (`list-type=2`)
+    headers: frozenset[str]  # headers the operation requires (x-amz-copy-source), lower case
     literal: int  # characters of the template that are not labels: the more, the more specific
 
 
@@ -66,7 +68,7 @@ class Model:
     metadata: dict[str, Any]
     _operations: dict[str, Any] | None = field(default=None, repr=False)
     _shapes: dict[str, Any] | None = field(default=None, repr=False)
-    _rest: list[RestOperation] | None = field(default=None, repr=False)
+    _rest: dict[str, Routes] | None = field(default=None, repr=False)
     _members: dict[str, tuple[Member, ...]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -110,15 +112,19 @@ class Model:
         """True when the model defines `operation`."""
         return operation in self.operations
 
-    @property
-    def rest(self) -> list[RestOperation]:
-        """Every operation as a REST route, the most specific first."""
+    def routes(self, method: str, keys: Iterable[str]) -> list[RestOperation]:
+        """The REST routes of one method that need no query key but those in `keys` (not yet
+        checked against the path or headers), the most specific first."""
         if self._rest is None:
             ops = self.operations.items()
             routes = [_route(name, op["http"], self._required(op)) for name, op in ops if "http" in op]
             routes.sort(key=lambda r: (-len(r.query) - len(r.headers), -r.literal, -len(r.path.pattern)))
-            self._rest = routes
-        return self._rest
+            by_method: dict[str, Routes] = {}
+            for rank, route in enumerate(routes):
+                by_method.setdefault(route.method, Routes()).add(rank, route)
+            self._rest = by_method
+        routes_of = self._rest.get(method)
+        return routes_of.fitting(keys) if routes_of is not None else []
 
     def _required(self, operation: dict[str, Any]) -> list[tuple[str, str]]:
         """The required query and header members of an operation's input: (location, name)."""
@@ -138,6 +144,32 @@ class Model:
         except KeyError:
             found = self._members[operation] = _members(self, operation)
             return found
+
+
+@dataclass
+class Routes:
+    """One method's routes, indexed by the query keys they need: a request is tried only against
+    the routes whose keys it carries (most routes of S3 need a flag such as `?tagging`)."""
+
+    plain: list[tuple[int, RestOperation]] = field(default_factory=list)
+    by_key: dict[str, list[tuple[int, RestOperation]]] = field(default_factory=dict)
+
+    def add(self, rank: int, route: RestOperation) -> None:
+        """Index a route under one of the keys it needs (any one: all are checked later)."""
+        if route.query:
+            self.by_key.setdefault(min(route.query), []).append((rank, route))
+        else:
+            self.plain.append((rank, route))
+
+    def fitting(self, keys: Iterable[str]) -> list[RestOperation]:
+        """The routes that need no key outside `keys`, in rank order."""
+        found = list(self.plain)
+        given = frozenset(keys)
+        for key in given:
+            found += [(r, route) for r, route in self.by_key.get(key, ()) if route.query <= given]
+        if len(found) != len(self.plain):
+            found.sort(key=lambda pair: pair[0])
+        return [route for _, route in found]
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -171,13 +203,15 @@ def _route(name: str, http: dict[str, Any], required: list[tuple[str, str]]) -> 
         if key != "x-id":  # botocore's own marker: other clients leave it out
             keys.append((key, value if sep else None))
     keys += [(n, None) for where, n in required if where == "querystring" and n not in dict(keys)]
+    values = tuple((k, v) for k, v in keys if v is not None)
     return RestOperation(
         name=name,
         method=str(http.get("method", "POST")).upper(),
         path=re.compile(f"{regex}/?"),
         labels=tuple(labels),
-        query=tuple(keys),
-        headers=tuple(n.lower() for where, n in required if where == "header"),
+        query=frozenset(k for k, _ in keys),
+        values=values,
+        headers=frozenset(n.lower() for where, n in required if where == "header"),
         literal=literal,
     )
 

@@ -60,14 +60,13 @@ def rest_calls(
     keys: dict[str, list[str]] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
         keys.setdefault(name, []).append(value)
+    present, sent = keys.keys(), headers.keys()
     calls: list[Call] = []
     for model in models:
-        for route in model.rest:
-            if route.method != method:
+        for route in model.routes(method, present):
+            if not route.headers <= sent:
                 continue
-            if not all(k in keys and (v is None or v in keys[k]) for k, v in route.query):
-                continue
-            if not all(h in headers for h in route.headers):
+            if route.values and not all(v in keys[k] for k, v in route.values):
                 continue
             m = route.path.fullmatch(path)
             if m is None:

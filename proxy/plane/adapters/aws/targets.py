@@ -26,15 +26,53 @@ class Touched:
 
     targets: tuple[str, ...]
     count: int | None = None
+    destroys: bool = False  # a batch or statement deletes something (a DeleteRequest, DELETE FROM)
 
 
 _NUMBERED = re.compile(r"^(.+?)(?:\.member)?\.\d+$")  # InstanceId.1, AttributeNames.member.2
+# PartiQL names its table after FROM, INTO or UPDATE, quoted or not; DELETE deletes.
+_PARTIQL_TABLE = re.compile(
+    r"""\b(?:from|into|update)\s+(?:"((?:[^"]|"")+)"|'([^']+)'|([A-Za-z0-9_.-]+))""", re.I
+)
+_PARTIQL_DELETE = re.compile(r"^\W*delete\b", re.I)
+
+
+def named(targets: Iterable[str]) -> tuple[str, ...]:
+    """The targets, and for each ARN the name of the resource it ends in (a table, a function)
+    too, so that a rule on names matches a resource named either way."""
+    out: list[str] = []
+    for target in targets:
+        out.append(target)
+        if target.startswith("arn:") and target.count(":") >= 5:
+            resource = target.split(":", 5)[5]
+            _, sep, rest = resource.partition("/") if "/" in resource else resource.partition(":")
+            if sep and rest:
+                out.append(rest.split("/")[0].split(":")[0])
+    return tuple(dict.fromkeys(out))
+
+
+def statements(doc: dict[str, Any]) -> list[str]:
+    """The PartiQL statements of ExecuteStatement, BatchExecuteStatement and ExecuteTransaction."""
+    found = [doc["Statement"]] if isinstance(doc.get("Statement"), str) else []
+    for key in ("Statements", "TransactStatements"):
+        items = doc.get(key)
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and isinstance(item.get("Statement"), str):
+                found.append(item["Statement"])
+    return found
+
+
+def partiql(statement: str) -> tuple[list[str], bool]:
+    """The tables a PartiQL statement names, and whether it deletes."""
+    tables = [next(g for g in m.groups() if g).replace('""', '"') for m in _PARTIQL_TABLE.finditer(statement)]
+    return tables, bool(_PARTIQL_DELETE.match(statement))
 
 
 def from_labels(call: Call) -> list[str]:
-    """The URI's labels joined (`bucket/key`, `function/alias`): one target."""
+    """The URI's labels joined (`bucket/key`, `function/alias`): one target, and a label that is
+    an ARN by the name it ends in too."""
     values = [v for v in call.labels.values() if v]
-    return ["/".join(values)] if values else []
+    return list(named(["/".join(values)])) if values else []
 
 
 def from_fields(members: Iterable[Member], fields: dict[str, list[str]]) -> Touched:
@@ -51,7 +89,7 @@ def from_fields(members: Iterable[Member], fields: dict[str, list[str]]) -> Touc
             continue
         targets += values
         listed += len(values) if member.listed else 0
-    return Touched(tuple(dict.fromkeys(targets)), listed or None)
+    return Touched(named(targets), listed or None)
 
 
 def from_documents(members: Iterable[Member], documents: Iterable[Any]) -> Touched:
@@ -59,9 +97,16 @@ def from_documents(members: Iterable[Member], documents: Iterable[Any]) -> Touch
     keys): top-level members, DynamoDB's `RequestItems` tables and `TransactItems`."""
     targets: list[str] = []
     count = 0
+    destroys = False
     for doc in documents:
         if not isinstance(doc, dict):
             continue
+        said = statements(doc)
+        for statement in said:
+            tables, deletes = partiql(statement)
+            targets += tables
+            destroys = destroys or deletes
+        count = max(count, len(said) if len(said) > 1 else 0)
         for member in members:
             value = doc.get(member.wire, doc.get(member.name))
             if isinstance(value, str):
@@ -74,14 +119,20 @@ def from_documents(members: Iterable[Member], documents: Iterable[Any]) -> Touch
         if isinstance(items, dict):  # BatchWriteItem, BatchGetItem
             targets += [str(t) for t in items]
             count = max(count, sum(_size(v) for v in items.values()))
+            destroys = destroys or any(
+                isinstance(r, dict) and "DeleteRequest" in r
+                for v in items.values()
+                for r in (v if isinstance(v, list) else ())
+            )
         transact = doc.get("TransactItems")
         if isinstance(transact, list):  # TransactWriteItems, TransactGetItems
             for item in transact:
-                for part in item.values() if isinstance(item, dict) else ():
+                for kind, part in item.items() if isinstance(item, dict) else ():
                     if isinstance(part, dict) and isinstance(part.get("TableName"), str):
                         targets.append(part["TableName"])
+                    destroys = destroys or kind == "Delete"
             count = max(count, len(transact))
-    return Touched(tuple(dict.fromkeys(targets)), count or None)
+    return Touched(named(targets), count or None, destroys)
 
 
 def _size(value: Any) -> int:
