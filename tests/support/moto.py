@@ -14,10 +14,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 import requests
 from botocore.config import Config
 from cryptography import x509
@@ -58,12 +60,9 @@ class Moto:
     def direct(self, service: str) -> Any:
         """A boto3 client that talks to moto without any proxy: what moto holds, as the test
         checks it behind Airlock's back."""
-        return boto3.client(
+        return _session().client(
             service,
             endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
             verify=str(self.ca) if self.ca else True,
             config=Config(retries=_ONE_ATTEMPT, proxies={}),
         )
@@ -221,12 +220,24 @@ def aws_cli(
 def proxied(airlock: Airlock, moto: Moto, service: str) -> Any:
     """A boto3 client for `service` on `moto` that goes through `airlock` (and trusts Airlock's
     CA when moto serves HTTPS)."""
-    return boto3.client(
+    return _session().client(
         service,
         endpoint_url=moto.url,
-        region_name=REGION,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
         verify=str(airlock.ca_cert),
         config=Config(retries=_ONE_ATTEMPT, proxies=airlock.proxies),
+    )
+
+
+@cache
+def _session() -> boto3.session.Session:
+    """The boto3 session with the fake credentials and the region, reading no config or
+    credentials file of the user's (one per process: it loads each service model once)."""
+    core = botocore.session.Session()
+    core.set_config_variable("config_file", os.devnull)
+    core.set_config_variable("credentials_file", os.devnull)
+    return boto3.session.Session(
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+        botocore_session=core,
     )
