@@ -15,7 +15,7 @@ from .decision import ALLOWED, PRECEDENCE, Decision, Verdict
 from .holds import DEFAULT_HOLD, Hold
 from .parsed import BODIES, ParsedBodies, ParsedJson, json_of
 from .readings import Readings, readings_of
-from .repeats import Dedup, StatusSet, Storm, VerifyRead, fingerprint, parse_dedup, seconds
+from .repeats import Dedup, StatusSet, Storm, VerifyRead, fingerprint, parse_dedup, seconds, signed_stably
 from .rule import Rule
 from .ruleset import Explanation, Ruleset
 from .source import RulesError, rule_files_in
@@ -66,4 +66,5 @@ __all__ = [
     "readings_of",
     "rule_files_in",
     "seconds",
+    "signed_stably",
 ]

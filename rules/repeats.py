@@ -54,6 +54,50 @@ class StatusSet:
         return f"StatusSet({self.items!r})"
 
 
+# A presigned AWS URL's per-signing parameters: each signing of one request makes new ones.
+_SIGNING = frozenset({"x-amz-signature", "x-amz-date", "x-amz-expires"})
+_SIGNING_V2 = frozenset({"signature", "expires"})
+
+
+def unsigned(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Query parameters without what changes each time the same request is signed again: a
+    presigned URL's signature, date and expiry, and the date in its credential (the key id and
+    any session token stay: they say whose request it is)."""
+    names = {k.lower() for k, _ in pairs}
+    if "x-amz-signature" in names:
+        kept = [(k, v) for k, v in pairs if k.lower() not in _SIGNING]
+        return [(k, _undated(v) if k.lower() == "x-amz-credential" else v) for k, v in kept]
+    if "signature" in names and "awsaccesskeyid" in names:
+        return [(k, v) for k, v in pairs if k.lower() not in _SIGNING_V2]
+    return pairs
+
+
+def _undated(credential: str) -> str:
+    """`KEY/DATE/REGION/SERVICE/aws4_request` without its DATE."""
+    parts = credential.split("/")
+    return "/".join(parts[:1] + parts[2:]) if len(parts) >= 4 else credential
+
+
+def signed_stably(authorization: str) -> str:
+    """An AWS Authorization header without what each signing changes (its signature and the
+    date in its credential): the same for every attempt of one request by one key."""
+    value = authorization.strip()
+    if value[:5].upper() == "AWS4-":
+        scheme, _, rest = value.partition(" ")
+        kept = []
+        for part in (p.strip() for p in rest.split(",")):
+            name, _, text = part.partition("=")
+            if name.strip().lower() == "signature":
+                continue
+            kept.append(
+                f"{name.strip()}={_undated(text.strip())}" if name.strip().lower() == "credential" else part
+            )
+        return f"{scheme} {', '.join(kept)}"
+    if value[:4].upper() == "AWS ":
+        return value.partition(":")[0]  # S3's version 2: `AWS KEY:SIGNATURE`
+    return authorization
+
+
 def fingerprint(action: Action) -> str:
     """A digest of what the action does, the same for retries of it: method and normalized URL
     with sorted query and JSON body with sorted keys (for a tool call: server, tool, args)."""
@@ -62,7 +106,7 @@ def fingerprint(action: Action) -> str:
         h.update(f"{action.protocol} {action.host}:{action.port} {action.tool}\n".encode())
         h.update(canonical(action.args).encode())
     else:
-        query = urlencode(sorted(parse_qsl(action.query, keep_blank_values=True)))
+        query = urlencode(sorted(unsigned(parse_qsl(action.query, keep_blank_values=True))))
         target = f"{action.host}:{action.port}{normalized_path(action.path)}?{query}"
         h.update(f"{action.method.upper()} {action.scheme}://{target}\n".encode())
         h.update(canonical_body(action.body))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from rules import Action, Decision, Hold, Voter, fingerprint
+from rules import Action, Decision, Hold, Voter, fingerprint, signed_stably
 from store import ActionRef, Log, Record, State, StateError, StoreError
 
 from . import voters as automated
@@ -131,7 +131,8 @@ class Holds:
         # The headers as the log shows them (credentials redacted): a plain digest reveals nothing.
         shown = hashlib.sha256(repr(sorted(redactor.headers(kept).items())).encode()).hexdigest()
         plain = f"{action.agent}|{fingerprint(action)}|{shown[:32]}"
-        creds = sorted((k, v) for k, v in kept.items() if redactor.secret_header(k))
+        # A signature made afresh for each attempt (AWS's) counts by who signed, not by its bytes.
+        creds = sorted((k, signed_stably(v)) for k, v in kept.items() if redactor.secret_header(k))
         if not creds:
             return plain
         return f"{plain}|{hmac.new(self._key, repr(creds).encode(), hashlib.sha256).hexdigest()}"
