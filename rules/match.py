@@ -213,9 +213,10 @@ def _region(v: Any, widen: bool) -> Predicate:
 
 
 def _target(v: Any, widen: bool) -> Predicate:
-    """A batch matches a deny or hold rule if any of its targets does, an allow rule only if all
-    of them do; a batch whose targets cannot be read matches a deny or hold rule."""
-    t = globs(strings(v), fold=False)
+    """A batch matches a deny or hold rule if any of its targets does (in any case: `*-prod`
+    stops `Orders-Prod`), an allow rule only if all of them do, in the case given; a batch whose
+    targets cannot be read matches a deny or hold rule."""
+    t = globs(strings(v), fold=widen)
 
     def widened(a: Action) -> bool:
         return any(t(x) for x in a.targets) or (a.body_problem is not None and a.effect.mutating)

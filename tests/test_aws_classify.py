@@ -785,3 +785,20 @@ def test_a_deny_on_a_function_holds_when_it_is_named_by_arn(tmp_path: Path) -> N
 )
 def test_deleting_items_in_a_batch_is_destructive(plain: Ruleset, call: str, params: dict[str, Any]) -> None:
     assert explain(plain, sign(call, params)).action.effect is DESTRUCTIVE
+
+
+def test_a_deny_on_targets_holds_in_any_case_and_an_allow_only_in_the_case_given(tmp_path: Path) -> None:
+    denied = deny(tmp_path, {"operation": "dynamodb:DeleteTable", "target": "*-prod"})
+    assert refused_by(explain(denied, sign("dynamodb.delete_table", {"TableName": "Orders-Prod"}))) == "no"
+    (tmp_path / "allow").mkdir()
+    allowing = ruleset_of(
+        tmp_path / "allow",
+        [{"id": "dev-tables", "match": {"target": "dev-*"}, "action": "allow"}],
+        defaults={"destructive": "hold"},
+    )
+    shouting = explain(allowing, sign("dynamodb.delete_table", {"TableName": "DEV-orders"}))
+    assert shouting.decision.rule != "dev-tables"
+    assert (
+        explain(allowing, sign("dynamodb.delete_table", {"TableName": "dev-orders"})).decision.rule
+        == "dev-tables"
+    )
