@@ -85,6 +85,9 @@ class Action:
     targets: tuple[str, ...] = ()
     count: int | None = None  # how many items a batch touches (S3 DeleteObjects: its keys)
     kube: Kube | None = None
+    # Body fields the service says hold secrets, whatever their names (an AWS model's sensitive
+    # members, such as SSM's parameter `Value`): the log keeps none of their values.
+    secret_fields: frozenset[str] = frozenset()
     # Other readings an upstream could make of the same request (an S3 bucket named by the
     # host instead of the path, a second `Action=`): each is decided too, and the strictest
     # decision holds (proxy.plane.triage).

@@ -46,11 +46,17 @@ _OVERLAP = 512
 
 
 def body_excerpt(
-    body: bytes | None, policy: BodyPolicy, *, content_type: str = "", effect: Effect = Effect.WRITE
+    body: bytes | None,
+    policy: BodyPolicy,
+    *,
+    content_type: str = "",
+    effect: Effect = Effect.WRITE,
+    secret_fields: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Size and SHA-256 of a body as it was sent, and its first bytes up to the policy's limit
     for `effect`, credentials redacted (as text where it is UTF-8, else base64; `redacted: true`
-    when any were). With a limit of 0 only the size and digest are kept."""
+    when any were), and the values of `secret_fields` too. With a limit of 0 only the size and
+    digest are kept."""
     limit = policy.limit_for(effect)
     if body is None:
         return {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
@@ -61,12 +67,14 @@ def body_excerpt(
         out["truncated"] = True
         # Not parsed: a body past the limit is redacted as text, by name=value pairs and shapes.
         seen = body[: limit + _OVERLAP]
-        cleaned = redact.body(seen, content_type, parsed=_never)
+        named = redact.named(seen, secret_fields, content_type)
+        cleaned = redact.body(named, content_type, parsed=_never)
         kept = cleaned[:limit]
     else:
         seen = body
-        cleaned = kept = redact.body(body, content_type, parsed=json_of)
-    if cleaned is not seen:
+        named = redact.named(body, secret_fields, content_type)
+        cleaned = kept = redact.body(named, content_type, parsed=json_of)
+    if cleaned is not named or named is not seen:
         out["redacted"] = True
     text = _utf8(kept, cut=len(body) > limit)
     if text is None:
@@ -203,14 +211,20 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         "port": action.port,
         "path": redact.text(action.path),
         "effect": action.effect.value,
-        "headers": redactor.headers(action.headers),
+        "headers": _headers(action, redactor),
     }
     content_type = action.headers.get("content-type", "")
     if _args_carried(action):
         # The message's arguments are kept once, parsed (`args`): the body only by size and digest.
         described["body"] = body_excerpt(action.body, BodyPolicy(0)) | {"kept_as": "args"}
     else:
-        described["body"] = body_excerpt(action.body, bodies, content_type=content_type, effect=action.effect)
+        described["body"] = body_excerpt(
+            action.body,
+            bodies,
+            content_type=content_type,
+            effect=action.effect,
+            secret_fields=action.secret_fields,
+        )
     for optional in (
         "upstream",
         "service",
@@ -233,6 +247,15 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         limit = max(bodies.limit_for(action.effect), ARGS_SHOWN)
         described["args"] = capped_args(redactor.args(action.args), limit)
     return described
+
+
+def _headers(action: Action, redactor: Redactor) -> dict[str, str]:
+    """The headers with credentials redacted, and those the service marks secret."""
+    shown = redactor.headers(action.headers)
+    if action.secret_fields:
+        secret = {n.lower() for n in action.secret_fields}
+        shown = {k: redact.REDACTED if k.lower() in secret else v for k, v in shown.items()}
+    return shown
 
 
 def kube_fields(action: Action) -> dict[str, str | None]:

@@ -89,6 +89,7 @@ def _reading(
         targets=touched.targets,
         count=touched.count,
         body_problem=problem,
+        secret_fields=call.model.sensitive(call.operation) if call.model is not None else frozenset(),
     )
 
 

@@ -70,6 +70,7 @@ class Model:
     _shapes: dict[str, Any] | None = field(default=None, repr=False)
     _rest: dict[str, Routes] | None = field(default=None, repr=False)
     _members: dict[str, tuple[Member, ...]] = field(default_factory=dict, repr=False)
+    _sensitive: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -135,6 +136,16 @@ class Model:
             for n in shape.get("required", [])
             if n in members and members[n].get("location") in ("querystring", "header")
         ]
+
+    def sensitive(self, operation: str) -> frozenset[str]:
+        """The names (as sent) of the input's members, at any depth, that the model marks
+        sensitive or whose shape it does: their values are secrets."""
+        try:
+            return self._sensitive[operation]
+        except KeyError:
+            shape = self.operations.get(operation, {}).get("input", {}).get("shape")
+            found = self._sensitive[operation] = frozenset(_sensitive(self._shapes or {}, shape))
+            return found
 
     def members(self, operation: str) -> tuple[Member, ...]:
         """The members of an operation's input that name resources: the required ones, or when
@@ -214,6 +225,28 @@ def _route(name: str, http: dict[str, Any], required: list[tuple[str, str]]) -> 
         headers=frozenset(n.lower() for where, n in required if where == "header"),
         literal=literal,
     )
+
+
+def _sensitive(shapes: dict[str, Any], start: str | None) -> set[str]:
+    found: set[str] = set()
+    seen: set[str] = set()
+    todo = [start] if start else []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        shape = shapes.get(name, {})
+        for key in ("member", "key", "value"):  # a list's items, a map's keys and values
+            if isinstance(shape.get(key), dict) and "shape" in shape[key]:
+                todo.append(shape[key]["shape"])
+        for member_name, spec in shape.get("members", {}).items():
+            target = spec.get("shape", "")
+            if spec.get("sensitive") or shapes.get(target, {}).get("sensitive"):
+                found.update({member_name, spec.get("locationName", member_name)})
+            else:
+                todo.append(target)
+    return found
 
 
 def _members(model: Model, operation: str) -> tuple[Member, ...]:
