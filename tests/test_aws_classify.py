@@ -663,8 +663,9 @@ def test_a_bucket_in_the_host_or_in_the_path_is_denied_either_way(
 
 def test_a_bucket_under_a_declared_endpoint_is_read_from_the_host_first(declared: Ruleset) -> None:
     """`reports-bucket.moto.test:5000/2026/q3.csv`: under a declared endpoint (moto.test) the
-    first label is the bucket, as an SDK addressing it virtually meant; the path-style reading is
-    still decided."""
+    first label is the bucket, as an SDK addressing it virtually meant and as the endpoint reads
+    it; on the endpoint itself the bucket is in the path. A declared endpoint has no other
+    readings."""
     request = sign(
         "s3.delete_object",
         {"Bucket": "reports-bucket", "Key": "2026/q3.csv"},
@@ -674,7 +675,15 @@ def test_a_bucket_under_a_declared_endpoint_is_read_from_the_host_first(declared
     assert request.host == "reports-bucket.moto.test"
     read = explain(declared, request)
     assert (read.action.operation, read.action.targets) == ("DeleteObject", ("reports-bucket/2026/q3.csv",))
-    assert ("DeleteObject", ("2026/q3.csv",)) in [(o.operation, o.targets) for o in read.action.others]
+    assert read.action.others == ()
+    path_style = sign(
+        "s3.delete_object",
+        {"Bucket": "reports-bucket", "Key": "2026/q3.csv"},
+        endpoint=DECLARED,
+        addressing="path",
+    )
+    read = explain(declared, path_style)
+    assert (read.action.targets, read.action.others) == (("reports-bucket/2026/q3.csv",), ())
 
 
 def _sigv4a(request: Signed) -> Signed:

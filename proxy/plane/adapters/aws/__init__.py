@@ -114,8 +114,10 @@ def _calls(action: Action, models: tuple[Model, ...], declared: Declared) -> lis
 
 def _paths(action: Action, models: tuple[Model, ...], declared: Declared) -> list[str]:
     """The paths to match REST routes against: the path as sent, with an S3 bucket that the host
-    names put in front; on a host that is not AWS's, each way the host may name one too (first,
-    when the rest of the host is a declared endpoint or localhost: `bucket.localhost`)."""
+    names put in front. A declared endpoint reads as AWS does: the bucket is in the path when the
+    host is the endpoint, in the host's first label when the rest of it is (`bucket.minio.test`).
+    Any other host may be read each way, the bucket in the path first (in the host first under
+    localhost: `bucket.localhost`, as SDKs address a local emulator)."""
     path = action.path
     if not any(m.name == "s3" for m in models):
         return [path]
@@ -125,10 +127,12 @@ def _paths(action: Action, models: tuple[Model, ...], declared: Declared) -> lis
         return [path]
     host = action.host.lower().rstrip(".")
     first, _, rest = host.partition(".")
+    if declared(rest, action.port):
+        return [f"/{first}{path}"]
+    if declared(host, action.port):
+        return [path]
     hosted = [f"/{first}{path}", f"/{host}{path}"]
-    if rest == "localhost" or declared(rest, action.port):
-        return [*hosted, path]
-    return [path, *hosted]
+    return [*hosted, path] if rest == "localhost" else [path, *hosted]
 
 
 def _fields(action: Action) -> dict[str, list[str]]:
