@@ -474,3 +474,46 @@ rules:
     assert second["state"] == "held"
     kinds = [e["kind"] for e in setup.show(first["id"])["entries"]]
     assert kinds == ["intent", "vote", "decision", "execute", "outcome"]
+
+
+def test_a_named_server_is_logged_and_matched_by_its_name(setup: Setup) -> None:
+    """Two servers started the same way (`npx ...`, here `python ...`) are told apart by
+    `--name`: the log's URL and upstream carry it, and a rule names the server by it."""
+    write_rules(
+        setup,
+        "rules:\n"
+        "  - {id: no-note-deletes-on-notes, match: {path: /notes, tool: delete_note}, action: deny,"
+        " message: notes are kept}\n",
+    )
+    cmd = setup.airlock_command()
+    named = StdioServerParameters(command=cmd[0], args=[cmd[1], "--name", "notes", *cmd[2:]])
+
+    async def write_then_delete(s: ClientSession) -> tuple[CallToolResult, CallToolResult]:
+        return await s.call_tool("write_note", {"name": "a", "text": "x"}), await s.call_tool(
+            "delete_note", {"name": "a"}
+        )
+
+    written, deleted = session(named, setup.stderr, write_then_delete)
+    assert not written.is_error and deleted.is_error
+    assert "notes are kept" in text_of(deleted)
+    assert setup.effect_lines() == ["write a"]
+    logged = tool_calls(setup)
+    assert {(x["url"], x["upstream"]) for x in logged} == {("stdio:notes", "notes")}
+    assert [(x["tool"], x["state"]) for x in logged] == [
+        ("write_note", "committed"),
+        ("delete_note", "denied"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["", "two words", "../up", ".hidden"])
+def test_a_bad_server_name_is_one_line(setup: Setup, name: str) -> None:
+    write_rules(setup, "rules: []\n")
+    proc = subprocess.run(
+        [AIRLOCK, "mcp", "--name", name, "--data", str(setup.data), "--", sys.executable, "-c", "pass"],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "is not a server name" in err and "Traceback" not in err

@@ -22,6 +22,7 @@ from proxy.ops.config import (
     parse_count,
     parse_otlp_endpoint,
     parse_seconds,
+    parse_server_name,
     parse_size,
     parse_upstream,
 )
@@ -172,6 +173,12 @@ def add(sub: Commands) -> None:
     rules_arg(mcp)
     agent_arg(mcp, "agent name recorded on the server's actions")
     rules_poll_arg(mcp, "how often to check the rule files for changes (default 1; 0: never)")
+    mcp.add_argument(
+        "--name",
+        type=typed(parse_server_name),
+        help="the server's name: its actions' URL is stdio:NAME and rules match it as `path: /NAME` "
+        "(default: the command's file name, e.g. npx)",
+    )
     mcp.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the MCP server to run")
     mcp.set_defaults(func=cmd_mcp)
 
@@ -236,6 +243,11 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     from proxy.mcp.stdio import StdioConfig, serve_stdio
 
     cfg = StdioConfig(
-        command=cmd, data=Path(args.data), rules=args.rules, agent=args.agent, rules_poll=args.rules_poll
+        command=cmd,
+        data=Path(args.data),
+        rules=args.rules,
+        agent=args.agent,
+        rules_poll=args.rules_poll,
+        name=args.name,
     )
     return asyncio.run(serve_stdio(cfg))

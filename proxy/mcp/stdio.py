@@ -52,12 +52,13 @@ class StdioConfig:
     agent: str
     rules_poll: float = 1.0
     body_limit: int = 64 * 1024
+    name: str | None = None  # the server's name in the log; default: its command's file name
 
 
 def base_action(cfg: StdioConfig) -> Action:
-    """The action every message of this server starts from: the server is named by its command
-    (an upstream the operator chose, so egress does not apply)."""
-    name = Path(cfg.command[0]).name
+    """The action every message of this server starts from: the server is named as the operator
+    named it, or by its command (an upstream the operator chose, so egress does not apply)."""
+    name = cfg.name or Path(cfg.command[0]).name
     return Action(
         method="POST",
         scheme="stdio",

@@ -230,6 +230,19 @@ def parse_agent(text: str) -> str:
     return text
 
 
+_SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def parse_server_name(text: str) -> str:
+    """An MCP server's name in the log (`airlock mcp --name`): letters, digits, `_`, `.`, `-`."""
+    if not _SERVER_NAME.fullmatch(text) or len(text) > 100:
+        raise ConfigError(
+            f"{text!r} is not a server name (e.g. github or notes-server: letters, digits, _ . -): "
+            "it names the server in the log"
+        )
+    return text
+
+
 def parse_otlp_endpoint(text: str) -> str:
     """An OTLP/HTTP logs endpoint: an http:// or https:// URL; one with no path gets the logs
     path `/v1/logs`, as OpenTelemetry's OTEL_EXPORTER_OTLP_ENDPOINT does."""
