@@ -51,9 +51,11 @@ Run = subprocess.CompletedProcess[str]
 # ---- helpers --------------------------------------------------------------------------------
 
 
-def airlock_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
-    """Run `airlock ARGS` as its own process."""
-    return subprocess.run([AIRLOCK, *args], capture_output=True, text=True, timeout=timeout, env=env)
+def airlock_cmd(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
+) -> Run:
+    """Run `airlock ARGS` as its own process (in `cwd`, if given)."""
+    return subprocess.run([AIRLOCK, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def in_parallel(*calls: Callable[[], Run]) -> list[Run]:
@@ -432,38 +434,56 @@ def test_ca_prints_the_cert_and_keeps_secrets_private(busy: Busy, tmp_path: Path
 
 # ---- airlock exec ---------------------------------------------------------------------------
 
-DUMP_ENV = "import os, json; print(json.dumps(dict(os.environ)))"
 # Where the clients agents run read their CA from: OpenSSL, requests, curl, Node, the AWS SDKs, git.
 COMMON_CA_VARS = {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"}
 COMMON_CA_VARS |= {"AWS_CA_BUNDLE", "GIT_SSL_CAINFO"}
 
 
-def test_exec_points_the_command_at_the_proxy(tmp_path: Path) -> None:
-    port = free_port()
+def test_exec_points_the_command_at_the_proxy(airlock: Airlock, tmp_path: Path) -> None:
+    """Every proxy variable names the proxy; every CA variable, the proxy's own CA by an absolute
+    path (a relative --data, and a command that changes directory, still find it); Node 24 is
+    told to use the proxy variables; NO_PROXY is gone."""
     env = {**os.environ, "NO_PROXY": "example.com", "no_proxy": "example.com", "KEEP_ME": "yes"}
+    relative = os.path.relpath(airlock.data, tmp_path)
+    dump = "import os, json; os.chdir('/'); print(json.dumps(dict(os.environ)))"
     proc = airlock_cmd(
         "exec",
         "--data",
-        str(tmp_path / "d"),
+        relative,
         "--listen",
-        f"127.0.0.1:{port}",
+        f"127.0.0.1:{airlock.port}",
         "--",
         sys.executable,
         "-c",
-        DUMP_ENV,
+        dump,
         env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc
     seen = json.loads(proc.stdout)
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        assert seen[var] == f"http://127.0.0.1:{port}", var
-    cert = tmp_path / "d" / "ca" / "mitmproxy-ca-cert.pem"
-    assert cert.is_file()
+        assert seen[var] == f"http://127.0.0.1:{airlock.port}", var
+    cert = (airlock.data / "ca" / "mitmproxy-ca-cert.pem").resolve()
     assert set(CA_VARS) >= COMMON_CA_VARS
     for var in CA_VARS:  # and every less common one exec knows of
         assert seen[var] == str(cert), var
+        assert Path(seen[var]).is_absolute() and Path(seen[var]).is_file(), var
+    assert seen["NODE_USE_ENV_PROXY"] == "1"
     assert "NO_PROXY" not in seen and "no_proxy" not in seen
     assert seen["KEEP_ME"] == "yes"
+
+
+def test_exec_without_its_proxy_says_so_in_one_line(airlock: Airlock, tmp_path: Path) -> None:
+    """exec does not make a CA of its own, nor send a command to a proxy that is not there."""
+    idle = free_port()
+    no_proxy = airlock_cmd("exec", "--data", str(airlock.data), "--listen", f"127.0.0.1:{idle}", "--", "true")
+    assert f"no proxy is listening on 127.0.0.1:{idle}" in one_line_error(no_proxy)
+    elsewhere = tmp_path / "other-data"
+    no_ca = airlock_cmd(
+        "exec", "--data", str(elsewhere), "--listen", f"127.0.0.1:{airlock.port}", "--", "true"
+    )
+    assert "no proxy CA in" in one_line_error(no_ca) and "--data" in no_ca.stderr
+    assert not (elsewhere / "ca").exists()
 
 
 def test_exec_routes_curl_and_requests_through_the_proxy(airlock: Airlock, upstream: Upstream) -> None:
@@ -487,7 +507,7 @@ def test_exec_routes_curl_and_requests_through_the_proxy(airlock: Airlock, upstr
 
 
 def test_exec_passes_on_the_exit_status(busy: Busy) -> None:
-    data = ["--data", str(busy.airlock.data)]  # its CA exists already: the two runs do not race to make it
+    data = ["--data", str(busy.airlock.data), "--listen", f"127.0.0.1:{busy.airlock.port}"]
     seven, missing = in_parallel(
         lambda: airlock_cmd("exec", *data, "--", sys.executable, "-c", "raise SystemExit(7)"),
         lambda: airlock_cmd("exec", *data, "--", "no-such-command-airlock-test"),

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 
-from proxy.ops.config import TRANSPARENT, RunConfig, parse_port, parse_resolver, parse_uid
+from proxy.ops.config import TRANSPARENT, Address, RunConfig, parse_port, parse_resolver, parse_uid
 from proxy.ops.datadir import DataDir
 from proxy.routing.environ import agent_environment
 from rules import default_path
@@ -19,7 +20,7 @@ from .args import Commands, UserError, address_arg, command_line, data_arg, type
 
 def add(sub: Commands) -> None:
     """`exec`, `capture` and `ca`."""
-    ex = sub.add_parser("exec", help="run a command with its traffic routed through the proxy")
+    ex = sub.add_parser("exec", help="run a command with its traffic routed through the running proxy")
     data_arg(ex)
     address_arg(ex, "--listen", RunConfig.listen, "the proxy's address")
     ex.add_argument(
@@ -81,13 +82,25 @@ def add(sub: Commands) -> None:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     """Replace this process with the command, its environment pointed at the proxy (or, with
-    --isolate, run it in a namespace that can reach nothing but the proxy)."""
+    --isolate, run it in a namespace that can reach nothing but the proxy). The proxy must be
+    running: exec trusts its CA (from its data dir) and checks it is listening."""
     cmd = command_line(args, "airlock exec -- CMD ARGS...")
-    from proxy.plane.ca import ensure_ca
+    from proxy.plane.ca import cert_path
 
     data = DataDir(args.data)
     data.prepare()
-    cert = ensure_ca(data.ca)
+    cert = cert_path(data.ca).resolve()  # absolute: the command may change directory
+    if not cert.is_file():
+        raise UserError(
+            f"no proxy CA in {data.ca.resolve()}: exec trusts the CA of the `airlock run` that uses this "
+            "--data; start it first, or give exec that proxy's --data"
+        )
+    listener = args.transparent if args.isolate else args.listen
+    if not listening(listener):
+        flag = "--transparent" if args.isolate else "--listen"
+        raise UserError(
+            f"no proxy is listening on {listener}: start `airlock run` first, or give exec its {flag} address"
+        )
     if args.isolate:
         from proxy.routing.isolate import IsolateError, Isolation, run_isolated
 
@@ -106,6 +119,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     except PermissionError:
         print(f"airlock exec: permission denied: {cmd[0]}", file=sys.stderr)
         return 126
+
+
+def listening(address: Address) -> bool:
+    """True when something accepts TCP connections at `address` (a wildcard means this host)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address.host, address.host)
+    try:
+        with socket.create_connection((host, address.port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def cmd_capture(args: argparse.Namespace) -> int:

@@ -22,12 +22,15 @@ CA_VARS = (
     "DENO_CERT",
 )
 BYPASS_VARS = ("NO_PROXY", "no_proxy")
+# Node 24's built-in fetch and http use the proxy variables only when this is set.
+NODE_PROXY = {"NODE_USE_ENV_PROXY": "1"}
 
 
 def agent_environment(base: Mapping[str, str], proxy_url: str, ca_cert: Path) -> dict[str, str]:
     """`base` with every request routed through `proxy_url` and `ca_cert` trusted."""
     env = captured_environment(base, ca_cert)
     env.update({k: proxy_url for k in PROXY_VARS})
+    env.update(NODE_PROXY)
     return env
 
 
