@@ -1,8 +1,10 @@
 # Airlock: `make run` starts the proxy on its defaults, `make test` runs the whole suite.
-# Both create .venv with Python 3.12+ and install the project into it first.
+# Both create .venv with Python 3.12+ and install the project into it first: `run` what
+# running needs, `test` the test toolchain (clients, emulators, linters) too.
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
+RUN_STAMP := $(VENV)/.installed-run
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
@@ -14,14 +16,20 @@ PYTHON ?= $(shell for c in python3.13 python3.12 python3 \
 
 .PHONY: run test lint bench soak deps clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "airlock needs Python 3.12 or newer (3.13 preferred): install python3.13 (e.g. 'apt-get install python3.13' or 'pyenv install 3.13') and run make again" >&2; \
 	  exit 1; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	@touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUN_STAMP)
 
 # Debian packages the tests drive: curl as a real client; iptables, iproute2 (ip) and
 # util-linux (setpriv) and procps (sysctl) for the capture and isolation tests, which run only as root;
@@ -39,7 +47,7 @@ deps:
 
 WHERE := airlock is not on PATH: run it as $(VENV)/bin/airlock (or 'source $(VENV)/bin/activate' first)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@echo "$(WHERE)" >&2
 	$(VENV)/bin/airlock run $(ARGS)
 

@@ -290,7 +290,7 @@ def test_make_says_where_the_command_is() -> None:
         pytest.skip("no .venv here: these tests run from another environment")
     # -o: the installed environment counts as up to date, so make installs nothing here.
     proc = subprocess.run(
-        ["make", "-s", "--no-print-directory", "-o", ".venv/.installed", "run", "ARGS=--help"],
+        ["make", "-s", "--no-print-directory", "-o", ".venv/.installed-run", "run", "ARGS=--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -302,6 +302,28 @@ def test_make_says_where_the_command_is() -> None:
         == "airlock is not on PATH: run it as .venv/bin/airlock (or 'source .venv/bin/activate' first)\n"
     )
     assert proc.stdout.startswith("usage: airlock run")
+
+
+def test_make_run_installs_what_running_needs_and_make_test_the_toolchain(tmp_path: Path) -> None:
+    """On a fresh clone (no .venv), `make run` installs the project alone; `make test` adds the
+    test extras (clients, emulators, linters). Dry runs: nothing is installed here."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+
+    def planned(target: str) -> str:
+        proc = subprocess.run(
+            ["make", "-n", "--no-print-directory", target],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    run = planned("run")
+    assert "pip install --quiet -e .\n" in run and "[test]" not in run
+    assert "pip install --quiet -e '.[test]'" in planned("test")
 
 
 def test_a_listener_that_cannot_start_names_its_flag(tmp_path: Path) -> None:
