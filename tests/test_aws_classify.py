@@ -811,3 +811,22 @@ def test_a_deny_on_targets_holds_in_any_case_and_an_allow_only_in_the_case_given
         explain(allowing, sign("dynamodb.delete_table", {"TableName": "dev-orders"})).decision.rule
         == "dev-tables"
     )
+
+
+def test_a_delete_by_method_override_or_doubled_slash_is_still_a_delete(tmp_path: Path) -> None:
+    """A server in front of S3 that honours `X-HTTP-Method-Override`, or one that resolves
+    `//bucket/key` as `/bucket/key`, deletes the object: a deny on DeleteObject holds. (The
+    requests are botocore's DeleteObject, changed after signing: AWS would refuse the
+    signature, but a deny must not depend on that.)"""
+    rules = deny(tmp_path, {"operation": "s3:DeleteObject", "target": "prod-users/*"})
+    request = sign("s3.delete_object", {"Bucket": "prod-users", "Key": "a.csv"}, addressing="path")
+    overridden = Signed(
+        "POST", request.url, [*request.headers, ("X-HTTP-Method-Override", "DELETE")], request.body
+    )
+    read = explain(rules, overridden)
+    assert refused_by(read) == "no"
+    assert read.action.effect is DESTRUCTIVE
+    head, _, path = request.url.partition(".amazonaws.com")
+    doubled = Signed("DELETE", f"{head}.amazonaws.com/{path}", request.headers, request.body)
+    assert "amazonaws.com//prod-users/a.csv" in doubled.url
+    assert refused_by(explain(rules, doubled)) == "no"

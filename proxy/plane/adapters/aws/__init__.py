@@ -106,19 +106,32 @@ def _calls(action: Action, models: tuple[Model, ...], declared: Declared) -> lis
             found.append((call, _field_targets(call, fields)))
     rest = tuple(m for m in models if m.protocol.startswith("rest-"))
     if rest and not found:
-        for path in _paths(action, rest, declared):
-            for call in rest_calls(action.method, path, action.query, action.headers, rest):
-                found.append((call, _rest_targets(action, call)))
+        found = _rest(action, rest, declared, [action.path])
+        if not found:  # a path no route takes as sent (`//bucket/key`): as servers resolve it
+            found = _rest(action, rest, declared, list(readings_of(action).paths))
     return found
 
 
-def _paths(action: Action, models: tuple[Model, ...], declared: Declared) -> list[str]:
+def _rest(
+    action: Action, models: tuple[Model, ...], declared: Declared, paths: list[str]
+) -> list[tuple[Call, Touched | str]]:
+    """The REST readings of the request on these paths, under the method as sent and any a
+    method-override header names."""
+    found: list[tuple[Call, Touched | str]] = []
+    for method in readings_of(action).methods:
+        for sent in paths:
+            for path in _paths(action, sent, models, declared):
+                for call in rest_calls(method, path, action.query, action.headers, models):
+                    found.append((call, _rest_targets(action, call)))
+    return found
+
+
+def _paths(action: Action, path: str, models: tuple[Model, ...], declared: Declared) -> list[str]:
     """The paths to match REST routes against: the path as sent, with an S3 bucket that the host
     names put in front. A declared endpoint reads as AWS does: the bucket is in the path when the
     host is the endpoint, in the host's first label when the rest of it is (`bucket.minio.test`).
     Any other host may be read each way, the bucket in the path first (in the host first under
     localhost: `bucket.localhost`, as SDKs address a local emulator)."""
-    path = action.path
     if not any(m.name == "s3" for m in models):
         return [path]
     if (bucket := bucket_of_host(action.host)) is not None:
