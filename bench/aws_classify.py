@@ -18,7 +18,7 @@ Each request becomes a mitmproxy `http.Request`, and is timed three ways in the 
   both        the two in turn: what the gate spends on a request before the rules
 
 botocore's service models are read by the classifier, not per request: the index of every
-model's metadata when it is first needed (the proxy builds it at start, off the request path),
+model's metadata when it is first needed (once per process, by the first request that may be AWS's),
 and each service's operations the first time a request for that service arrives. The script
 counts the model files read, and times the index, the first request of each service and the
 steady state apart.

@@ -37,7 +37,6 @@ from proxy.ops.upkeep import Upkeep
 from rules import Ruleset
 from store import Log, Retention, StoreFull
 
-from .adapters import aws
 from .basepaths import BasePaths
 from .ca import ensure_ca, install_ca
 from .clients import Clients
@@ -118,7 +117,6 @@ def build(cfg: RunConfig, data: DataDir, log: Log, ruleset: Ruleset) -> tuple[ma
     """The mitmproxy master `serve` runs: the data plane, then the gate and its company, and
     the options they run with. Listeners open when it runs."""
     specs, named = modes(cfg)
-    aws.warm()  # AWS's service models are indexed once, off the request path
     m = master.Master(options.Options())
     m.addons.add(*data_plane())
     gate = Gate(

@@ -22,7 +22,7 @@ from rules import Action, Effect, readings_of
 from .effects import effect_of
 from .errors import AwsError, aws_error
 from .hosts import bucket_of_host, endpoint_prefix_of, may_name_bucket, own_endpoint
-from .models import Model, index, warm
+from .models import Model, index
 from .operations import Call, json_calls, query_calls, rest_calls
 from .signature import scope_of
 from .targets import Touched, Unreadable, copy_source, deleted_keys, from_documents, from_fields, from_labels
@@ -33,7 +33,7 @@ FORM = "application/x-www-form-urlencoded"
 _STRICTEST_FIRST = {Effect.DESTRUCTIVE: 0, Effect.WRITE: 1, Effect.READ: 2}
 Declared = Callable[[str, int], bool]  # does the rule set name host:port as an AWS endpoint?
 
-__all__ = ["PROTOCOL", "AwsError", "Declared", "aws_error", "classified", "protocol_of", "warm"]
+__all__ = ["PROTOCOL", "AwsError", "Declared", "aws_error", "classified", "protocol_of"]
 
 
 def classified(action: Action, *, declared: Declared) -> Action:

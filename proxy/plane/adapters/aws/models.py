@@ -4,7 +4,8 @@ method and URI template of each REST operation) and which input members name res
 
 The index (signing name and endpoint prefix to the models behind them) reads only the models'
 metadata, once per process; a model's operations are read the first time a request needs them,
-and kept. `warm` builds the index off the request path, at start.
+and kept. The index is built when the first request that may be AWS's needs it (about 0.1 s,
+once a process): building it at start made every `airlock run` pay for it, AWS or not.
 """
 
 from __future__ import annotations
@@ -348,8 +349,3 @@ def index() -> Index:
     """The index of every model, built on first use (about 50 ms) and kept."""
     with _index_lock:
         return _index()
-
-
-def warm() -> None:
-    """Build the index in a thread of its own, so that no request waits for it."""
-    threading.Thread(target=index, name="airlock-aws-models", daemon=True).start()
