@@ -13,7 +13,7 @@ handler on each client keeps the request botocore prepared and answers it with a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -28,6 +28,7 @@ from botocore.config import Config
 from proxy.plane.explain import explain_request
 from proxy.plane.triage import Triage
 from rules import Action, Effect, Ruleset
+from tests.support.standin import RawBody, empty_success
 
 READ, WRITE, DESTRUCTIVE = Effect.READ, Effect.WRITE, Effect.DESTRUCTIVE
 
@@ -56,26 +57,6 @@ class Signed:
     def host(self) -> str:
         """The host the request goes to."""
         return urlsplit(self.url).hostname or ""
-
-
-class _Empty:
-    """The raw body of the stand-in answer: what botocore reads as the response stream."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        """The body in one chunk."""
-        yield self.body
-
-
-def _answer(protocol: str, operation: str) -> bytes:
-    """An empty success body botocore parses without complaint for the service's protocol."""
-    if protocol == "query":
-        return f"<{operation}Response><{operation}Result/></{operation}Response>".encode()
-    if protocol in ("rest-xml", "ec2"):
-        return b"<Response/>"
-    return b"{}"
 
 
 def _text(value: str | bytes) -> str:
@@ -123,7 +104,7 @@ def _client(
     def send(request: AWSPreparedRequest, event_name: str, **_: Any) -> AWSResponse:
         kept.sent.append(_wire(request))
         operation = event_name.rsplit(".", 1)[-1]
-        return AWSResponse(request.url, 200, {}, _Empty(_answer(protocol, operation)))
+        return AWSResponse(request.url, 200, {}, RawBody(empty_success(protocol, operation)))
 
     client.meta.events.register("before-send", send)
     return kept

@@ -12,6 +12,7 @@ import botocore.session
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 
 from tests.support import AIRLOCK
+from tests.support.standin import RawBody
 
 RULES = """\
 version: 1
@@ -35,18 +36,11 @@ def _signed_delete() -> AWSPreparedRequest:
 
     def catch(request: AWSPreparedRequest, **_: object) -> AWSResponse:
         caught.append(request)
-        return AWSResponse(request.url, 204, {}, _Empty())
+        return AWSResponse(request.url, 204, {}, RawBody())
 
     client.meta.events.register("before-send", catch)
     client.delete_object(Bucket="prod-users", Key="exports/all.csv")
     return caught[0]
-
-
-class _Empty:
-    """An empty response body, as botocore reads one."""
-
-    def stream(self, **_: object) -> list[bytes]:
-        return []
 
 
 def _explain(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
