@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from botocore.exceptions import ClientError
 
-from proxy.core.records import BodyPolicy, body_excerpt
-from proxy.core.redact import REDACTED, named
+from proxy.core.records import BodyPolicy, body_excerpt, describe
+from proxy.core.redact import REDACTED, Redactor, named
+from rules import Action, Effect
 from tests.support import Airlock
 from tests.support.moto import Moto, moto_server, proxied
 
@@ -96,3 +97,21 @@ def test_a_body_past_the_limit_keeps_no_named_secret() -> None:
     assert "correct-horse" not in json.dumps(excerpt)
     whole = body_excerpt(body, BodyPolicy(), secret_fields=frozenset({"Value"}))
     assert whole["redacted"] and SECRET not in whole["text"]
+
+
+def test_a_secret_member_in_a_query_string_is_not_logged() -> None:
+    """A query protocol's call may come as a GET with its members in the URL: STS's
+    `SAMLAssertion` is marked sensitive, though its name says nothing of secrets."""
+    action = Action(
+        "GET",
+        "https",
+        "sts.amazonaws.com",
+        443,
+        "/",
+        Effect.WRITE,
+        query=f"Action=AssumeRoleWithSAML&SAMLAssertion={SECRET}&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr",
+        secret_fields=frozenset({"SAMLAssertion"}),
+    )
+    described = describe(action, redactor=Redactor(), bodies=BodyPolicy())
+    assert SECRET not in json.dumps(described)
+    assert "SAMLAssertion=[redacted]" in described["url"] and "RoleArn=" in described["url"]

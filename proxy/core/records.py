@@ -201,7 +201,7 @@ def verify_read(read: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
 
 def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[str, Any]:
     """An action as JSON, credentials redacted and the body cut to the policy's limit."""
-    url = redactor.url(action.url)
+    url = _url(action, redactor)
     described: dict[str, Any] = {
         "protocol": action.protocol,
         "agent": action.agent,
@@ -247,6 +247,17 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         limit = max(bodies.limit_for(action.effect), ARGS_SHOWN)
         described["args"] = capped_args(redactor.args(action.args), limit)
     return described
+
+
+def _url(action: Action, redactor: Redactor) -> str:
+    """The URL with credentials redacted, and the query fields the service marks secret (a
+    query protocol's call sent as a GET carries its members in the query)."""
+    url = redactor.url(action.url)
+    head, sep, query = url.partition("?")
+    if not sep or not action.secret_fields:
+        return url
+    form = "application/x-www-form-urlencoded"
+    return f"{head}?{redact.named(query.encode(), action.secret_fields, form).decode()}"
 
 
 def _headers(action: Action, redactor: Redactor) -> dict[str, str]:
