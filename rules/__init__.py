@@ -7,10 +7,11 @@ Knows nothing of flows or LMDB; the proxy builds an Action and asks `Ruleset.dec
 from importlib import resources
 from pathlib import Path
 
-from .action import Action, Effect, Kube
+from .action import Action, Effect, Inference, Kube
 from .addresses import Address, address_of, non_public
 from .allowlist import EGRESS_RULE, Allowlist
 from .body import bom_codec
+from .budgets import Budget, BudgetScope
 from .decision import ALLOWED, PRECEDENCE, Decision, Verdict
 from .holds import DEFAULT_HOLD, Hold
 from .parsed import BODIES, ParsedBodies, ParsedJson, json_of
@@ -37,11 +38,14 @@ __all__ = [
     "Action",
     "Address",
     "Allowlist",
+    "Budget",
+    "BudgetScope",
     "Decision",
     "Dedup",
     "Effect",
     "Explanation",
     "Hold",
+    "Inference",
     "KeyTemplate",
     "Kube",
     "ParsedBodies",

@@ -14,24 +14,28 @@ class Effect(StrEnum):
     """What an action does to the world it reaches."""
 
     READ = "read"
+    # A call to a model: it changes nothing upstream, but carries data out and costs tokens.
+    # It is decided and logged like any action, not made durable before it goes, and never
+    # left in doubt by a crash.
+    INFERENCE = "inference"
     WRITE = "write"
     DESTRUCTIVE = "destructive"
 
     @property
     def mutating(self) -> bool:
         """True for effects that change something upstream: these are logged durably first."""
-        return self is not Effect.READ
+        return self is Effect.WRITE or self is Effect.DESTRUCTIVE
 
     def stricter(self, other: Effect) -> Effect:
-        """The stricter of two effects (read < write < destructive): what an action counts as
-        when two readings of it disagree."""
+        """The stricter of two effects (read < inference < write < destructive): what an action
+        counts as when two readings of it disagree."""
         return self if _STRICTNESS[self] >= _STRICTNESS[other] else other
 
 
 # Protocols whose actions are one HTTP request each: a rule for `protocol: http` matches them.
-HTTP_PROTOCOLS = frozenset({"http", "aws", "k8s"})
+HTTP_PROTOCOLS = frozenset({"http", "aws", "k8s", "llm"})
 
-_STRICTNESS = {Effect.READ: 0, Effect.WRITE: 1, Effect.DESTRUCTIVE: 2}
+_STRICTNESS = {Effect.READ: 0, Effect.INFERENCE: 1, Effect.WRITE: 2, Effect.DESTRUCTIVE: 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +58,26 @@ class Kube:
 
 
 @dataclass(frozen=True, slots=True)
+class Inference:
+    """A call to a model API as its provider reads it: who serves it (`anthropic`, `openai`,
+    `gemini`, `bedrock`, or `openai-compatible` on a host the rules name), which API
+    (`messages`, `chat.completions`, `responses`, `generateContent`, `converse`...), the model
+    asked for (None when the request does not say), and whether the answer streams."""
+
+    provider: str
+    api: str
+    model: str | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     """What an agent asks to do, independent of how it arrived.
 
-    `protocol` says which adapter read it (http, mcp, ws, aws, k8s; tcp or dns for a refused
-    stream); `service`, `operation`, `region`, `targets`, `kube`, `tool` and `args` are filled
-    in by the adapters that understand more than HTTP. An aws or k8s action is an HTTP request
-    too: rules for `protocol: http` match it.
+    `protocol` says which adapter read it (http, mcp, ws, aws, k8s, llm; tcp or dns for a
+    refused stream); `service`, `operation`, `region`, `targets`, `kube`, `inference`, `tool` and
+    `args` are filled in by the adapters that understand more than HTTP. An aws, k8s or llm
+    action is an HTTP request too: rules for `protocol: http` match it.
     """
 
     method: str
@@ -85,6 +102,7 @@ class Action:
     targets: tuple[str, ...] = ()
     count: int | None = None  # how many items a batch touches (S3 DeleteObjects: its keys)
     kube: Kube | None = None
+    inference: Inference | None = None  # a call to a model (protocol llm)
     # Body fields the service says hold secrets, whatever their names (an AWS model's sensitive
     # members, such as SSM's parameter `Value`): the log keeps none of their values.
     secret_fields: frozenset[str] = frozenset()

@@ -17,6 +17,7 @@ import jsonschema
 from .action import Effect
 from .addresses import Range
 from .allowlist import Allowlist, HostEntry, entry_of
+from .budgets import parse_budget
 from .decision import PRECEDENCE, Verdict
 from .holds import Hold, parse_hold
 from .match import compile_match, is_literal, strings
@@ -44,6 +45,7 @@ class Compiled:
     voters: dict[str, Voter] = field(default_factory=dict)  # the declared automated voters
     secrets: set[str] = field(default_factory=set)
     aws_endpoints: list[str] = field(default_factory=list)  # host globs that serve AWS's APIs
+    llm_endpoints: list[str] = field(default_factory=list)  # host globs that serve model APIs
     problems: list[Problem] = field(default_factory=list)
     _seen: dict[str, Path] = field(default_factory=dict, init=False, repr=False)  # id: its file
     _voters_seen: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
@@ -83,6 +85,8 @@ class Compiled:
                 found.extend(self._voter(doc, name, spec))
         if doc.valid(["aws"]):
             self.aws_endpoints.extend(h.lower() for h in content.get("aws", {}).get("endpoints", []))
+        if doc.valid(["llm"]):
+            self.llm_endpoints.extend(h.lower() for h in content.get("llm", {}).get("endpoints", []))
         if doc.valid(["secrets"]):
             self.secrets.update(h.lower() for h in content.get("secrets", {}).get("headers", []))
         specs = content.get("rules", [])
@@ -160,6 +164,8 @@ class Compiled:
                 hides=spec.get("action") == "deny" and spec.get("hide", True) and _per_tool(match),
                 effect=Effect(spec["effect"]) if "effect" in spec else None,
                 widen=widen,
+                budget=parse_budget(spec["id"], spec["budget"]) if "budget" in spec else None,
+                keep_prompts=spec.get("keep") == "prompts",
             )
         )
         return []

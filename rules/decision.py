@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .budgets import Budget
     from .holds import Hold
     from .repeats import Dedup, Storm
 
@@ -27,8 +28,9 @@ PRECEDENCE = {Verdict.ALLOW: 0, Verdict.LOG: 1, Verdict.HOLD: 2, Verdict.DENY: 3
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The verdict on an action, the rule that decided it (None for the defaults) and why;
-    with the first matching rule's `dedup` and `storm` settings, if any rule has them, and for
-    HOLD the policy its votes are taken under.
+    with the first matching rule's `dedup` and `storm` settings, if any rule has them, every
+    matching rule's token `budgets`, whether a matching rule keeps the prompts of a model call
+    (`keep_prompts`), and for HOLD the policy its votes are taken under.
 
     HOLD is neither refused nor let through: the action waits for votes (see proxy/core/holds.py).
     """
@@ -40,6 +42,8 @@ class Decision:
     dedup: Dedup | None = None
     storm: Storm | None = None
     hold: Hold | None = None
+    budgets: tuple[Budget, ...] = ()
+    keep_prompts: bool = False
 
     @property
     def refused(self) -> bool:

@@ -237,6 +237,20 @@ def _kube(pick: Callable[[Kube], str | None]) -> Callable[[Any, bool], Predicate
     return compile_field
 
 
+def _provider(v: Any, widen: bool) -> Predicate:
+    t = globs(strings(v), fold=True)
+    return lambda a: a.inference is not None and t(a.inference.provider)
+
+
+def _model(v: Any, widen: bool) -> Predicate:
+    """A model call's model, without case; a call whose model cannot be read matches a deny or
+    hold rule (the provider may pick any)."""
+    t = globs(strings(v), fold=True)
+    if widen:
+        return lambda a: a.inference is not None and (a.inference.model is None or t(a.inference.model))
+    return lambda a: a.inference is not None and a.inference.model is not None and t(a.inference.model)
+
+
 def _unknown_args(a: Action) -> bool:
     if not a.body:
         return False
@@ -333,6 +347,8 @@ _FIELDS: dict[str, Callable[[Any, bool], Predicate]] = {
     "resource": _kube(lambda k: k.resources),
     "name": _kube(lambda k: k.name),
     "tool": _tool,
+    "provider": _provider,
+    "model": _model,
     "text": _text,
     "body": _body,
     "args": _args,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .action import Action, Effect
+from .budgets import Budget
 from .decision import Verdict
 from .holds import Hold
 from .match import Predicate, protocol_in
@@ -18,8 +19,9 @@ class Rule:
     """One rule: an id, what it matches, and what happens to the actions it matches.
 
     A rule without a verdict only modifies its actions: how repeats are handled (`dedup`,
-    `storm`) or which effect they count as (`effect`), and leaves the verdict to the other
-    rules and the defaults.
+    `storm`), which effect they count as (`effect`), the tokens they may use (`budget`) or
+    what the log keeps of them (`keep`), and leaves the verdict to the other rules and the
+    defaults.
     """
 
     id: str
@@ -38,6 +40,8 @@ class Rule:
     hides: bool = False  # a deny rule that refuses every call to a tool: hide the tool
     effect: Effect | None = None  # the effect the matched actions are treated as
     widen: bool = False  # any reading of the action matches (deny, hold): see rules.readings
+    budget: Budget | None = None  # a token budget for the model calls it matches
+    keep_prompts: bool = False  # the model calls it matches keep their prompts in the log
 
     def matches(self, action: Action) -> bool:
         """True when every field of the rule's `match` holds for the action (for a deny or hold

@@ -116,6 +116,7 @@ class Ruleset:
         self.voters = compiled.voters  # the automated voters, by name
         self.secret_headers = frozenset(compiled.secrets)
         self._aws_endpoints = globs(compiled.aws_endpoints, fold=True)
+        self._llm_endpoints = globs(compiled.llm_endpoints, fold=True)
         self.allowlist = compiled.allowlist()
         self.egress_report = self.allowlist.report
         self.digest = digest
@@ -158,6 +159,11 @@ class Ruleset:
         """True when the rules name `host` (or `host:port`) as an endpoint that serves AWS's APIs
         as AWS does (`aws: endpoints`)."""
         return self._aws_endpoints(host) or self._aws_endpoints(f"{host}:{port}")
+
+    def llm_endpoint(self, host: str, port: int) -> bool:
+        """True when the rules name `host` (or `host:port`) as serving a model API (`llm:
+        endpoints`): an OpenAI-compatible server, a gateway, a local model."""
+        return self._llm_endpoints(host) or self._llm_endpoints(f"{host}:{port}")
 
     def egress_allows(self, host: str, port: int | None = None) -> bool:
         """True when the host (and port) is on the egress allowlist (see Allowlist.allows)."""
@@ -277,8 +283,12 @@ class Ruleset:
             reason += "; egress is in report mode and would refuse the host"
         dedup = next((r.dedup for r in matched if r.dedup is not None), None)
         storm = next((r.storm for r in matched if r.storm is not None), None)
-        if dedup is not None or storm is not None:
-            decision = dataclasses.replace(decision, dedup=dedup, storm=storm)
+        budgets = tuple(r.budget for r in matched if r.budget is not None)
+        keep_prompts = any(r.keep_prompts for r in matched)
+        if dedup is not None or storm is not None or budgets or keep_prompts:
+            decision = dataclasses.replace(
+                decision, dedup=dedup, storm=storm, budgets=budgets, keep_prompts=keep_prompts
+            )
         return Explanation(action, egress, matched, decision, reason)
 
     @staticmethod

@@ -130,7 +130,7 @@ def test_the_shipped_default_rules_are_valid() -> None:
         ),
         (
             "version: 1\nrules:\n  - id: a\n    match: {}\n    effect: delete\n",
-            "rules[0].effect: 'delete' is not one of read, write, destructive",
+            "rules[0].effect: 'delete' is not one of read, inference, write, destructive",
         ),
     ],
 )
