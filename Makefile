@@ -33,9 +33,21 @@ $(STAMP): pyproject.toml | $(PY)
 
 # Debian packages the tests drive: curl as a real client; iptables, iproute2 (ip) and
 # util-linux (setpriv) and procps (sysctl) for the capture and isolation tests, which run only as root;
-# nodejs for an upstream that reads JSON as Node does; chromium and its driver for the approvals
-# page, driven in a headless browser; kubectl as a real Kubernetes client.
-DEBS := curl:curl iptables:iptables ip:iproute2 setpriv:util-linux sysctl:procps node:nodejs chromium:chromium chromedriver:chromium-driver kubectl:kubernetes-client
+# nodejs for an upstream that reads JSON as Node does, and npm to install Node 24 (below); chromium
+# and its driver for the approvals page, driven in a headless browser; kubectl as a real Kubernetes
+# client.
+DEBS := curl:curl iptables:iptables ip:iproute2 setpriv:util-linux sysctl:procps node:nodejs npm:npm chromium:chromium chromedriver:chromium-driver kubectl:kubernetes-client
+
+# Node 24 for the test that its built-in fetch honours the proxy variables under `airlock exec`
+# (NODE_USE_ENV_PROXY=1), whatever node the system has: the npm registry's node-linux-ARCH package
+# ships the official binary. Into .node24/ (git ignores it); a failed install only skips that test.
+NODE24_VERSION := 24.22.3
+NODE24_ARCH := $(subst x86_64,x64,$(subst aarch64,arm64,$(shell uname -m)))
+NODE24 := .node24/node_modules/node-linux-$(NODE24_ARCH)/bin/node
+
+$(NODE24): | deps
+	@npm install --prefix .node24 --no-save --no-audit --no-fund --silent node-linux-$(NODE24_ARCH)@$(NODE24_VERSION) \
+	  || echo "Node $(NODE24_VERSION) could not be installed from the npm registry: its exec test will be skipped" >&2
 
 deps:
 	@missing=$$(for d in $(DEBS); do command -v $${d%%:*} >/dev/null || echo $${d#*:}; done); \
@@ -51,7 +63,7 @@ run: $(RUN_STAMP)
 	@echo "$(WHERE)" >&2
 	$(VENV)/bin/airlock run $(ARGS)
 
-test: $(STAMP) deps
+test: $(STAMP) deps $(NODE24)
 	@echo "$(WHERE)" >&2
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -70,4 +82,4 @@ soak: $(STAMP)
 	$(PY) bench/soak.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) airlock-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .node24 airlock-data .pytest_cache .mypy_cache .ruff_cache

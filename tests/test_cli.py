@@ -1,19 +1,17 @@
-"""The `airlock` command line, run for real against real proxies: log, show, verify, resolve, ca, exec,
-and one-line errors for bad input."""
+"""The `airlock` command line, run for real against real proxies: log, show, verify, resolve, ca, and
+one-line errors for bad input."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import os
 import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +25,6 @@ from typing import Any
 import lmdb
 import pytest
 import requests
-
-from proxy.routing.environ import CA_VARS
 
 from .support import (
     AIRLOCK,
@@ -430,92 +426,6 @@ def test_ca_prints_the_cert_and_keeps_secrets_private(busy: Busy, tmp_path: Path
     # `ca` names the very file the running proxy made (and `exec` points clients at).
     assert Path(shared.stdout.strip()) == busy.airlock.ca_cert
     assert (busy.airlock.data / "control.token").stat().st_mode & 0o777 == 0o600
-
-
-# ---- airlock exec ---------------------------------------------------------------------------
-
-# Where the clients agents run read their CA from: OpenSSL, requests, curl, Node, the AWS SDKs, git.
-COMMON_CA_VARS = {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"}
-COMMON_CA_VARS |= {"AWS_CA_BUNDLE", "GIT_SSL_CAINFO"}
-
-
-def test_exec_points_the_command_at_the_proxy(airlock: Airlock, tmp_path: Path) -> None:
-    """Every proxy variable names the proxy; every CA variable, the proxy's own CA by an absolute
-    path (a relative --data, and a command that changes directory, still find it); Node 24 is
-    told to use the proxy variables; NO_PROXY is gone."""
-    env = {**os.environ, "NO_PROXY": "example.com", "no_proxy": "example.com", "KEEP_ME": "yes"}
-    relative = os.path.relpath(airlock.data, tmp_path)
-    dump = "import os, json; os.chdir('/'); print(json.dumps(dict(os.environ)))"
-    proc = airlock_cmd(
-        "exec",
-        "--data",
-        relative,
-        "--listen",
-        f"127.0.0.1:{airlock.port}",
-        "--",
-        sys.executable,
-        "-c",
-        dump,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc
-    seen = json.loads(proc.stdout)
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        assert seen[var] == f"http://127.0.0.1:{airlock.port}", var
-    cert = (airlock.data / "ca" / "mitmproxy-ca-cert.pem").resolve()
-    assert set(CA_VARS) >= COMMON_CA_VARS
-    for var in CA_VARS:  # and every less common one exec knows of
-        assert seen[var] == str(cert), var
-        assert Path(seen[var]).is_absolute() and Path(seen[var]).is_file(), var
-    assert seen["NODE_USE_ENV_PROXY"] == "1"
-    assert "NO_PROXY" not in seen and "no_proxy" not in seen
-    assert seen["KEEP_ME"] == "yes"
-
-
-def test_exec_without_its_proxy_says_so_in_one_line(airlock: Airlock, tmp_path: Path) -> None:
-    """exec does not make a CA of its own, nor send a command to a proxy that is not there."""
-    idle = free_port()
-    no_proxy = airlock_cmd("exec", "--data", str(airlock.data), "--listen", f"127.0.0.1:{idle}", "--", "true")
-    assert f"no proxy is listening on 127.0.0.1:{idle}" in one_line_error(no_proxy)
-    elsewhere = tmp_path / "other-data"
-    no_ca = airlock_cmd(
-        "exec", "--data", str(elsewhere), "--listen", f"127.0.0.1:{airlock.port}", "--", "true"
-    )
-    assert "no proxy CA in" in one_line_error(no_ca) and "--data" in no_ca.stderr
-    assert not (elsewhere / "ca").exists()
-
-
-def test_exec_routes_curl_and_requests_through_the_proxy(airlock: Airlock, upstream: Upstream) -> None:
-    via = ["exec", "--data", str(airlock.data), "--listen", f"127.0.0.1:{airlock.port}", "--"]
-    script = (
-        "import requests, sys; "
-        f"r = requests.post('{upstream.url}/via-requests', data=b'body'); "
-        "print(r.json()['path']); sys.exit(r.status_code != 200)"
-    )
-    curl, py = in_parallel(
-        lambda: airlock_cmd(*via, "curl", "-sS", f"http://127.0.0.1:{upstream.port}/via-exec"),
-        lambda: airlock_cmd(*via, sys.executable, "-c", script),
-    )
-    assert curl.returncode == 0 and json.loads(curl.stdout)["path"] == "/via-exec", curl
-    assert py.returncode == 0 and py.stdout.strip() == "/via-requests", py
-    settle(airlock, 5)
-    logged = {x["url"]: x for x in airlock.log()}
-    assert logged[f"{upstream.url}/via-exec"]["state"] == "committed"
-    assert logged[f"{upstream.url}/via-requests"]["method"] == "POST"
-    assert sorted(s.path for s in upstream.effects()) == ["/via-exec", "/via-requests"]
-
-
-def test_exec_passes_on_the_exit_status(busy: Busy) -> None:
-    data = ["--data", str(busy.airlock.data), "--listen", f"127.0.0.1:{busy.airlock.port}"]
-    seven, missing = in_parallel(
-        lambda: airlock_cmd("exec", *data, "--", sys.executable, "-c", "raise SystemExit(7)"),
-        lambda: airlock_cmd("exec", *data, "--", "no-such-command-airlock-test"),
-    )
-    assert seven.returncode == 7, seven
-    assert missing.returncode == 127, missing
-    assert "no-such-command-airlock-test" in missing.stderr and "Traceback" not in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 # ---- bad input: one line on stderr, exit 2 --------------------------------------------------

@@ -88,7 +88,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from proxy.plane.ca import cert_path
 
     data = DataDir(args.data)
-    data.prepare()
+    data.check()  # read only: the data dir is the running proxy's to create and tighten
     cert = cert_path(data.ca).resolve()  # absolute: the command may change directory
     if not cert.is_file():
         raise UserError(
