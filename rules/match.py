@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 import jsonschema
 
 from .action import Action, Kube
-from .readings import Readings, readings_of
+from .readings import Readings, carries_body, readings_of, unseen_body
 
 Predicate = Callable[[Action], bool]
 
@@ -215,14 +215,18 @@ def _region(v: Any, widen: bool) -> Predicate:
 def _target(v: Any, widen: bool) -> Predicate:
     """A batch matches a deny or hold rule if any of its targets does (in any case: `*-prod`
     stops `Orders-Prod`), an allow rule only if all of them do, in the case given; a batch whose
-    targets cannot be read matches a deny or hold rule."""
+    targets cannot be read matches a deny or hold rule. Targets read from the request line of a
+    request whose body streamed unread (an S3 PutObject's `bucket/key`) are read in full."""
     t = globs(strings(v), fold=widen)
 
+    def unreadable(a: Action) -> bool:
+        return a.body_problem is not None and not (a.targets and unseen_body(a))
+
     def widened(a: Action) -> bool:
-        return any(t(x) for x in a.targets) or (a.body_problem is not None and a.effect.mutating)
+        return any(t(x) for x in a.targets) or (unreadable(a) and a.effect.mutating)
 
     def strict(a: Action) -> bool:
-        return bool(a.targets) and a.body_problem is None and all(t(x) for x in a.targets)
+        return bool(a.targets) and not unreadable(a) and all(t(x) for x in a.targets)
 
     return widened if widen else strict
 
@@ -252,7 +256,7 @@ def _model(v: Any, widen: bool) -> Predicate:
 
 
 def _unknown_args(a: Action) -> bool:
-    if not a.body:
+    if not carries_body(a):
         return False
     r = readings_of(a)
     return r.unknown() and r.args_problem is not None
@@ -262,7 +266,7 @@ def _tool(v: Any, widen: bool) -> Predicate:
     t = globs(strings(v), fold=False)
     if widen:
         return lambda a: t(a.tool) or _unknown_args(a)
-    return lambda a: t(a.tool) and (not a.body or readings_of(a).args_problem is None)
+    return lambda a: t(a.tool) and (not carries_body(a) or readings_of(a).args_problem is None)
 
 
 def _effect(v: Any, widen: bool) -> Predicate:
@@ -277,7 +281,7 @@ def _over_body(
     passes, or a body that cannot be read unambiguously, matches; strict, every reading must."""
 
     def widened(a: Action) -> bool:
-        if not a.body:
+        if not carries_body(a):
             return False
         r = readings_of(a)
         if r.problem is not None:
@@ -285,7 +289,7 @@ def _over_body(
         return any(test(x) for x in pick(r))
 
     def strict(a: Action) -> bool:
-        if not a.body:
+        if not carries_body(a):
             return False
         r = readings_of(a)
         seen = list(pick(r))
@@ -303,7 +307,7 @@ def _args(v: Any, widen: bool) -> Predicate:
     if widen:
         return lambda a: (a.args is not None and valid(a.args)) or _unknown_args(a)
     return lambda a: (
-        a.args is not None and valid(a.args) and (not a.body or readings_of(a).args_problem is None)
+        a.args is not None and valid(a.args) and (not carries_body(a) or readings_of(a).args_problem is None)
     )
 
 

@@ -30,6 +30,18 @@ KINDS = ("method", "path", "agent", "body")  # the kinds of reading an explanati
 _NONE: tuple[Any, ...] = ()
 
 
+def unseen_body(action: Action) -> bool:
+    """True when the action's body was not read at all (it streamed upstream past the limit
+    the proxy reads whole): `body_problem` says so, and there is no body to read."""
+    return action.body is None and action.body_problem is not None
+
+
+def carries_body(action: Action) -> bool:
+    """True when the action has a body for rules to read, readable or not (one that streamed
+    unread counts: a rule that must read it cannot)."""
+    return bool(action.body) or unseen_body(action)
+
+
 class Readings:
     """The readings of one action; each kind is computed on first use."""
 

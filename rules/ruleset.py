@@ -22,7 +22,7 @@ from .compiling import Compiled
 from .decision import PRECEDENCE, Decision, Verdict
 from .holds import DEFAULT_HOLD, Hold
 from .match import globs
-from .readings import KINDS, readings_of
+from .readings import KINDS, readings_of, unseen_body
 from .rule import Rule
 from .source import RulesError, files, read
 
@@ -95,6 +95,13 @@ _READING_WORDS: dict[str, Callable[[Action], str]] = {
 def _ambiguous(rule: Rule, action: Action) -> Decision:
     r = readings_of(action)
     why = r.problem or r.args_problem or "it cannot be read"
+    if unseen_body(action):
+        return Decision(
+            Verdict.DENY,
+            rule.id,
+            f"rule {rule.id} must read the body of this request, and {why}; nothing was forwarded",
+            "body_unread",
+        )
     return Decision(
         Verdict.DENY,
         rule.id,

@@ -14,6 +14,7 @@ from typing import Any
 from proxy.core.records import BodyPolicy
 from proxy.ops.anchor import parse_target
 from proxy.ops.config import (
+    STREAM_ABOVE,
     ConfigError,
     RunConfig,
     parse_address,
@@ -69,6 +70,15 @@ def add(sub: Commands) -> None:
         metavar="[EFFECT=]SIZE",
         help="request body bytes kept in the log, for every effect not named or for one effect "
         "(read, write, destructive; repeatable); size and digest always kept (default 64KiB, read=0)",
+    )
+    run.add_argument(
+        "--stream-above",
+        type=typed(parse_size),
+        default=STREAM_ABOVE,
+        metavar="SIZE",
+        help="request bodies larger than SIZE, or sent chunked, stream upstream in bounded memory, "
+        "decided on their headers: rules that must read a body refuse them when they mutate "
+        "(default 8MiB)",
     )
     run.add_argument(
         "--log-max-size",

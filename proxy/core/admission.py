@@ -368,6 +368,7 @@ class Admission:
             headers=self.redactor.headers(headers),
             error=error,
             key_outcome=key_outcome,
+            request_body=tracking.upload.seen() if tracking.upload is not None else None,
         )
         self.append_soon(record)
 
@@ -376,5 +377,11 @@ class Admission:
         if not tracking.logged:
             return
         final = self._count(tracking, None)
-        record = records.failure(tracking.ref, error=error, duration_ms=tracking.elapsed_ms(), keep_key=final)
+        record = records.failure(
+            tracking.ref,
+            error=error,
+            duration_ms=tracking.elapsed_ms(),
+            keep_key=final,
+            request_body=tracking.upload.seen() if tracking.upload is not None else None,
+        )
         self.append_soon(record)

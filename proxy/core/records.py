@@ -319,8 +319,10 @@ def outcome(
     headers: dict[str, str],
     error: str | None = None,
     key_outcome: KeyOutcome | None = None,
+    request_body: dict[str, Any] | None = None,
 ) -> Record:
-    """The response an action got, whatever its status code (and a stream error, if it broke)."""
+    """The response an action got, whatever its status code (and a stream error, if it broke);
+    `request_body`: the size and digest of a request body that streamed upstream."""
     data: dict[str, Any] = {
         "status": status,
         "size": size,
@@ -328,6 +330,8 @@ def outcome(
         "duration_ms": round(duration_ms, 3),
         "headers": headers,
     }
+    if request_body is not None:
+        data["request_body"] = request_body
     if error is not None:
         data["error"] = redact.text(error)
     return Record(
@@ -340,15 +344,26 @@ def outcome(
     )
 
 
-def failure(ref: ActionRef, *, error: str, duration_ms: float, keep_key: bool = False) -> Record:
+def failure(
+    ref: ActionRef,
+    *,
+    error: str,
+    duration_ms: float,
+    keep_key: bool = False,
+    request_body: dict[str, Any] | None = None,
+) -> Record:
     """An action that got no response: the upstream failed or timed out. Its key is released
-    for the next attempt, unless `keep_key` (a rule counts a lost answer as final)."""
+    for the next attempt, unless `keep_key` (a rule counts a lost answer as final).
+    `request_body`: how much of a streaming request body passed before it failed."""
     error = redact.text(error)
+    data: dict[str, Any] = {"error": error, "duration_ms": round(duration_ms, 3)}
+    if request_body is not None:
+        data["request_body"] = request_body
     return Record(
         kind="outcome",
         action=ref,
         state=State.FAILED,
-        data={"error": error, "duration_ms": round(duration_ms, 3)},
+        data=data,
         summary={"error": error},
         key_outcome=KeyOutcome(keep=keep_key),
     )

@@ -44,6 +44,10 @@ class Meter:
         """Hex digest of everything seen so far."""
         return self._hash.hexdigest()
 
+    def seen(self) -> dict[str, int | str]:
+        """The size and SHA-256 of what passed so far, as the log records a body."""
+        return {"size": self.size, "sha256": self.sha256}
+
 
 @dataclass
 class Tracking:
@@ -55,6 +59,7 @@ class Tracking:
     unkeyed: Action | None = None  # an unkeyed mutation: the breaker knows it by fingerprint
     started: float = field(default_factory=time.monotonic)
     meter: Meter = field(default_factory=Meter)
+    upload: Meter | None = None  # the request body, when it streams upstream (proxy/plane/uploads.py)
     logged: bool = True  # False: a read let through while the log was down; no outcome is due
     _breaker_key: str | None = None
 

@@ -54,6 +54,7 @@ class Upstream:
         return "" if path in ("", "/") else path
 
 
+STREAM_ABOVE = 8 << 20  # request body bytes read whole by default (`run --stream-above`)
 TRANSPARENT = Address("127.0.0.1", 8082)  # where `exec --isolate` looks for the transparent listener
 
 
@@ -68,6 +69,7 @@ class RunConfig:
     upstreams: tuple[Upstream, ...] = ()
     agent: str = "agent"
     body_limit: BodyPolicy = field(default_factory=BodyPolicy)  # request body bytes kept, by effect
+    stream_above: int = STREAM_ABOVE  # request bodies past this many bytes stream upstream unread
     log_max_size: int = 64 << 30
     upstream_ca: Path | None = None
     rules_poll: float = 1.0  # seconds between checks of the rule files; 0 turns the watcher off

@@ -171,8 +171,9 @@ class Egress:
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Before a decided request may reuse an open connection to its host, close those whose
         address the check would not pick now (the answer changed, or the rules did). Only a
-        request with open connections to recheck returns a coroutine for mitmproxy to await."""
-        if flow.response or flow.error or not self._open:
+        request with open connections to recheck returns a coroutine for mitmproxy to await.
+        A streamed request was rechecked at its headers (the gate's `requestheaders`)."""
+        if flow.response or flow.error or not self._open or flow.request.stream:
             return None
         host, port = flow.request.host, flow.request.port
         servers = self._open.get((flow.client_conn.id, host, port))

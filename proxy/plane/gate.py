@@ -29,7 +29,7 @@ from proxy.plane.adapters.http import AGENT_HEADER, classify, header_map
 from rules import Action, Decision, Ruleset, Verdict
 from store import Log
 
-from . import answers, replays
+from . import answers, replays, uploads
 from .egress import Egress
 from .streams import EventStream, Exchange, json_answer, receive_json
 from .triage import Route, Triage, triage
@@ -66,8 +66,10 @@ class Gate:
         upstreams: dict[ProxyMode, str] | None = None,
         dedup: DedupPolicy | None = None,
         reads_pass_unlogged: bool = False,
+        stream_above: int = uploads.DEFAULT_ABOVE,
     ):
         self.agent = agent
+        self.stream_above = stream_above  # request bodies past this stream upstream unread
         self.upstreams = upstreams or {}
         self.admission = Admission(
             log,
@@ -103,8 +105,38 @@ class Gate:
         """What a request is and how the rules decide it (the path `rules explain` takes too)."""
         return triage(action, self.ruleset, evidence=self.evidence, catalog=self.calls.catalog)
 
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Decide a request whose body must stream (proxy/plane/uploads.py) on its headers, and
+        only once its intent is written let the stream start: nothing goes upstream before."""
+        upload = uploads.upload_of(flow.request, self.stream_above)
+        if upload is None or flow.response or flow.error or not flow.live:
+            return
+        await self._decide(flow, upload)
+        if flow.response or flow.error:
+            return  # refused: mitmproxy reads the body, then answers
+        try:
+            if (rechecking := self.egress.request(flow)) is not None:
+                await rechecking  # its open connections checked now: its `request` hook is too late
+            meter = uploads.stream_through(flow.request)
+            tracking: Tracking | None = flow.metadata.get(TRACK)
+            if tracking is not None:
+                tracking.upload = meter
+        except Exception:
+            logger.exception("could not stream %s %s", flow.request.method, flow.request.pretty_url)
+            flow.request.stream = False
+            _fail_tracked(self.admission, flow, "airlock could not stream this request")
+            flow.response = answers.internal_error(
+                "airlock could not stream this request; it was not forwarded"
+            )
+
     async def request(self, flow: http.HTTPFlow) -> None:
         """Decide and log a request before it may go upstream; on any failure, refuse it."""
+        if flow.request.stream:
+            return  # decided at its headers, and streamed upstream since
+        await self._decide(flow)
+
+    async def _decide(self, flow: http.HTTPFlow, upload: uploads.Upload | None = None) -> None:
+        """Decide and log a request, whole or (`upload`) without its streaming body."""
         if flow.response or flow.error or not flow.live:
             return
         for guard in self.guards:
@@ -117,6 +149,8 @@ class Gate:
             if isinstance(flow.client_conn.proxy_mode, TransparentMode):
                 _name_by_host_header(flow)
             action = classify(flow, agent=self.agent, upstream=upstream)
+            if upload is not None:
+                action = uploads.unseen(action, upload, self.stream_above)
             flow.request.headers.pop(AGENT_HEADER, None)
             if upstream is None:
                 action = await self.egress.resolved(action)  # egress checks the addresses too
