@@ -4,6 +4,7 @@ the model proposed (answers.py)."""
 
 from __future__ import annotations
 
+from .answers import ARGUMENTS_LIMIT, LIMIT, AnswerReader
 from .classify import PROTOCOL, Declared, classified
 
-__all__ = ["PROTOCOL", "Declared", "classified"]
+__all__ = ["ARGUMENTS_LIMIT", "LIMIT", "PROTOCOL", "AnswerReader", "Declared", "classified"]
