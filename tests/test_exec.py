@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -25,7 +27,8 @@ import pytest
 
 from proxy.routing.environ import CA_VARS
 
-from .support import AIRLOCK, Airlock, Upstream, UpstreamCA, free_port, running, wait_for
+from .support import AIRLOCK, Airlock, Upstream, UpstreamCA, capture, free_port, running, wait_for
+from .support.namespaces import Processes, Traces, add_link, exec_isolated, netns_unsupported, quiet, scrub
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE24_GLOB = ".node24/node_modules/node-linux-*/bin/node"
@@ -390,3 +393,75 @@ def test_aiohttp_ignores_the_proxy_variables_without_trust_env(proxy: Airlock, p
         assert received(plain, f"/aiohttp-{mode}") == ["POST"], mode
     assert logged(proxy, url["trust"])["state"] == "committed"
     not_logged(proxy, url["default"])
+
+
+# ---- --isolate catches the clients that ignore proxy variables ---------------------------------
+
+NODE_GET = """
+fetch(process.argv[1])
+  .then(async (r) => console.log(JSON.stringify({status: r.status, body: await r.json()})))
+  .catch((e) => { console.error(String(e.cause || e)); process.exit(1); });
+"""
+
+
+@pytest.fixture
+def host_address() -> Iterator[str]:
+    """10.79.X.1 on a link of the host namespace (removed afterwards): an upstream off loopback,
+    which is never captured."""
+    name = f"exe{secrets.token_hex(3)}"
+    used = quiet("ip", "-4", "-o", "addr")
+    x = next(x for x in random.sample(range(1, 255), 254) if f" 10.79.{x}." not in used)
+    try:
+        add_link([], name, f"10.79.{x}.1/24")
+        yield f"10.79.{x}.1"
+    finally:
+        quiet("ip", "link", "del", name)
+
+
+def isolated(a: Airlock, transparent: int, cmd: list[str]) -> Run:
+    """`airlock exec --isolate -- cmd` towards `a`'s transparent listener; it leaves nothing behind."""
+    before = Traces.now([])
+    args = [AIRLOCK, "exec", "--data", str(a.data), "--isolate", "--transparent", f"127.0.0.1:{transparent}"]
+    link, done = exec_isolated([*args, "--", *cmd], [], timeout=60)
+    left = Traces.now([]).added_since(before)
+    scrub([], link)
+    assert left == {}, f"airlock exec --isolate left behind {left}"
+    return done
+
+
+@pytest.mark.skipif(netns_unsupported() is not None, reason=netns_unsupported() or "")
+def test_isolate_catches_clients_that_ignore_the_proxy_variables(
+    host_address: str, processes: Processes, make_airlock: Callable[..., Airlock]
+) -> None:
+    """What plain exec cannot route (Node's fetch without NODE_USE_ENV_PROXY, curl told to ignore
+    the proxy) goes through Airlock under --isolate: its connection is captured, decided and logged,
+    and one to a port the rules do not allow is refused."""
+    nodes = {"node": shutil.which("node"), "node24": next(map(str, sorted(ROOT.glob(NODE24_GLOB))), None)}
+    clients = {name: [node, "-e", NODE_GET] for name, node in nodes.items() if node is not None}
+    clients["curl"] = capture.curl_args("")[:-1]
+    allowed, other = free_port(), free_port()
+    server = capture.serve(processes, [], "http", host_address, allowed)
+    refused = capture.serve(processes, [], "http", host_address, other)
+    transparent = free_port()
+    rules = f"version: 1\negress:\n  allow: [{{host: {host_address}, ports: [{allowed}]}}]\n"
+    a = make_airlock(rules=rules, extra=("--transparent", f"127.0.0.1:{transparent}"))
+    for name, client in clients.items():
+        done = isolated(a, transparent, [*client, f"http://{host_address}:{allowed}/isolated-{name}"])
+        assert done.returncode == 0, (name, done.stderr)
+        if name == "curl":
+            reply = capture.reply_of(done)
+            status, body = reply.status, reply.json()
+        else:
+            answer = json.loads(done.stdout)
+            status, body = answer["status"], answer["body"]
+        assert (status, body) == (200, {"port": allowed, "path": f"/isolated-{name}"}), name
+    assert [s["path"] for s in server.seen()] == [f"/isolated-{name}" for name in clients]
+    node = next(iter(clients))
+    denied = isolated(a, transparent, [*clients[node], f"http://{host_address}:{other}/refused"])
+    assert json.loads(denied.stdout)["status"] == 403, denied
+    assert refused.seen() == []
+    actions = capture.logged(a, len(clients) + 1)
+    for name, entry in zip(clients, actions, strict=False):
+        url = f"http://{host_address}:{allowed}/isolated-{name}"
+        assert (entry["url"], entry["state"], entry["status"]) == (url, "committed", 200), name
+    assert (actions[-1]["host"], actions[-1]["state"]) == (host_address, "denied")
