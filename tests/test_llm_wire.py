@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import botocore.session
+import openai
 import pytest
 from botocore.awsrequest import AWSPreparedRequest
 from mitmproxy import http
@@ -25,6 +28,7 @@ from mitmproxy import http
 from proxy.plane.adapters import cloud
 from proxy.plane.adapters.http import from_request
 from rules import Action, Effect, Inference, Ruleset
+from tests.support.models import ModelServer, ToolCall, Turn, serving_models
 
 INFERENCE, READ, WRITE, DESTRUCTIVE = Effect.INFERENCE, Effect.READ, Effect.WRITE, Effect.DESTRUCTIVE
 DECLARED = "llm.test:8000"  # named in `llm: endpoints`: an OpenAI-compatible server
@@ -70,8 +74,8 @@ CALLS = [
     Call(
         "POST",
         "https://api.anthropic.com/v1/messages",
-        {"model": "claude-sonnet-4-5", "max_tokens": 9},
-        Inference("anthropic", "messages", "claude-sonnet-4-5", False),
+        {"model": "claude-sonnet-4-6", "max_tokens": 9},
+        Inference("anthropic", "messages", "claude-sonnet-4-6", False),
     ),
     Call(
         "POST",
@@ -351,7 +355,7 @@ def bedrock(method: str, endpoint: str | None = None, **params: Any) -> http.Req
 
 
 MESSAGES = [{"role": "user", "content": [{"text": "hello"}]}]
-PROFILE = "arn:aws:bedrock:us-west-2:123456789012:inference-profile/us.anthropic.claude-sonnet-4-5-v1:0"
+PROFILE = "arn:aws:bedrock:us-west-2:123456789012:inference-profile/us.anthropic.claude-sonnet-4-6-v1:0"
 
 
 @pytest.mark.parametrize(
@@ -419,3 +423,171 @@ def test_a_rule_on_the_provider_and_model_decides_the_call(tmp_path: Path) -> No
     haiku = read(ruleset, "POST", "https://api.anthropic.com/v1/messages", {"model": "claude-haiku-4-5"})
     assert ruleset.evaluate(opus).rule == "no-opus" and ruleset.evaluate(opus).refused
     assert ruleset.evaluate(haiku).rule != "no-opus"
+
+
+# ---- the local provider, as the official SDKs see it ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models() -> Iterator[ModelServer]:
+    """The local provider (tests/support/models.py), reached directly: no proxy here."""
+    with serving_models() as server:
+        yield server
+
+
+NOTE = ToolCall("delete_note", {"name": "groceries", "force": True})
+SEARCH = ToolCall("search_notes", {"query": "milk", "limit": 3})
+TOOLS_OPENAI = [
+    {"type": "function", "function": {"name": t.name, "parameters": {"type": "object"}}}
+    for t in (NOTE, SEARCH)
+]
+TOOLS_ANTHROPIC = [{"name": t.name, "input_schema": {"type": "object"}} for t in (NOTE, SEARCH)]
+TWO_CALLS = Turn(text="", calls=(NOTE, SEARCH), input_tokens=120, output_tokens=31, cached_tokens=64)
+
+
+# The SDKs' clients are typed loosely here: the tests read their answers as an agent would.
+def openai_client(models: ModelServer) -> Any:
+    return openai.OpenAI(base_url=models.openai_url, api_key="sk-local", max_retries=0)
+
+
+def anthropic_client(models: ModelServer) -> Any:
+    return anthropic.Anthropic(base_url=models.url, api_key="sk-ant-local", max_retries=0)
+
+
+def test_openai_sdk_chat_completions(models: ModelServer) -> None:
+    models.answer(TWO_CALLS)
+    done = openai_client(models).chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "tidy up"}],
+        tools=TOOLS_OPENAI,
+    )
+    calls = done.choices[0].message.tool_calls or []
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        (NOTE.name, NOTE.arguments),
+        (SEARCH.name, SEARCH.arguments),
+    ]
+    assert done.usage is not None and (done.usage.prompt_tokens, done.usage.completion_tokens) == (120, 31)
+    assert models.requests()[-1].json["tools"][0]["function"]["name"] == "delete_note"
+
+
+def test_openai_sdk_chat_completions_streamed(models: ModelServer) -> None:
+    models.answer(TWO_CALLS)
+    stream = openai_client(models).chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "tidy up"}],
+        tools=TOOLS_OPENAI,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    arguments: dict[int, str] = {}
+    names: dict[int, str] = {}
+    usage = None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                if call.function and call.function.name:
+                    names[call.index] = call.function.name
+                if call.function and call.function.arguments:
+                    arguments[call.index] = arguments.get(call.index, "") + call.function.arguments
+    assert [(names[i], json.loads(arguments[i])) for i in sorted(names)] == [
+        (NOTE.name, NOTE.arguments),
+        (SEARCH.name, SEARCH.arguments),
+    ]
+    assert usage is not None and usage.total_tokens == 151
+
+
+def test_openai_sdk_chat_stream_helper_and_text(models: ModelServer) -> None:
+    models.answer(Turn(text="Milk, eggs, bread.", output_tokens=5))
+    with openai_client(models).chat.completions.stream(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "list"}],
+        stream_options={"include_usage": True},
+    ) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == "Milk, eggs, bread."
+    assert final.usage is not None and final.usage.completion_tokens == 5
+
+
+def test_openai_sdk_responses(models: ModelServer) -> None:
+    models.answer(TWO_CALLS)
+    done = openai_client(models).responses.create(model="gpt-5", input="tidy up", tools=[])
+    calls = [item for item in done.output if item.type == "function_call"]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        (NOTE.name, NOTE.arguments),
+        (SEARCH.name, SEARCH.arguments),
+    ]
+    assert done.usage is not None and done.usage.input_tokens_details.cached_tokens == 64
+
+
+def test_openai_sdk_responses_streamed(models: ModelServer) -> None:
+    models.answer(Turn(text="Done.", calls=(NOTE,), input_tokens=40, output_tokens=9))
+    with openai_client(models).responses.stream(model="gpt-5", input="tidy up") as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    assert final.output_text == "Done."
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [(NOTE.name, NOTE.arguments)]
+    assert final.usage is not None and final.usage.output_tokens == 9
+
+
+def test_anthropic_sdk_messages(models: ModelServer) -> None:
+    models.answer(TWO_CALLS)
+    done = anthropic_client(models).messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=256,
+        messages=[{"role": "user", "content": "tidy up"}],
+        tools=TOOLS_ANTHROPIC,
+    )
+    uses = [b for b in done.content if b.type == "tool_use"]
+    assert [(u.name, u.input) for u in uses] == [(NOTE.name, NOTE.arguments), (SEARCH.name, SEARCH.arguments)]
+    assert (done.usage.input_tokens, done.usage.cache_read_input_tokens, done.usage.output_tokens) == (
+        56,
+        64,
+        31,
+    )
+    assert done.stop_reason == "tool_use" and done.model == "claude-sonnet-4-6"
+
+
+def test_anthropic_sdk_messages_streamed(models: ModelServer) -> None:
+    models.answer(TWO_CALLS)
+    stream = anthropic_client(models).messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=256,
+        messages=[{"role": "user", "content": "tidy up"}],
+        tools=TOOLS_ANTHROPIC,
+        stream=True,
+    )
+    kinds = [event.type for event in stream]
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
+
+
+def test_anthropic_sdk_messages_stream_helper(models: ModelServer) -> None:
+    models.answer(Turn(text="On it.", calls=(NOTE,), input_tokens=30, output_tokens=12))
+    with anthropic_client(models).messages.stream(
+        model="claude-opus-4-1",
+        max_tokens=256,
+        messages=[{"role": "user", "content": "tidy up"}],
+        tools=TOOLS_ANTHROPIC,
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "On it."
+    uses = [b for b in final.content if b.type == "tool_use"]
+    assert [(u.name, u.input) for u in uses] == [(NOTE.name, NOTE.arguments)]
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (30, 12)
+
+
+def test_the_server_records_requests_and_answers_errors_as_the_provider_does(models: ModelServer) -> None:
+    models.answer(Turn(status=429))
+    with pytest.raises(anthropic.RateLimitError):
+        anthropic_client(models).messages.create(
+            model="claude-haiku-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    seen = models.requests("/v1/messages")[-1]
+    assert "sk-ant-local" in (seen.headers.get("x-api-key"), seen.headers.get("authorization", "")[7:])
+    assert seen.json["max_tokens"] == 8 and seen.at > 0
+    with pytest.raises(openai.NotFoundError):
+        openai_client(models).files.list()
+    assert models.requests()[-1].method == "GET"
