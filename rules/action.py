@@ -120,6 +120,9 @@ class Action:
     # that expands past the limit; a batch whose list of targets cannot be read); `body` is
     # then the bytes as sent.
     body_problem: str | None = None
+    # The body streams upstream unread (it is larger than the proxy reads whole, or sent
+    # chunked): `body` is None and `body_problem` says why rules cannot read it.
+    body_streamed: bool = False
     # Readings of the action computed on first use (rules.readings); never compared.
     memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 

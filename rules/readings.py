@@ -33,7 +33,7 @@ _NONE: tuple[Any, ...] = ()
 def unseen_body(action: Action) -> bool:
     """True when the action's body was not read at all (it streamed upstream past the limit
     the proxy reads whole): `body_problem` says so, and there is no body to read."""
-    return action.body is None and action.body_problem is not None
+    return action.body_streamed and action.body is None
 
 
 def carries_body(action: Action) -> bool:

@@ -21,10 +21,12 @@ from typing import Any, BinaryIO
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
 from store import Log
 
 from .support import Airlock, environ_without_proxy, free_port, serving, wait_for
+from .support.moto import Moto, moto_server, proxied
 from .support.outcomes import final
 
 GIB = 1 << 30
@@ -228,8 +230,10 @@ def test_a_gib_upload_streams_through_in_bounded_memory(
     assert outcome["status"] == 201
     assert outcome["request_body"] == {"size": GIB, "sha256": got.sha256}
     shown = json.loads(a.cli("show", str(action["id"]), "--json").stdout)
-    problem = shown["entries"][0]["data"]["action"]["body_problem"]
-    assert "streams" in problem and "--stream-above" in problem
+    asked = shown["entries"][0]["data"]["action"]
+    assert "streams" in asked["body_problem"] and "--stream-above" in asked["body_problem"]
+    declared = {"length": GIB} if framing == "content-length" else {}
+    assert asked["body"] == {"streamed": True} | declared  # not read, so neither kept nor hashed there
     assert peak_rss(a) < PEAK_RSS, f"peak RSS {peak_rss(a) / 1e6:.0f} MB"
 
 
@@ -421,3 +425,63 @@ def test_stream_above_must_be_a_size(make_airlock: Callable[..., Airlock], tmp_p
     done = subprocess.run(a.command(), capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "'lots' is not a size" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- an S3 upload: rules on what the URL names still decide it ----------------------------------
+
+S3_RULES = """\
+version: 1
+egress:
+  allow: [127.0.0.1]
+aws:
+  endpoints: ["127.0.0.1"]
+rules:
+  - id: no-prod-writes
+    match: {operation: s3:PutObject, target: "prod-*/*"}
+    action: deny
+    message: Production buckets are written by the release pipeline only.
+  - id: no-keys-in-objects
+    match: {operation: s3:PutObject, target: "keys-*/*", text: "BEGIN PRIVATE KEY"}
+    action: deny
+    message: Private keys are not stored in buckets.
+"""
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[Moto]:
+    """A moto server standing in for S3 (AWS itself cannot be reached from here)."""
+    with moto_server(tmp_path) as m:
+        yield m
+
+
+def test_an_s3_put_object_streams_and_is_decided_by_the_bucket_and_key_it_names(
+    make_airlock: Callable[..., Airlock], moto: Moto
+) -> None:
+    a = make_airlock(S3_RULES, extra=("--stream-above", "1MiB"))
+    direct = moto.direct("s3")
+    for bucket in ("dev-data", "prod-data", "keys-data"):
+        direct.create_bucket(Bucket=bucket)
+    s3 = proxied(a, moto, "s3")
+    data = bytes(range(256)) * (12 * 4096)  # 12 MiB
+
+    s3.put_object(Bucket="dev-data", Key="big.bin", Body=data)
+    assert direct.get_object(Bucket="dev-data", Key="big.bin")["Body"].read() == data
+    with pytest.raises(ClientError) as prod:
+        s3.put_object(Bucket="prod-data", Key="big.bin", Body=data)
+    assert "release pipeline" in str(prod.value)
+    with pytest.raises(ClientError) as keys:
+        s3.put_object(Bucket="keys-data", Key="id.pem", Body=data)
+    assert "--stream-above" in str(keys.value) and "no-keys-in-objects" in str(keys.value)
+    for bucket in ("prod-data", "keys-data"):
+        assert direct.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+    puts = [x for x in a.log() if x.get("operation") == "PutObject"]
+    assert [(x["state"], x.get("rule")) for x in puts] == [
+        ("committed", None),
+        ("denied", "no-prod-writes"),
+        ("denied", "no-keys-in-objects"),
+    ]
+    # The whole body, as S3 got it: its digest is the one botocore signed.
+    digest = hashlib.sha256(data).hexdigest()
+    assert outcome_of(a, puts[0]["id"])["request_body"] == {"size": len(data), "sha256": digest}
+    assert puts[0]["targets"] == ["dev-data/big.bin"]

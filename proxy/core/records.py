@@ -225,6 +225,10 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
             effect=action.effect,
             secret_fields=action.secret_fields,
         )
+    if action.body_streamed:
+        # Streamed upstream unread: its size and digest are the outcome's (`request_body`).
+        length = action.headers.get("content-length", "")
+        described["body"] = {"streamed": True} | ({"length": int(length)} if length.isdigit() else {})
     for optional in (
         "upstream",
         "service",

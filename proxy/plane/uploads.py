@@ -64,7 +64,7 @@ def upload_of(request: http.Request, above: int) -> Upload | None:
 
 def unseen(action: Action, upload: Upload, above: int) -> Action:
     """The action decided without its body, saying why the body was not read."""
-    return dataclasses.replace(action, body=None, body_problem=upload.problem(above))
+    return dataclasses.replace(action, body=None, body_problem=upload.problem(above), body_streamed=True)
 
 
 def stream_through(request: http.Request) -> Meter:
