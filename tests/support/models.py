@@ -17,6 +17,7 @@ Paths: `/v1/messages` (any prefix before `/messages`), `.../chat/completions`, `
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -582,6 +583,11 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
+        def handle(self) -> None:
+            # The client (or a proxy killed mid-answer) may go away at any point.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                super().handle()
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
@@ -623,16 +629,13 @@ def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             if turn.status != 200:
                 self._json(turn.status, answer.error(), {"retry-after": "1"} if turn.status == 429 else {})
                 return
-            try:
-                if not stream:
-                    self._hold(turn)
-                    self._json(200, answer.whole())
-                elif array and received.query.get("alt") != "sse":
-                    self._array(answer, turn)
-                else:
-                    self._events(answer, turn)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client (or the proxy) went away mid-answer
+            if not stream:
+                self._hold(turn)
+                self._json(200, answer.whole())
+            elif array and received.query.get("alt") != "sse":
+                self._array(answer, turn)
+            else:
+                self._events(answer, turn)
 
         do_GET = do_DELETE = do_PUT = do_PATCH = do_POST
 

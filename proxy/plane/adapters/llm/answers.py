@@ -178,7 +178,8 @@ class _Json(_Framing):
         super().__init__(tally)
         self.whole = whole
         self.element = element
-        self.buffer = ""
+        self.parts: list[str] = []  # the text kept, in pieces: joining on each chunk would copy it all
+        self.size = 0
         self.text = codecs.getincrementaldecoder("utf-8")("replace")  # a chunk may end mid-character
         self.over = False
         self.array: bool | None = None  # unknown until the first character that is not space
@@ -188,20 +189,22 @@ class _Json(_Framing):
     def feed(self, chunk: bytes) -> None:
         if self.over or self.done:
             return
-        if len(self.buffer) + len(chunk) > LIMIT:
+        if self.size + len(chunk) > LIMIT:
             self.over = True
-            self.buffer = ""
+            self.parts, self.size = [], 0
             self.tally.note(f"the answer is larger than {LIMIT} bytes: it was not read")
             return
-        self.buffer += self.text.decode(chunk)
-        if self.array is None and (head := self.buffer.lstrip()):
+        text = self.text.decode(chunk)
+        self.parts.append(text)
+        self.size += len(chunk)
+        if self.array is None and (head := text.lstrip()):
             self.array = head.startswith("[")
-        if self.array and b"}" in chunk:
+        if self.array and "}" in text:
             self._elements()
 
     def _elements(self) -> None:
-        """Read every element the buffer completes, and keep only what follows them."""
-        text = self.buffer
+        """Read every element the text kept completes, and keep only what follows them."""
+        text = "".join(self.parts)
         at = 0
         while True:
             while at < len(text) and text[at] in " \t\r\n,[":
@@ -217,16 +220,17 @@ class _Json(_Framing):
                 break  # not complete yet
             if isinstance(doc, dict) and self.element is not None:
                 self.element(self.tally, doc)
-        self.buffer = text[at:]
+        rest = text[at:]
+        self.parts, self.size = [rest], len(rest.encode())
 
     def finish(self) -> None:
         if self.over or self.done:
             return
         self.done = True
-        self.buffer += self.text.decode(b"", final=True)
+        text = "".join(self.parts) + self.text.decode(b"", final=True)
+        self.parts, self.size = [], 0
         if self.array:
-            if self.buffer.strip(" \t\r\n,]"):
+            if text.strip(" \t\r\n,]"):
                 self.tally.note("the answer's JSON array ends before its last element does")
-        elif self.buffer.strip():
-            _document(self.tally, self.buffer, self.whole)
-        self.buffer = ""
+        elif text.strip():
+            _document(self.tally, text, self.whole)
