@@ -13,6 +13,7 @@ the other model rides in `others` and is decided too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -54,7 +55,7 @@ def classified(action: Action, *, declared: Declared) -> Action:
 def _shape(action: Action, declared: Declared) -> Shape | None:
     """The model API the request calls, when its host reads it as one and nothing about the
     request lets an upstream read it as something else."""
-    if action.method != "POST" or action.effect is not Effect.WRITE:
+    if action.method != "POST" or action.effect not in (Effect.READ, Effect.WRITE):
         return None
     readings = readings_of(action)
     if readings.methods != ("POST",):
@@ -68,7 +69,7 @@ def _shape(action: Action, declared: Declared) -> Shape | None:
     if action.protocol != "http":
         return None
     if own_host(action.host):
-        read: Callable[[str], Shape | None] = lambda path: own_shape(action.host, path)  # noqa: E731
+        read: Callable[[str], Shape | None] = functools.partial(own_shape, action.host)
     elif declared(action.host, action.port):
         read = declared_shape
     else:
