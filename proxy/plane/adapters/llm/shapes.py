@@ -5,6 +5,11 @@ under `llm: endpoints` (an OpenAI-compatible server, a gateway, a local model) m
 the shapes, under any path prefix (`/openai/v1/chat/completions`, `/api/v1/messages`): there
 the provider is read from the shape. Everything else on those hosts (files, batches,
 fine-tuning, stored responses) is no model call.
+
+Token counts (Anthropic's `/v1/messages/count_tokens`, Gemini's `:countTokens`, OpenAI's
+`/v1/responses/input_tokens`) are model calls too: they carry the prompt out as a generation
+does and change nothing, so rules on provider and model decide them alike; their answers report
+no usage, so they cost no budget. Embeddings are not read here: they stay the POST they are.
 """
 
 from __future__ import annotations
