@@ -168,6 +168,19 @@ CALLS = [
     ),
     Call(
         "POST",
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:countTokens",
+        {"contents": []},
+        Inference("gemini", "countTokens", "gemini-2.5-flash", False),
+    ),
+    Call(
+        "POST",
+        "https://api.openai.com/v1/responses/input_tokens",
+        {"model": "gpt-5", "input": "hi"},
+        Inference("openai", "responses.input_tokens", "gpt-5", False),
+    ),
+    Call("POST", "https://api.openai.com/v1/embeddings", {"model": "text-embedding-3-small"}, None, WRITE),
+    Call(
+        "POST",
         "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:embedContent",
         {},
         None,
@@ -249,6 +262,14 @@ def test_classification(ruleset: Ruleset, call: Call) -> None:
     assert action.inference == call.inference
     assert action.effect is call.effect
     assert action.protocol == ("llm" if call.inference is not None else "http")
+
+
+def test_kubernetes_paths_stay_kubernetes_except_on_a_model_endpoint(ruleset: Ruleset) -> None:
+    """`/api/v1/...` is a Kubernetes path anywhere but where the rules name a model endpoint."""
+    kube = read(ruleset, "POST", "https://k8s.test:6443/api/v1/namespaces/default/configmaps", {"a": 1})
+    assert (kube.protocol, kube.inference) == ("k8s", None)
+    model = read(ruleset, "POST", f"http://{DECLARED}/api/v1/chat/completions", {"model": "m"})
+    assert (model.protocol, model.kube) == ("llm", None)
 
 
 def test_a_request_not_read_as_a_model_call_is_the_same_object(ruleset: Ruleset) -> None:
