@@ -427,6 +427,7 @@ def test_bedrock_model_calls(
 ) -> None:
     action = cloud.classified(from_request(bedrock(method, endpoint, **params), agent="agent"), ruleset)
     assert (action.protocol, action.effect, action.inference) == ("llm", INFERENCE, inference)
+    assert action.others == ()  # no other reading that a write rule could refuse it under
     # What the AWS adapter read stays: rules on service and operation still match.
     assert (action.service, action.region) == ("bedrock", "us-west-2")
     assert action.operation is not None and action.operation.startswith(("Converse", "InvokeModel"))
