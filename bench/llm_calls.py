@@ -1,7 +1,8 @@
 """What Airlock costs an agent's own model calls: direct vs through `airlock run`, with the official
 `openai` and `anthropic` SDKs, streamed and not; and the log bytes each model call leaves.
 
-Usage: ``.venv/bin/python bench/llm_calls.py [--calls N] [--rounds R] [--prompt-kib K] [--before PATH]``
+Usage: ``.venv/bin/python bench/llm_calls.py [--calls N] [--rounds R] [--prompt-kib K] [--before PATH]
+[--now PATH]``
 
 A real provider cannot be reached from here, so the calls go to the fake provider of the tests
 (tests/support/models.py: it answers as Anthropic Messages and OpenAI Chat Completions do, streamed
@@ -17,11 +18,13 @@ keeps one SDK client, as an agent does. Time to first token is when the first te
 its end. Rounds alternate the order of the targets; the table shows medians over rounds, and the
 added milliseconds are the median of each round's paired difference.
 
-Log bytes: for each kind, a fresh `airlock run` takes one call (the pages every log has from then
+The log: for each kind, a fresh `airlock run` takes one call (the pages every log has from then
 on), then `--calls` more; the growth of the pages the log's LMDB databases use, divided by the
-calls, is the bytes per model call. With `--before PATH` (a checkout of an earlier version, e.g.
-`git worktree add /tmp/before 36672b7`), its airlock is measured the same way, with PATH first
-on PYTHONPATH. The rules are the same for both, except that only versions that know model calls
+calls, is the bytes per model call, and the syncs its threads make meanwhile (counted with
+strace, when it is installed), the syncs per call. With `--before PATH` (a checkout of an
+earlier version, e.g. `git worktree add /tmp/before 36672b7`), its airlock is measured the same
+way, with PATH first on PYTHONPATH; `--now PATH` measures another checkout as "now" instead of
+this one (a worktree of a commit, when this checkout has changes not committed). The rules are the same for both, except that only versions that know model calls
 get `llm: endpoints` naming the fake provider's host (the providers' own hosts need none).
 
 A measurement, never a test: it exits 0 once it has measured. Internal roles of the same file:
@@ -34,6 +37,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -275,6 +279,14 @@ class Version:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.checkout), env.get("PYTHONPATH")) if p)
         return env
 
+    def describe(self) -> str:
+        """Its checkout and commit (`-dirty` when the checkout has changes not committed)."""
+        where = self.checkout or ROOT
+        commit = subprocess.run(
+            ["git", "-C", str(where), "describe", "--always", "--dirty"], capture_output=True, text=True
+        )
+        return f"{where} at {commit.stdout.strip() or 'an unknown commit'}"
+
     def knows_model_calls(self) -> bool:
         """Whether its rules accept `llm: endpoints`."""
         schema = json.loads(((self.checkout or ROOT) / "rules" / "schema.json").read_text())
@@ -441,44 +453,84 @@ def last_action(a: Airlock) -> dict[str, Any]:
     return dict(json.loads(done.stdout.splitlines()[-1]))
 
 
-def log_bytes(
-    procs: Processes, version: Version, kind: str, base: str, ca: Path, work: Path, args: argparse.Namespace
-) -> tuple[float, dict[str, Any]]:
-    """Log bytes per call of `kind` through a fresh airlock of `version`, and how it logged one."""
-    a = start_airlock(procs, version, work, ca)
-    one = argparse.Namespace(**{**vars(args), "calls": 1, "warmup": 0})
+SYNCS = ("fsync", "fdatasync", "msync", "sync_file_range")
+
+
+@contextlib.contextmanager
+def counting_syncs(pid: int, work: Path) -> Iterator[list[int]]:
+    """Count the syncs (fsync, fdatasync, msync) every thread of `pid` makes within the block,
+    with strace; the list it yields holds the count afterwards (and stays empty without strace)."""
+    counted: list[int] = []
+    strace = shutil.which("strace")
+    if strace is None:
+        yield counted
+        return
+    summary, attached = work / "strace.summary", work / "strace.err"
+    cmd = [strace, "-f", "-c", "-e", f"trace={','.join(SYNCS)}", "-o", str(summary), "-p", str(pid)]
+    with attached.open("wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while "attached" not in attached.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     try:
-        measure(kind, base, a.proxy, a.data / "ca" / "mitmproxy-ca-cert.pem", one)
+        yield counted
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    # strace -c: "% time  seconds  usecs/call  calls  [errors]  syscall", one line per syscall.
+    rows = [line.split() for line in summary.read_text().splitlines()]
+    counted.append(sum(int(row[3]) for row in rows if len(row) >= 5 and row[-1] in SYNCS))
+
+
+@dataclass(frozen=True)
+class LogCost:
+    """What a model call costs the log of one version: bytes, syncs, and how it was logged."""
+
+    bytes_per_call: float
+    syncs_per_call: float | None
+    logged_as: str
+
+
+def log_cost(
+    procs: Processes, version: Version, kind: str, base: str, ca: Path, work: Path, args: argparse.Namespace
+) -> LogCost:
+    """Log bytes and syncs per call of `kind` through a fresh airlock of `version`."""
+    a = start_airlock(procs, version, work, ca)
+    trusted = a.data / "ca" / "mitmproxy-ca-cert.pem"
+    try:
+        measure(kind, base, a.proxy, trusted, argparse.Namespace(**{**vars(args), "calls": 1, "warmup": 0}))
         time.sleep(0.5)  # the outcome is written once the answer has gone: let it land
         before = used_bytes(a.data / "log")
-        n = argparse.Namespace(**{**vars(args), "warmup": 0})
-        measure(kind, base, a.proxy, a.data / "ca" / "mitmproxy-ca-cert.pem", n)
-        time.sleep(0.5)
+        with counting_syncs(a.proc.pid, work) as syncs:
+            measure(kind, base, a.proxy, trusted, argparse.Namespace(**{**vars(args), "warmup": 0}))
+            time.sleep(0.5)
     finally:
         procs.stop(a.proc)
     after = used_bytes(a.data / "log")
-    return (after - before) / args.calls, last_action(a)
+    action = last_action(a)
+    logged_as = "/".join(str(action[k]) for k in ("protocol", "effect", "state") if action.get(k) is not None)
+    return LogCost((after - before) / args.calls, syncs[0] / args.calls if syncs else None, logged_as)
 
 
-def print_log_bytes(
+def print_log_costs(
     versions: list[Version], base: str, ca: Path, work: Path, procs: Processes, args: argparse.Namespace
 ) -> None:
-    """Bytes of log per model call, by kind and version, and what the log calls such a call."""
+    """Bytes of log and syncs per model call, by kind and version, and how the log names a call."""
     print()
-    print(f"Log bytes per model call ({args.calls} calls of each kind, {args.prompt_kib} KiB prompts):")
-    print(f"{'call':<17} " + " ".join(f"{v.name:>14}" for v in versions) + "   logged as")
+    print(
+        f"The log per model call ({args.calls} calls of each kind, {args.prompt_kib} KiB prompts; "
+        f"syncs: {', '.join(SYNCS)} by any thread, counted with strace):"
+    )
+    head = "".join(f" {v.name + ' bytes':>14} {v.name + ' syncs':>14}" for v in versions)
+    print(f"{'call':<17}{head}   logged as")
     for kind in KINDS:
-        cells, seen = [], []
+        cells, seen = "", []
         for v in versions:
-            per, action = log_bytes(
-                procs, v, kind, base, ca, work / f"bytes-{v.name}-{kind.replace(' ', '-')}", args
-            )
-            cells.append(f"{per:>14,.0f}")
-            what = "/".join(
-                str(action.get(k)) for k in ("protocol", "effect", "state") if action.get(k) is not None
-            )
-            seen.append(f"{v.name}: {what}")
-        print(f"{kind:<17} " + " ".join(cells) + "   " + "; ".join(seen))
+            cost = log_cost(procs, v, kind, base, ca, work / f"log-{v.name}-{kind.replace(' ', '-')}", args)
+            syncs = "n/a" if cost.syncs_per_call is None else f"{cost.syncs_per_call:.2f}"
+            cells += f" {cost.bytes_per_call:>14,.0f} {syncs:>14}"
+            seen.append(f"{v.name}: {cost.logged_as}")
+        print(f"{kind:<17}{cells}   " + "; ".join(seen))
 
 
 # ---- the orchestrator --------------------------------------------------------------------------
@@ -487,7 +539,7 @@ def print_log_bytes(
 def orchestrate(args: argparse.Namespace) -> None:
     """Start the provider and the airlocks, time every kind of call, then measure log bytes."""
     began = time.monotonic()
-    versions = [Version("now", None)]
+    versions = [Version("now", args.now.resolve() if args.now else None)]
     if args.before is not None:
         versions.append(Version("before", args.before.resolve()))
     procs = Processes()
@@ -495,16 +547,13 @@ def orchestrate(args: argparse.Namespace) -> None:
         work = Path(tmp)
         try:
             with provider(procs, work, args.prompt_kib) as (base, ca):
-                commit = subprocess.run(
-                    ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                    capture_output=True,
-                    text=True,
-                ).stdout.strip()
                 print(
                     f"{len(KINDS)} kinds of model call to {base} ({args.prompt_kib} KiB prompts, "
                     f"{ANSWER_WORDS}-token answers); {args.rounds} rounds x {args.calls} calls "
-                    f"(+{args.warmup} warm-up) per target; this checkout at {commit}; cpus: {os.cpu_count()}"
+                    f"(+{args.warmup} warm-up) per target; cpus: {os.cpu_count()}"
                 )
+                for v in versions:
+                    print(f"  airlock {v.name}: {v.describe()}")
                 targets = [Target("direct", None, ca)]
                 for v in versions:
                     a = start_airlock(procs, v, work / f"timing-{v.name}", ca)
@@ -513,7 +562,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                     )
                 runs = run_rounds(targets, base, args)
                 print_timing(targets, runs)
-                print_log_bytes(versions, base, ca, work, procs, args)
+                print_log_costs(versions, base, ca, work, procs, args)
         finally:
             procs.stop_all()
     print(f"\nTook {time.monotonic() - began:.0f} s.")
@@ -530,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10, help="warm-up calls per measurement (default 10)")
     p.add_argument("--prompt-kib", type=int, default=32, help="prompt size in KiB (default 32)")
     p.add_argument("--before", type=Path, help="a checkout of an earlier version to measure too")
+    p.add_argument("--now", type=Path, help="a checkout to measure as now (default: this one)")
     sub = p.add_subparsers(dest="role", metavar="")
     prov = sub.add_parser("provider", help="(internal) serve the fake provider")
     prov.add_argument("--port", type=int, required=True)
@@ -559,8 +609,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.calls < 1 or args.rounds < 1 or args.warmup < 0 or args.prompt_kib < 1:
         build_parser().error("--calls, --rounds and --prompt-kib must be at least 1, --warmup at least 0")
-    if args.before is not None and not (args.before / "proxy" / "cli").is_dir():
-        build_parser().error(f"--before {args.before}: not a checkout of airlock (no proxy/cli in it)")
+    for flag, checkout in (("--before", args.before), ("--now", args.now)):
+        if checkout is not None and not (checkout / "proxy" / "cli").is_dir():
+            build_parser().error(f"{flag} {checkout}: not a checkout of airlock (no proxy/cli in it)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         orchestrate(args)
