@@ -13,6 +13,7 @@ from .prune import Retention, removed_bytes
 from .pruned import Pruned
 from .query import Query
 from .record import ActionRef, Record
+from .recovery import INERT
 from .signing import (
     KEY_FILE,
     SIGNATURE,
@@ -29,6 +30,7 @@ from .verify import ChainReport, parse_head
 from .verify_archive import ArchiveReport, check_archive
 
 __all__ = [
+    "INERT",
     "KEY_FILE",
     "SIGNATURE",
     "ActionRef",

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 # The log's files are readable by airlock's user only: they hold requests and stored replies.
 DIR_MODE = 0o700
+# An intent's summary field: true when the action changes nothing upstream (a model call), so
+# that a writer which stopped before its outcome leaves it failed rather than in doubt.
+INERT = "inert"
 FILE_MODE = 0o600
 
 
@@ -66,7 +69,8 @@ def alive(path: Path, writer: str) -> bool:
 
 
 def recover(appender: Appender) -> None:
-    """Mark actions left pending by writers that died (no lock held) as in doubt.
+    """Mark actions left pending by writers that died (no lock held) as in doubt, or failed
+    when their intent says they are inert (they change nothing upstream: a model call).
 
     The scan and the writes share one write transaction, so several processes starting
     at once on one data dir each see the others' recoveries and none moves an action twice.
@@ -97,13 +101,19 @@ def recover(appender: Appender) -> None:
             if living[writer]:
                 continue
             dead.add(writer)
+            reason = "its writer stopped before recording an outcome"
+            if index.get(INERT):
+                # It changed nothing upstream (a model call): nothing is in doubt; it failed.
+                state, reason = State.FAILED, f"{reason}; it changes nothing upstream, so it is not in doubt"
+            else:
+                state = State.IN_DOUBT
             found.append(
                 Record(
                     kind="recovery",
                     action=ActionRef(action_id),
-                    state=State.IN_DOUBT,
+                    state=state,
                     if_state=State.PENDING,
-                    data={"reason": "its writer stopped before recording an outcome", "writer": writer},
+                    data={"reason": reason, "writer": writer},
                 )
             )
         return found

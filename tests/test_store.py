@@ -181,6 +181,30 @@ def test_a_dead_writers_pending_actions_become_in_doubt(tmp_path: Path) -> None:
     assert Log.open(tmp_path, readonly=True).verify().ok
 
 
+INERT_WRITER = """
+import os, sys
+from store import INERT, ActionRef, Log, Record, State
+log = Log.open(sys.argv[1]); log.start()
+for inert in (True, False):
+    summary = {"effect": "inference" if inert else "write"} | ({INERT: True} if inert else {})
+    log.append_blocking(Record("intent", ActionRef(), State.PENDING, {}, new_action=True, summary=summary))
+os._exit(0)
+"""
+
+
+def test_a_dead_writers_inert_actions_fail_instead_of_falling_in_doubt(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", INERT_WRITER, str(tmp_path)], check=True)
+    log = opened(tmp_path)
+    try:
+        assert [a["id"] for a in log.actions("failed")] == [1]  # a model call changed nothing
+        assert [a["id"] for a in log.actions("in_doubt")] == [2]
+        recovery = log.entry(log.action(1)["entries"][-1])  # type: ignore[index]
+        assert recovery is not None and recovery.kind == "recovery" and recovery.state == "failed"
+        assert "changes nothing upstream" in recovery.data["reason"]
+    finally:
+        log.close()
+
+
 def test_a_full_log_refuses_instead_of_losing_entries(tmp_path: Path) -> None:
     log = opened(tmp_path, map_size=256 << 10, max_size=512 << 10)
     written = 0

@@ -3,7 +3,9 @@
 A refused action is logged and answered. An action in a retry storm is stopped. A keyed action
 claims its dedup key with its intent, or is answered as the key's holder allows (replay, wait,
 409, 422). Any other action, reads included, gets its intent written durably before it may go
-(concurrent intents share one commit). An intent the log cannot hold (a value it cannot encode)
+(concurrent intents share one commit); a model call's intent is queued, not waited for: it
+changes nothing upstream, and a crash never leaves it in doubt. A model call past one of its
+rules' token budgets is refused (429). An intent the log cannot hold (a value it cannot encode)
 is refused; when the log cannot be written at all, nothing goes, unless the operator let reads
 pass unlogged. While an operator's freeze holds, the log refuses the intent of a write or
 destructive action in the commit that would have written it, and the action is refused (503).
@@ -24,15 +26,17 @@ from typing import Any
 
 import orjson
 
-from rules import Action, Decision, Ruleset, Storm, Verdict
+from rules import Action, Decision, Effect, Ruleset, Storm, Verdict
 from store import ActionRef, Frozen, KeyOutcome, KeyTaken, Log, Record, StoreError
 
 from . import freeze, keys, records
 from .breaker import Breaker
+from .budgets import Ledger, Overspent
 from .holds import Fate, Holds
 from .keys import DedupPolicy, Keyed
+from .proposals import ModelAnswer, Proposals
 from .redact import Redactor
-from .tracking import Meter, Tracking
+from .tracking import Meter, ModelCall, Tracking
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,14 @@ def _unobserved(_verdict: str, _seconds: float) -> None:
     return None
 
 
+# Told of the tokens each model call's answer reports: the call and its usage (the metrics).
+UsageObserver = Callable[[ModelCall, ModelAnswer], None]
+
+
+def _unspent(_call: ModelCall, _answer: ModelAnswer) -> None:
+    return None
+
+
 class Admission:
     """Logs and admits decided actions; one per proxy process, shared by every transport."""
 
@@ -103,6 +115,9 @@ class Admission:
         self.reads_pass_unlogged = reads_pass_unlogged
         self.breaker = Breaker()
         self.decided: DecisionObserver = _unobserved
+        self.used: UsageObserver = _unspent
+        self.ledger = Ledger()  # the tokens model calls used, against their rules' budgets
+        self.proposals = Proposals()  # the tool calls models proposed, to link the actions to
         self.use_rules(ruleset)
         self.holds = Holds(
             log,
@@ -119,14 +134,20 @@ class Admission:
         self, action: Action, decision: Decision, ref: ActionRef, *, unless_frozen: bool = False, **kw: Any
     ) -> Record:
         """The intent record of an action; Unloggable if the log could not encode it. With
-        `unless_frozen` the log refuses it (Frozen) while an operator's freeze holds."""
+        `unless_frozen` the log refuses it (Frozen) while an operator's freeze holds. A tool
+        call a model proposed names the model call (`proposed_by`); a rule that keeps prompts
+        keeps the model call's body as the log keeps a write's."""
+        bodies = self.bodies
+        if decision.keep_prompts:
+            bodies = bodies.with_limit(Effect.INFERENCE, bodies.limit)
         record = records.intent(
             action,
             decision,
             ref,
             redactor=self.redactor,
-            bodies=self.bodies,
+            bodies=bodies,
             rules_digest=self.ruleset.digest,
+            proposed_by=self.proposals.origin(action),
             **kw,
         )
         if (problem := unloggable(record)) is not None:
@@ -152,13 +173,19 @@ class Admission:
         """
         if decision.refused:
             return await self.refuse(action, decision)
+        if decision.budgets and (over := self.ledger.overspent(decision.budgets, action.agent)):
+            return await self._overspent(action, over)
         if decision.verdict is Verdict.HOLD:
             return await self._hold(action, decision)
         keyed = keys.claim_for(action, decision, self.policy)
         storm = decision.storm or self.policy.storm
         unkeyed_mutation = keyed is None and action.effect.mutating
         tracking = Tracking(
-            ActionRef(), keyed=keyed, storm=storm, unkeyed=action if unkeyed_mutation else None
+            ActionRef(),
+            keyed=keyed,
+            storm=storm,
+            unkeyed=action if unkeyed_mutation else None,
+            model_call=_model_call(action, decision, self.bodies),
         )
         if (wait := self._storm_wait(tracking, storm)) is not None:
             return await self._storm(action, storm, wait)
@@ -170,17 +197,30 @@ class Admission:
         except Unloggable as e:
             return await self._unloggable(action, str(e))
         try:
-            await self.log.append(intent)
+            if action.effect is Effect.INFERENCE:
+                self.log.append_soon(intent)  # written soon: nothing waits for its fsync
+            else:
+                await self.log.append(intent)
         except Frozen as e:
             return await self._frozen(action, e)
         except StoreError as e:
             if action.effect.mutating or not self.reads_pass_unlogged:
                 return unavailable(f"{e}; the request was not forwarded")
             logger.warning(
-                "the log is down: a read passes unlogged (%s %s): %s", action.method, action.url, e
+                "the log is down: a %s passes unlogged (%s %s): %s",
+                action.effect.value,
+                action.method,
+                action.url,
+                e,
             )
             tracking.logged = False
         return tracking
+
+    async def _overspent(self, action: Action, over: Overspent) -> Answer:
+        """Refuse a model call whose budget is spent, saying when to try again."""
+        retry = max(1, math.ceil(over.retry_after))
+        decision = Decision(Verdict.DENY, over.budget.rule, over.message, "budget_spent")
+        return await self.refuse(action, decision, 429, {"Retry-After": str(retry)})
 
     def _held_intent(
         self, action: Action, decision: Decision, ref: ActionRef, held: dict[str, Any]
@@ -351,8 +391,14 @@ class Admission:
         headers: dict[str, str],
         reply: dict[str, Any] | None = None,
         error: str | None = None,
+        answer: ModelAnswer | None = None,
     ) -> None:
-        """Write the outcome of an action that got an answer (`reply`: what to replay)."""
+        """Write the outcome of an action that got an answer (`reply`: what to replay; `answer`:
+        what a model call's answer says: its tokens are spent against its budgets, and the
+        tool calls it proposes are remembered for the actions that carry them out)."""
+        call = tracking.model_call
+        if call is not None and answer is not None:
+            self._answered(tracking, call, answer)
         if not tracking.logged:
             return
         final = self._count(tracking, status)
@@ -369,8 +415,21 @@ class Admission:
             error=error,
             key_outcome=key_outcome,
             request_body=tracking.upload.seen() if tracking.upload is not None else None,
+            answer=answer,
+            keep_arguments=call is not None and call.keep_prompts,
+            redactor=self.redactor,
         )
         self.append_soon(record)
+
+    def _answered(self, tracking: Tracking, call: ModelCall, answer: ModelAnswer) -> None:
+        if answer.usage is not None:
+            self.ledger.spend(call.budgets, call.agent, answer.usage.total)
+        if answer.calls:
+            self.proposals.remember(call.agent, tracking.ref, answer.calls)
+        try:
+            self.used(call, answer)
+        except Exception:
+            logger.exception("a usage observer failed")
 
     def fail(self, tracking: Tracking, error: str) -> None:
         """Write the outcome of an action that got no answer."""
@@ -385,3 +444,11 @@ class Admission:
             request_body=tracking.upload.seen() if tracking.upload is not None else None,
         )
         self.append_soon(record)
+
+
+def _model_call(action: Action, decision: Decision, bodies: records.BodyPolicy) -> ModelCall | None:
+    """What the outcome of a model call needs of its request and decision."""
+    if action.inference is None:
+        return None
+    keep = decision.keep_prompts or bodies.limit_for(Effect.INFERENCE) > 0
+    return ModelCall(action.agent, action.inference, decision.budgets, keep)

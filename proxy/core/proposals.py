@@ -9,21 +9,155 @@ client's `{"a": 2, "b": 1}`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+from rules import Action
+from store import ActionRef
 
 
 def arguments_digest(arguments: Any) -> str:
     """SHA-256 of arguments in canonical JSON (sorted keys, no spaces); a string that holds a
     JSON document (as OpenAI sends arguments) is read as that document first."""
     if isinstance(arguments, str | bytes):
-        try:
+        with contextlib.suppress(ValueError, RecursionError):  # not JSON: the string is the arguments
             arguments = json.loads(arguments)
-        except (ValueError, RecursionError):
-            pass  # not JSON: the string itself is the arguments
     try:
         encoded = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
         encoded = repr(arguments)
     return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The tokens a model call used, as its answer reports them (`cached_tokens`: of the input,
+    those read from the provider's prompt cache, when it says)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    estimated: bool = False  # the answer said nothing: counted from the bytes (estimate_usage)
+
+    @property
+    def total(self) -> int:
+        """Input and output tokens together: what a budget counts."""
+        return self.input_tokens + self.output_tokens
+
+    def as_json(self) -> dict[str, int]:
+        """As the log keeps it."""
+        return (
+            {"input": self.input_tokens, "output": self.output_tokens, "total": self.total}
+            | ({"cached": self.cached_tokens} if self.cached_tokens else {})
+            | ({"estimated": True} if self.estimated else {})
+        )
+
+
+BYTES_PER_TOKEN = 2  # fewer than any tokenizer averages: an estimate errs towards more tokens
+
+
+def estimate_usage(request_bytes: int, answer_bytes: int) -> Usage:
+    """Tokens for an answer that reports none (an OpenAI stream without
+    `stream_options.include_usage`): its prompt's and answer's bytes over BYTES_PER_TOKEN, on
+    the high side, so that leaving usage out never stretches a budget."""
+    return Usage(request_bytes // BYTES_PER_TOKEN, answer_bytes // BYTES_PER_TOKEN, estimated=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ProposedCall:
+    """A tool call a model's answer proposes: the tool's name, its arguments (parsed from JSON
+    where the provider sends them as a string), and the provider's id for the call."""
+
+    name: str
+    arguments: Any
+    id: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """The arguments' digest (arguments_digest)."""
+        return arguments_digest(self.arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAnswer:
+    """What a model call's answer says, as far as it could be read: the tokens it used, the
+    tool calls it proposes, the model that answered, and why it could not be read if it
+    could not (a reader never fails the answer it reads)."""
+
+    usage: Usage | None = None
+    calls: tuple[ProposedCall, ...] = ()
+    model: str | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A proposed call remembered: the model call (`turn`) whose answer proposed it."""
+
+    turn: ActionRef
+    call: ProposedCall
+    digest: str
+    at: float
+
+
+def same_tool(proposed: str, called: str) -> bool:
+    """True when a model's tool name names the tool an action calls: the same name, or the name
+    an MCP client gives the model for a server's tool (`mcp__notes__delete_note`)."""
+    return proposed == called or proposed.endswith(f"__{called}")
+
+
+class Proposals:
+    """The tool calls recent model answers proposed, by agent: at most `size` of them, each
+    for `ttl` seconds (this process's memory; a restart forgets them)."""
+
+    def __init__(self, *, ttl: float = 3600.0, size: int = 10_000):
+        self.ttl = ttl
+        self.size = size
+        self._by_agent: dict[str, deque[Proposal]] = {}
+        self._count = 0
+
+    def remember(self, agent: str, turn: ActionRef, calls: Iterable[ProposedCall]) -> None:
+        """Remember the calls the answer to model call `turn` proposed."""
+        now = time.monotonic()
+        kept = self._by_agent.setdefault(agent, deque())
+        for call in calls:
+            kept.append(Proposal(turn, call, call.digest, now))
+            self._count += 1
+        while self._count > self.size:
+            self._drop_oldest()
+
+    def origin(self, action: Action) -> dict[str, Any] | None:
+        """The model call whose answer proposed this tool call (the newest, within `ttl`), as
+        the action's intent names it; None when no remembered answer proposed it."""
+        if action.tool is None or action.args is None or isinstance(action.args, str):
+            return None
+        kept = self._by_agent.get(action.agent)
+        if not kept:
+            return None
+        now = time.monotonic()
+        while kept and now - kept[0].at > self.ttl:
+            kept.popleft()
+            self._count -= 1
+        digest = arguments_digest(action.args)
+        for proposal in reversed(kept):
+            if proposal.digest == digest and same_tool(proposal.call.name, action.tool):
+                if proposal.turn.id is None:
+                    continue  # its model call's intent was never written
+                return {"action": proposal.turn.id, "tool": proposal.call.name} | (
+                    {"call": proposal.call.id} if proposal.call.id else {}
+                )
+        return None
+
+    def _drop_oldest(self) -> None:
+        oldest = min((k for k in self._by_agent.values() if k), key=lambda k: k[0].at, default=None)
+        if oldest is None:
+            self._count = 0
+            return
+        oldest.popleft()
+        self._count -= 1

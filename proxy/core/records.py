@@ -10,24 +10,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules import Action, Decision, Effect, Ruleset, Verdict, json_of
-from store import ActionRef, Claim, KeyOutcome, Record, State
+from store import INERT, ActionRef, Claim, KeyOutcome, Record, State
 
 from . import redact
+from .proposals import ModelAnswer
 from .redact import Redactor
 
 ARGS_SHOWN = 256  # bytes of arguments (JSON) the summary holds whole (`airlock log`); larger: the intent
 TARGETS_KEPT = 100  # targets an intent lists (a batch may name thousands: `count` says how many)
 TARGETS_SHOWN = 10  # targets the summary lists (`airlock log`)
+ARGS_KEPT = 64 * 1024  # bytes of a proposed tool call's arguments (JSON) an outcome keeps, when kept
 
 
 @dataclass(frozen=True)
 class BodyPolicy:
     """How much of a request body the log keeps, by the action's effect: `limit` bytes unless
     `effects` names the effect. A read keeps none by default: reads are most of the traffic and
-    their bodies are seldom the evidence. A body's size and digest are always kept."""
+    their bodies are seldom the evidence. Nor does a model call (its prompt is most of the log's
+    bytes, and holds whatever the agent read). A body's size and digest are always kept."""
 
     limit: int = 64 * 1024
-    effects: tuple[tuple[Effect, int], ...] = ((Effect.READ, 0),)
+    effects: tuple[tuple[Effect, int], ...] = ((Effect.READ, 0), (Effect.INFERENCE, 0))
 
     def limit_for(self, effect: Effect) -> int:
         """The bytes of a body kept for an action of this effect."""
@@ -110,13 +113,16 @@ def intent(
     replay_of: int | None = None,
     verify: dict[str, Any] | None = None,
     held: dict[str, Any] | None = None,
+    proposed_by: dict[str, Any] | None = None,
 ) -> Record:
     """The first entry of an action: what was asked (redacted) and what the rules decided.
 
     With `claim` the action takes an idempotency key; with `replay_of` it was answered from
     that earlier action's stored reply instead of going upstream; `verify` is the read that
     can resolve the action if it is left in doubt; `held` (the hold policy, the time it ends
-    and the request's fingerprint) parks it for votes.
+    and the request's fingerprint) parks it for votes; `proposed_by` names the model call whose
+    answer proposed this tool call. A model call's intent is `inert`: it changes nothing
+    upstream, so a crash before its outcome leaves it failed, never in doubt.
     """
     described = describe(action, redactor=redactor, bodies=bodies)
     url = described["url"]
@@ -135,6 +141,13 @@ def intent(
     details = {"verify": verify_read(verify, redactor)} if verify else {}
     if held is not None:
         details["hold"] = held
+    if proposed_by is not None:
+        details["proposed_by"] = proposed_by
+        extra_summary = {"proposed_by": proposed_by["action"]}
+    else:
+        extra_summary = {}
+    if action.effect is Effect.INFERENCE:
+        extra_summary[INERT] = True
     return Record(
         kind="intent",
         action=ref,
@@ -170,9 +183,11 @@ def intent(
         }
         | ({"targets": described["targets"][:TARGETS_SHOWN]} if "targets" in described else {})
         | described.get("kube", {})
+        | _inference_summary(described)
         | listed
         | extra
-        | waits,
+        | waits
+        | extra_summary,
     )
 
 
@@ -246,6 +261,13 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
             described["count"] = action.count if action.count is not None else len(action.targets)
     if action.kube is not None:
         described["kube"] = {k: v for k, v in kube_fields(action).items() if v is not None}
+    if action.inference is not None:
+        described["inference"] = {
+            "provider": action.inference.provider,
+            "api": action.inference.api,
+            "model": action.inference.model,
+            "stream": action.inference.stream,
+        }
     if action.args is not None:
         # Never fewer bytes than the listing shows, whatever the effect's body limit.
         limit = max(bodies.limit_for(action.effect), ARGS_SHOWN)
@@ -271,6 +293,14 @@ def _headers(action: Action, redactor: Redactor) -> dict[str, str]:
         secret = {n.lower() for n in action.secret_fields}
         shown = {k: redact.REDACTED if k.lower() in secret else v for k, v in shown.items()}
     return shown
+
+
+def _inference_summary(described: dict[str, Any]) -> dict[str, Any]:
+    """A model call's provider, model and whether it streams, for `airlock log`."""
+    inference = described.get("inference")
+    if inference is None:
+        return {}
+    return {"provider": inference["provider"], "model": inference["model"], "stream": inference["stream"]}
 
 
 def kube_fields(action: Action) -> dict[str, str | None]:
@@ -324,9 +354,17 @@ def outcome(
     error: str | None = None,
     key_outcome: KeyOutcome | None = None,
     request_body: dict[str, Any] | None = None,
+    answer: ModelAnswer | None = None,
+    keep_arguments: bool = False,
+    redactor: Redactor | None = None,
 ) -> Record:
     """The response an action got, whatever its status code (and a stream error, if it broke);
-    `request_body`: the size and digest of a request body that streamed upstream."""
+    `request_body`: the size and digest of a request body that streamed upstream.
+
+    A model call's `answer` adds the tokens it used and the tool calls it proposes: each by
+    name, id and the digest of its arguments, and the arguments themselves (redacted, capped)
+    only with `keep_arguments`.
+    """
     data: dict[str, Any] = {
         "status": status,
         "size": size,
@@ -336,16 +374,47 @@ def outcome(
     }
     if request_body is not None:
         data["request_body"] = request_body
+    summary: dict[str, Any] = {"status": status}
     if error is not None:
         data["error"] = redact.text(error)
+    if answer is not None:
+        data["answer"] = answer_of(answer, keep_arguments=keep_arguments, redactor=redactor or Redactor())
+        if answer.usage is not None:
+            summary["tokens"] = answer.usage.total
+        if answer.calls:
+            summary["proposed"] = [c.name for c in answer.calls[:TARGETS_SHOWN]]
     return Record(
         kind="outcome",
         action=ref,
         state=State.COMMITTED,
         data=data,
-        summary={"status": status},
+        summary=summary,
         key_outcome=key_outcome,
     )
+
+
+def answer_of(answer: ModelAnswer, *, keep_arguments: bool, redactor: Redactor) -> dict[str, Any]:
+    """What a model's answer said, as logged."""
+    out: dict[str, Any] = {}
+    if answer.model is not None:
+        out["model"] = answer.model
+    if answer.usage is not None:
+        out["usage"] = answer.usage.as_json()
+    if answer.calls:
+        calls = []
+        for call in answer.calls[:TARGETS_KEPT]:
+            logged: dict[str, Any] = {"tool": call.name, "digest": call.digest}
+            if call.id is not None:
+                logged["id"] = call.id
+            if keep_arguments:
+                logged["arguments"] = capped_args(redactor.args(call.arguments), ARGS_KEPT)
+            calls.append(logged)
+        out["proposed"] = calls
+        if len(answer.calls) > TARGETS_KEPT:
+            out["proposed_count"] = len(answer.calls)
+    if answer.problem is not None:
+        out["problem"] = redact.text(answer.problem)
+    return out
 
 
 def failure(

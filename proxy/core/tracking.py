@@ -7,7 +7,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-from rules import Action, Storm, fingerprint
+from rules import Action, Budget, Inference, Storm, fingerprint
 from store import ActionRef
 
 from . import keys
@@ -49,6 +49,17 @@ class Meter:
         return {"size": self.size, "sha256": self.sha256}
 
 
+@dataclass(frozen=True)
+class ModelCall:
+    """An admitted model call: whose, what it asked for, the budgets its tokens count against,
+    and whether the log keeps its prompt and completion."""
+
+    agent: str
+    inference: Inference
+    budgets: tuple[Budget, ...] = ()
+    keep_prompts: bool = False
+
+
 @dataclass
 class Tracking:
     """An admitted action until its outcome is written."""
@@ -61,6 +72,7 @@ class Tracking:
     meter: Meter = field(default_factory=Meter)
     upload: Meter | None = None  # the request body, when it streams upstream (proxy/plane/uploads.py)
     logged: bool = True  # False: a read let through while the log was down; no outcome is due
+    model_call: ModelCall | None = None
     _breaker_key: str | None = None
 
     def breaker_key(self) -> str | None:

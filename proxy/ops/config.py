@@ -157,11 +157,12 @@ def parse_size(text: str) -> int:
     return int(m[1]) * _UNITS[m[2].lower()]
 
 
-EFFECTS = ("read", "write", "destructive")
+EFFECTS = ("read", "inference", "write", "destructive")
 
 
 def parse_body_limit(text: str) -> tuple[str | None, int]:
-    """SIZE (every effect not named) or EFFECT=SIZE (read, write, destructive): 64KiB, read=0."""
+    """SIZE (every effect not named) or EFFECT=SIZE (read, inference, write, destructive): 64KiB,
+    read=0."""
     effect, eq, size = text.rpartition("=")
     if eq and effect.strip() not in EFFECTS:
         raise ConfigError(

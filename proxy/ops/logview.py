@@ -41,6 +41,12 @@ def as_line(index: dict[str, Any]) -> str:
             extra.append(f"args={json.dumps(index['args'], ensure_ascii=False, separators=(',', ':'))}")
     elif index.get("operation") and index.get("protocol") != "aws":
         extra.append(f"op={index['operation']}")
+    if index.get("tokens") is not None:
+        extra.append(f"tokens={index['tokens']}")
+    if index.get("proposed"):
+        extra.append(f"proposed={','.join(map(str, index['proposed']))}")
+    if index.get("proposed_by") is not None:
+        extra.append(f"proposed_by={index['proposed_by']}")
     if index.get("upstream"):
         extra.append(f"upstream={index['upstream']}")
     if index.get("error"):
@@ -54,12 +60,16 @@ def as_line(index: dict[str, Any]) -> str:
 
 def cloud_call(index: dict[str, Any]) -> str | None:
     """A cloud API call as its people say it: `aws s3 DeleteObject prod-users/report.csv`,
-    `k8s delete deployments prod/api` (a batch: its first target and how many more)."""
+    `k8s delete deployments prod/api` (a batch: its first target and how many more), a model
+    call `llm anthropic claude-sonnet-4-5 (stream)`."""
     protocol = index.get("protocol")
     if protocol == "aws":
         words = ["aws", str(index.get("service", "?")), str(index.get("operation") or "?")]
     elif protocol == "k8s":
         words = ["k8s", str(index.get("verb", "?")), str(index.get("resource", "?"))]
+    elif protocol == "llm":
+        words = ["llm", str(index.get("provider", "?")), str(index.get("model") or "?")]
+        return " ".join(words + (["(stream)"] if index.get("stream") else []))
     else:
         return None
     targets = index.get("targets") or []
@@ -74,6 +84,15 @@ def cloud_call(index: dict[str, Any]) -> str | None:
 def describe(index: dict[str, Any], entries: list[Entry]) -> str:
     """One action with every entry written about it, for `airlock show`."""
     lines = [as_line(index), ""]
+    for e in entries:
+        origin = e.data.get("proposed_by") if e.kind == "intent" else None
+        if isinstance(origin, dict):
+            call = f" ({origin['call']})" if origin.get("call") else ""
+            lines.insert(
+                1,
+                f"  proposed by model call {origin.get('action')}: its answer asked for "
+                f"tool {origin.get('tool')}{call} with these arguments",
+            )
     for e in entries:
         state = f" -> {e.state}" if e.state else ""
         lines.append(f"  entry {e.seq}  {iso(e.ts)}  {e.kind}{state}  (writer {e.writer})")

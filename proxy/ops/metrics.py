@@ -19,7 +19,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from proxy.core.proposals import ModelAnswer
 from proxy.core.reload import RulesReloader
+from proxy.core.tracking import ModelCall
 from store import Entry, Log, State, StoreError, Usage
 
 from .logroom import NEARLY_FULL, nearly_full
@@ -274,6 +276,16 @@ class Metrics:
             "Checkpoints --checkpoint-to could not deliver on a try (a URL is tried again)",
             registry=self.registry,
         )
+        self._agents = Names(frozenset, extra=64)
+        self._providers = Names(frozenset, extra=16)
+        self._models = Names(frozenset, extra=64)
+        self.tokens = Counter(
+            "airlock_model_tokens",
+            "Tokens model calls used as their answers report them, by agent, provider, model and "
+            "kind (input, output)",
+            ["agent", "provider", "model", "kind"],
+            registry=self.registry,
+        )
         self.unauthorized = Counter(
             "airlock_control_unauthorized",
             "Control API requests refused for a missing or wrong token (logged or not)",
@@ -317,6 +329,16 @@ class Metrics:
     def decided(self, verdict: str, seconds: float) -> None:
         """Time one admission (a decision observer)."""
         self.decisions.labels(verdict).observe(seconds)
+
+    def used(self, call: ModelCall, answer: ModelAnswer) -> None:
+        """Count the tokens one model call's answer reports (a usage observer)."""
+        if answer.usage is None or answer.usage.estimated:
+            return  # the metric counts what answers report
+        model = answer.model or call.inference.model
+        agent, provider = self._agents.label(call.agent), self._providers.label(call.inference.provider)
+        labels = (agent, provider, self._models.label(model))
+        self.tokens.labels(*labels, "input").inc(answer.usage.input_tokens)
+        self.tokens.labels(*labels, "output").inc(answer.usage.output_tokens)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes (reads the log: call it off the event loop)."""

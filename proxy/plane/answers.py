@@ -43,6 +43,10 @@ def refusal(
         return _aws(decision, action, action_id, status, extra)
     if action is not None and action.protocol == "k8s":
         return _kube(decision, action, action_id, status, extra)
+    if action is not None and action.inference is not None:
+        if action.service is not None:  # Bedrock: an AWS API
+            return _aws(decision, action, action_id, status, extra)
+        return _model_api(decision, action.inference.provider, action_id, status, extra)
     return _json(
         status,
         {
@@ -96,6 +100,37 @@ def _kube(
         "code": status,
     }
     return _json(status, status_object, extra)
+
+
+# The error types model APIs give these statuses (their SDKs raise by them).
+ANTHROPIC_ERRORS = {400: "invalid_request_error", 429: "rate_limit_error", 503: "overloaded_error"}
+OPENAI_ERRORS = {400: "invalid_request_error", 429: "rate_limit_exceeded"}
+GEMINI_STATUSES = {400: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
+
+
+def _model_api(
+    decision: Decision, provider: str, action_id: int | None, status: int, extra: dict[str, str]
+) -> http.Response:
+    """A refused model call in its API's own error shape, so that its SDK raises with the
+    message (the rule and the action id ride along for people who read the body)."""
+    message = said(decision, action_id)
+    ours: dict[str, object] = {
+        "rule": decision.rule,
+        "action_id": action_id,
+        "airlock_error": decision.error or "denied",
+    }
+    if provider == "anthropic":
+        kind = ANTHROPIC_ERRORS.get(status, "permission_error" if status == 403 else "api_error")
+        shaped: dict[str, object] = {"type": "error", "error": {"type": kind, "message": message}}
+        return _json(status, shaped | ours, extra)
+    if provider == "gemini":
+        code = GEMINI_STATUSES.get(status, "PERMISSION_DENIED" if status == 403 else "INTERNAL")
+        shaped = {"error": {"code": status, "message": message, "status": code}}
+        return _json(status, shaped | ours, extra)
+    kind = OPENAI_ERRORS.get(status, "permission_denied" if status == 403 else "server_error")
+    error = {"message": message, "type": kind, "param": None, "code": decision.error or "denied"}
+    shaped = {"error": error}
+    return _json(status, shaped | ours, extra)
 
 
 def internal_error(message: str) -> http.Response:

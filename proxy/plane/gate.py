@@ -26,11 +26,12 @@ from proxy.mcp.evidence import SESSION_HEADER, Evidence, Introduction
 from proxy.mcp.readings import server_of
 from proxy.mcp.toolcalls import ToolCalls
 from proxy.plane.adapters.http import AGENT_HEADER, classify, header_map
-from rules import Action, Decision, Ruleset, Verdict
+from rules import Action, Decision, Inference, Ruleset, Verdict
 from store import Log
 
 from . import answers, replays, uploads
 from .egress import Egress
+from .model_calls import AnswerTap
 from .streams import EventStream, Exchange, json_answer, receive_json
 from .triage import Route, Triage, triage
 
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 TRACK = "airlock.tracking"
 MCP = "airlock.mcp"
 INTRODUCTION = "airlock.introduction"  # `initialize` requests to a server not yet shown to be MCP
+ANSWER = "airlock.answer"  # a model call's answer, read as it passes
 STREAM_ABOVE = 256 * 1024
 
 
@@ -215,6 +217,9 @@ class Gate:
         session = flow.response.headers.get(SESSION_HEADER)
         if exchange is not None and session:
             self.evidence.session(exchange.action, session)  # a server shown to be MCP issued it
+        if tracking is not None and tracking.model_call is not None:
+            self._read_answer(flow, tracking, tracking.model_call.inference)
+            return
         if "text/event-stream" in flow.response.headers.get("content-type", ""):
             if exchange is not None or tracking is not None:
                 flow.response.stream = EventStream(
@@ -234,6 +239,16 @@ class Gate:
         # A body that may prove a server is MCP is read whole (it is a small JSON answer).
         if introduction is None and (not length.isdigit() or int(length) > STREAM_ABOVE):
             flow.response.stream = tracking.meter
+
+    def _read_answer(self, flow: http.HTTPFlow, tracking: Tracking, inference: Inference) -> None:
+        """Read a model call's answer as it passes (streamed unless small and of known length)."""
+        assert flow.response is not None
+        tap = flow.metadata[ANSWER] = AnswerTap(inference, flow.response)
+        length = flow.response.headers.get("content-length", "")
+        streams = "text/event-stream" in flow.response.headers.get("content-type", "")
+        if streams or not length.isdigit() or int(length) > STREAM_ABOVE:
+            meter = tracking.meter
+            flow.response.stream = lambda chunk: meter(tap(chunk))
 
     def response(self, flow: http.HTTPFlow) -> None:
         """Write the outcome once the whole response has passed; any failure reading the
@@ -285,8 +300,11 @@ class Gate:
     def _record_response(self, flow: http.HTTPFlow, tracking: Tracking, error: str | None = None) -> None:
         assert flow.response is not None
         meter = tracking.meter
+        tap: AnswerTap | None = flow.metadata.pop(ANSWER, None)
         if not meter.size and flow.response.raw_content:
             meter(flow.response.raw_content)  # not streamed: the whole body is here
+            if tap is not None and not tap.fed:
+                tap(flow.response.raw_content)
         reply = None
         if tracking.keyed is not None and error is None:
             reply = replays.reply_of(flow.response, meter.kept)
@@ -296,6 +314,13 @@ class Gate:
             headers=header_map(flow.response.headers),
             reply=reply,
             error=error,
+            answer=None
+            if tap is None
+            else tap.answer(
+                flow.response.status_code,
+                request_bytes=len(flow.request.raw_content or b""),
+                answer_bytes=meter.size,
+            ),
         )
 
     def error(self, flow: http.HTTPFlow) -> None:

@@ -184,6 +184,7 @@ async def serve(cfg: RunConfig) -> None:
             raise StartupError(full_at_start(log)) from e
         app = make_app(log, token, reloader)
         gate.admission.decided = app[METRICS].decided
+        gate.admission.used = app[METRICS].used
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         shipper = _shipper(cfg, log, app[METRICS])

@@ -130,3 +130,47 @@ def decode(body: bytes, content_encoding: str | None, *, limit: int = MAX_DECODE
     except (zlib.error, brotli.error, zstd.ZstdError) as e:
         return Decoded(body, f"the body ({header}) cannot be decoded: {e}")
     return Decoded(out)
+
+
+class Unpacking:
+    """A response body's Content-Encoding undone chunk by chunk, for a reader of the answer (the
+    bytes passed on are never touched). One layer at most; a chunk that would expand past
+    `limit` bytes, data that is corrupt, or an encoding it does not know make it stop, with
+    the reason in `problem`, and give nothing more."""
+
+    def __init__(self, content_encoding: str | None, *, limit: int = MAX_DECODED):
+        self.limit = limit
+        self.problem: str | None = None
+        applied = layers(content_encoding)
+        self._step: Callable[[bytes], bytes] | None = None
+        if len(applied) > 1:
+            self.problem = f"Content-Encoding: {content_encoding} has more than one layer"
+        elif applied and applied[0] in ("gzip", "x-gzip", "deflate"):
+            wbits = 32 + zlib.MAX_WBITS if applied[0] != "deflate" else zlib.MAX_WBITS
+            z = zlib.decompressobj(wbits)
+            self._step = lambda chunk: self._capped(z.decompress(chunk, limit + 1), bool(z.unconsumed_tail))
+        elif applied and applied[0] == "br":
+            b = brotli.Decompressor()
+            self._step = lambda chunk: self._capped(b.process(chunk, output_buffer_limit=limit + 1), False)
+        elif applied and applied[0] == "zstd":
+            d = zstd.ZstdDecompressor()
+            self._step = lambda chunk: self._capped(d.decompress(chunk, max_length=limit + 1), False)
+        elif applied:
+            self.problem = f"Content-Encoding: {content_encoding} is an encoding airlock cannot decode"
+
+    def _capped(self, out: bytes, more: bool) -> bytes:
+        if more or len(out) > self.limit:
+            raise Undecodable(f"a chunk expands past {self.limit} bytes")
+        return out
+
+    def __call__(self, chunk: bytes) -> bytes:
+        """The decoded bytes of the next chunk (none once it has stopped)."""
+        if self.problem is not None:
+            return b""
+        if self._step is None:
+            return chunk
+        try:
+            return self._step(chunk)
+        except (Undecodable, zlib.error, brotli.error, zstd.ZstdError, EOFError) as e:
+            self.problem = f"the answer cannot be decoded: {e}"
+            return b""
