@@ -116,6 +116,12 @@ class Action:
     # When the request named its agent itself (X-Airlock-Agent), `agent` is that claim and this
     # is the agent the operator configured: a claim is not an identity.
     configured_agent: str | None = None
+    # Whether `agent` was established by Airlock (a session's credentials, the UID a captured
+    # connection comes from, the operator's configuration), not claimed by the request; the
+    # session it came with and that session's epoch (proxy/plane/identity.py).
+    verified: bool = True
+    session: str | None = None
+    epoch: int | None = None
     # Why the body as sent cannot be decoded (an unknown or corrupt Content-Encoding, or one
     # that expands past the limit; a batch whose list of targets cannot be read); `body` is
     # then the bytes as sent.
