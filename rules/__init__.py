@@ -14,6 +14,7 @@ from .body import bom_codec
 from .budgets import Budget, BudgetScope
 from .decision import ALLOWED, PRECEDENCE, Decision, Verdict
 from .holds import DEFAULT_HOLD, Hold
+from .limits import Limit, LimitScope, Lock
 from .parsed import BODIES, ParsedBodies, ParsedJson, json_of
 from .readings import Readings, readings_of
 from .repeats import Dedup, StatusSet, Storm, VerifyRead, fingerprint, parse_dedup, seconds, signed_stably
@@ -48,6 +49,9 @@ __all__ = [
     "Inference",
     "KeyTemplate",
     "Kube",
+    "Limit",
+    "LimitScope",
+    "Lock",
     "ParsedBodies",
     "ParsedJson",
     "Readings",

@@ -20,6 +20,7 @@ from .allowlist import Allowlist, HostEntry, entry_of
 from .budgets import parse_budget
 from .decision import PRECEDENCE, Verdict
 from .holds import Hold, parse_hold
+from .limits import parse_limit, parse_lock
 from .match import compile_match, is_literal, strings
 from .repeats import parse_dedup, parse_storm
 from .rule import Rule
@@ -132,6 +133,14 @@ class Compiled:
             dedup = parse_dedup(spec["id"], spec["dedup"]) if "dedup" in spec else None
         except ValueError as e:
             problems.append(doc.problem(["rules", i, "dedup", "key"], str(e)))
+        lock = None
+        try:
+            lock = parse_lock(spec["id"], spec["lock"]) if "lock" in spec else None
+        except ValueError as e:
+            where: list[str | int] = ["rules", i, "lock"]
+            if isinstance(spec["lock"], dict):
+                where.append("key")
+            problems.append(doc.problem(where, str(e)))
         if "hold" in spec and spec.get("action") != "hold":
             problems.append(
                 doc.problem(["rules", i, "hold"], "hold settings belong to a rule with action: hold")
@@ -166,6 +175,8 @@ class Compiled:
                 widen=widen,
                 budget=parse_budget(spec["id"], spec["budget"]) if "budget" in spec else None,
                 keep_prompts=spec.get("keep") == "prompts",
+                lock=lock,
+                limit=parse_limit(spec["id"], spec["limit"]) if "limit" in spec else None,
             )
         )
         return []

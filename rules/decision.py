@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .budgets import Budget
     from .holds import Hold
+    from .limits import Limit, Lock
     from .repeats import Dedup, Storm
 
 
@@ -30,7 +31,8 @@ class Decision:
     """The verdict on an action, the rule that decided it (None for the defaults) and why;
     with the first matching rule's `dedup` and `storm` settings, if any rule has them, every
     matching rule's token `budgets`, whether a matching rule keeps the prompts of a model call
-    (`keep_prompts`), and for HOLD the policy its votes are taken under.
+    (`keep_prompts`), the first matching rule's `lock` and every matching rule's `limits`, and
+    for HOLD the policy its votes are taken under.
 
     HOLD is neither refused nor let through: the action waits for votes (see proxy/core/holds.py).
     """
@@ -44,6 +46,8 @@ class Decision:
     hold: Hold | None = None
     budgets: tuple[Budget, ...] = ()
     keep_prompts: bool = False
+    lock: Lock | None = None
+    limits: tuple[Limit, ...] = ()
 
     @property
     def refused(self) -> bool:

@@ -9,6 +9,7 @@ from .action import Action, Effect
 from .budgets import Budget
 from .decision import Verdict
 from .holds import Hold
+from .limits import Limit, Lock
 from .match import Predicate, protocol_in
 from .readings import readings_of
 from .repeats import Dedup, Storm
@@ -42,6 +43,8 @@ class Rule:
     widen: bool = False  # any reading of the action matches (deny, hold): see rules.readings
     budget: Budget | None = None  # a token budget for the model calls it matches
     keep_prompts: bool = False  # the model calls it matches keep their prompts in the log
+    lock: Lock | None = None  # a lock its actions hold while they run
+    limit: Limit | None = None  # how many of its actions pass per window
 
     def matches(self, action: Action) -> bool:
         """True when every field of the rule's `match` holds for the action (for a deny or hold

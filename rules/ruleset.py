@@ -292,9 +292,17 @@ class Ruleset:
         storm = next((r.storm for r in matched if r.storm is not None), None)
         budgets = tuple(r.budget for r in matched if r.budget is not None)
         keep_prompts = any(r.keep_prompts for r in matched)
-        if dedup is not None or storm is not None or budgets or keep_prompts:
+        lock = next((r.lock for r in matched if r.lock is not None), None)
+        limits = tuple(r.limit for r in matched if r.limit is not None)
+        if dedup or storm or budgets or keep_prompts or lock or limits:
             decision = dataclasses.replace(
-                decision, dedup=dedup, storm=storm, budgets=budgets, keep_prompts=keep_prompts
+                decision,
+                dedup=dedup,
+                storm=storm,
+                budgets=budgets,
+                keep_prompts=keep_prompts,
+                lock=lock,
+                limits=limits,
             )
         return Explanation(action, egress, matched, decision, reason)
 

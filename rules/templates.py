@@ -18,7 +18,21 @@ from .action import Action
 from .parsed import json_of
 
 # Fields a template may name; dotted names reach into the body, args, query and headers.
-_PLAIN = ("method", "scheme", "host", "port", "path", "query", "url", "agent", "tool", "service", "operation")
+_PLAIN = (
+    "method",
+    "scheme",
+    "host",
+    "port",
+    "path",
+    "query",
+    "url",
+    "agent",
+    "tool",
+    "service",
+    "operation",
+    "region",
+    "target",
+)
 _NESTED = ("body", "args", "query", "headers")
 
 
@@ -50,6 +64,8 @@ def field_value(action: Action, name: str) -> str | None:
             return canonical_body(action.body).decode(errors="replace") if action.body else None
         if head == "args":
             return canonical(action.args) if action.args is not None else None
+        if head == "target":  # a batch: all of its targets, in order, as one value
+            return ",".join(sorted(action.targets)) or None
         value = action.url if head == "url" else getattr(action, head)
         return None if value is None or value == "" else str(value)
     if head == "body":
