@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from proxy.ops.anchor import AnchorFileError, read_anchored
-from proxy.ops.checkpoints import signer_for
 from proxy.ops.datadir import DataDir
 from store import KEY_FILE, ChainReport, Log, PublicKey, Signer, parse_public
 
@@ -55,6 +53,8 @@ def cmd_key(args: argparse.Namespace) -> int:
         # Reading needs no write access to the data dir.
         signer = Signer.load(data.root)
     else:
+        from proxy.ops.checkpoints import signer_for  # and its anchors' HTTP client: only here
+
         data.prepare()
         signer = signer_for(data)
     print(signer.public_text())
@@ -104,6 +104,8 @@ def _key(given: str) -> PublicKey:
 
 def _anchored_head(path: Path, key: PublicKey | None) -> tuple[int, str] | str:
     """The last checkpoint the file holds, or why the file cannot be trusted."""
+    from proxy.ops.anchor import AnchorFileError, read_anchored  # loads only for --checkpoints
+
     try:
         lines = read_anchored(path)
     except AnchorFileError as e:

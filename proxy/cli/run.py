@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from proxy.core.records import BodyPolicy
-from proxy.ops.anchor import parse_target
 from proxy.ops.config import (
     STREAM_ABOVE,
     ConfigError,
@@ -28,7 +27,6 @@ from proxy.ops.config import (
     parse_upstream,
 )
 from proxy.ops.datadir import DataDir
-from proxy.ops.trust import write_bundle
 from rules import Effect
 
 from .args import (
@@ -169,7 +167,7 @@ def add(sub: Commands) -> None:
     )
     run.add_argument(
         "--checkpoint-to",
-        type=typed(parse_target),
+        type=typed(checkpoint_target),
         metavar="URL|FILE",
         help="send each checkpoint off the host: POST it as JSON to URL, or append it as a line to "
         "FILE, kept where this host cannot rewrite it (`airlock verify --checkpoints FILE` checks it)",
@@ -191,6 +189,14 @@ def add(sub: Commands) -> None:
     )
     mcp.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the MCP server to run")
     mcp.set_defaults(func=cmd_mcp)
+
+
+def checkpoint_target(text: str) -> object:
+    """--checkpoint-to URL|FILE, parsed by proxy.ops.anchor, which (with the HTTP client it sends
+    checkpoints with) loads only when the flag is given."""
+    from proxy.ops.anchor import parse_target
+
+    return parse_target(text)
 
 
 class BodyLimits(argparse.Action):
@@ -233,6 +239,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         again = sorted({n for n in names if names.count(n) > 1})
         raise UserError(f"--upstream names must differ (the log names upstreams by them): {', '.join(again)}")
     if args.upstream_ca:
+        from proxy.ops.trust import write_bundle  # X.509 loads only for the flag that needs it
+
         data = DataDir(cfg.data)
         data.prepare()
         try:
