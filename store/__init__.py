@@ -4,6 +4,7 @@ Knows nothing of HTTP or rules: it stores plain records about numbered actions.
 """
 
 from .checkpoints import record as checkpoint_record
+from .coordinated import Fence, Fenced, LimitCheck, LimitReached, LockClaim, Locked
 from .entry import Entry
 from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAction
 from .freeze import FreezeState, Frozen
@@ -39,10 +40,16 @@ __all__ = [
     "ChainReport",
     "Claim",
     "Entry",
+    "Fence",
+    "Fenced",
     "FreezeState",
     "Frozen",
     "KeyOutcome",
     "KeyTaken",
+    "LimitCheck",
+    "LimitReached",
+    "LockClaim",
+    "Locked",
     "Log",
     "NoLog",
     "Pruned",

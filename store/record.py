@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .coordinated import MAX_COORD_KEY_BYTES, Fence, LimitCheck, LockClaim
 from .errors import StoreError, UnknownAction
 from .keys import MAX_KEY_BYTES, Claim, KeyOutcome
 from .states import State
@@ -35,7 +36,12 @@ class Record:
     entry in the transaction that writes it (store/signing.py: the signature covers its seq,
     the hash before it, its kind and data) and the signature is kept in its data; `then` makes
     further changes in the transaction that writes the entry, once it is written (a prune's
-    deletions): if it raises, neither the entry nor the changes are kept."""
+    deletions): if it raises, neither the entry nor the changes are kept.
+
+    Coordination (store/coordinated.py), checked and applied in the transaction that writes the
+    entry, in this order, all or nothing: `fence` refuses it (Fenced) when its session is stale;
+    `lock` takes a lock (else Locked); `limits` count its weight (else LimitReached, naming
+    the first limit it would cross). The entry's data records them (`fence`, `lock`, `limits`)."""
 
     kind: str
     action: ActionRef | None = None
@@ -49,6 +55,9 @@ class Record:
     unless_frozen: bool = False
     sign: Callable[[bytes], str] | None = None
     then: Callable[[View, Entry], None] | None = None
+    fence: Fence | None = None
+    lock: LockClaim | None = None
+    limits: tuple[LimitCheck, ...] = ()
 
     def check(self) -> None:
         """Refuse a record that cannot be written, before it joins a transaction."""
@@ -57,3 +66,10 @@ class Record:
             raise UnknownAction(f"no action {ref.id} in the log")
         if self.claim is not None and len(self.claim.key.encode()) > MAX_KEY_BYTES:
             raise StoreError(f"an idempotency key longer than {MAX_KEY_BYTES} bytes cannot be stored")
+        keys = ([self.lock.key] if self.lock is not None else []) + [limit.key for limit in self.limits]
+        if any(len(key.encode()) > MAX_COORD_KEY_BYTES for key in keys):
+            raise StoreError(f"a lock or limit key longer than {MAX_COORD_KEY_BYTES} bytes cannot be stored")
+        if self.lock is not None and self.lock.hold is None and ref is None:
+            raise StoreError("a lock for an action's duration needs an action")
+        if any(limit.weight < 0 or limit.maximum < 0 or limit.window <= 0 for limit in self.limits):
+            raise StoreError("a limit needs a weight and maximum of at least 0 and a window above 0")
