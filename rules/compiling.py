@@ -177,6 +177,7 @@ class Compiled:
                 keep_prompts=spec.get("keep") == "prompts",
                 lock=lock,
                 limit=parse_limit(spec["id"], spec["limit"]) if "limit" in spec else None,
+                proposed_as=tuple(strings(spec.get("proposed_as", []))),
             )
         )
         return []

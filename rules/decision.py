@@ -31,8 +31,9 @@ class Decision:
     """The verdict on an action, the rule that decided it (None for the defaults) and why;
     with the first matching rule's `dedup` and `storm` settings, if any rule has them, every
     matching rule's token `budgets`, whether a matching rule keeps the prompts of a model call
-    (`keep_prompts`), the first matching rule's `lock` and every matching rule's `limits`, and
-    for HOLD the policy its votes are taken under.
+    (`keep_prompts`), the first matching rule's `lock` and every matching rule's `limits`, the
+    tools whose proposed calls may carry the action out (`proposed_as`), and for HOLD the
+    policy its votes are taken under.
 
     HOLD is neither refused nor let through: the action waits for votes (see proxy/core/holds.py).
     """
@@ -48,6 +49,7 @@ class Decision:
     keep_prompts: bool = False
     lock: Lock | None = None
     limits: tuple[Limit, ...] = ()
+    proposed_as: tuple[str, ...] = ()
 
     @property
     def refused(self) -> bool:

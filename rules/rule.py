@@ -45,6 +45,7 @@ class Rule:
     keep_prompts: bool = False  # the model calls it matches keep their prompts in the log
     lock: Lock | None = None  # a lock its actions hold while they run
     limit: Limit | None = None  # how many of its actions pass per window
+    proposed_as: tuple[str, ...] = ()  # tools a model's proposed calls carry its requests out with
 
     def matches(self, action: Action) -> bool:
         """True when every field of the rule's `match` holds for the action (for a deny or hold

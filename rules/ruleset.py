@@ -294,7 +294,8 @@ class Ruleset:
         keep_prompts = any(r.keep_prompts for r in matched)
         lock = next((r.lock for r in matched if r.lock is not None), None)
         limits = tuple(r.limit for r in matched if r.limit is not None)
-        if dedup or storm or budgets or keep_prompts or lock or limits:
+        proposed_as = tuple(t for r in matched for t in r.proposed_as)
+        if dedup or storm or budgets or keep_prompts or lock or limits or proposed_as:
             decision = dataclasses.replace(
                 decision,
                 dedup=dedup,
@@ -303,6 +304,7 @@ class Ruleset:
                 keep_prompts=keep_prompts,
                 lock=lock,
                 limits=limits,
+                proposed_as=proposed_as,
             )
         return Explanation(action, egress, matched, decision, reason)
 

@@ -545,3 +545,30 @@ def test_a_stream_that_reports_no_usage_is_counted_by_estimate_against_its_budge
     assert usage["estimated"] is True and usage["total"] > 30  # more than the budget holds
     with pytest.raises(openai.RateLimitError):
         openai_chat(a, models)
+
+
+CARRIER = """\
+- id: http-tool
+  match: {host: 127.0.0.1, method: DELETE}
+  proposed_as: [http_request]
+"""
+
+
+def test_an_http_request_a_proposed_tool_call_carried_out_names_the_model_call(
+    models: ModelServer, upstream: Upstream, make_airlock: Callable[..., Airlock]
+) -> None:
+    """Where a rule names the tool that carries requests out, the request curl sends for a
+    proposed `http_request` call names the model call in the log."""
+    a = make_airlock(rules=rules(models, CARRIER))
+    url = f"{upstream.url}/items/42"
+    models.answer(
+        Turn(text="", calls=(ToolCall("http_request", {"method": "DELETE", "url": url}, "call_9"),))
+    )
+    openai_client(a, models).chat.completions.create(model="gpt-4o", messages=PROMPT, tools=NOTE_TOOLS_OPENAI)
+    [turn] = settled(a, 1)
+    done = subprocess.run(["curl", "-s", "-x", a.proxy, "-X", "DELETE", url], capture_output=True, timeout=30)
+    assert done.returncode == 0 and [s.method for s in upstream.seen] == ["DELETE"]
+    [deleted] = [x for x in a.log() if x["method"] == "DELETE"]
+    assert deleted["proposed_by"] == turn["id"]
+    shown = a.cli("show", str(deleted["id"])).stdout
+    assert f"proposed by model call {turn['id']}: its answer asked for tool http_request (call_9)" in shown

@@ -83,3 +83,29 @@ def test_a_model_call_whose_intent_was_never_written_links_nothing() -> None:
     proposals = Proposals()
     proposals.remember("agent", ActionRef(), [ProposedCall("t", {})])
     assert proposals.origin(tool_call("t", {})) is None
+
+
+def http_request(path: str, agent: str = "agent") -> Action:
+    return Action("DELETE", "http", "api.example.com", 80, path, Effect.DESTRUCTIVE, agent=agent)
+
+
+def test_an_http_request_links_only_through_the_tools_a_rule_names_and_by_its_host_and_path() -> None:
+    proposals = Proposals()
+    url = "http://api.example.com/items/42"
+    proposals.remember(
+        "agent", turn(3), [ProposedCall("http_request", {"method": "DELETE", "url": url}, "c1")]
+    )
+    proposals.remember("agent", turn(4), [ProposedCall("run_shell", {"command": f"curl -X DELETE {url}"})])
+    assert proposals.origin(http_request("/items/42")) is None  # no rule names a carrier
+    assert proposals.origin(http_request("/items/42"), ["http_request"]) == {
+        "action": 3,
+        "tool": "http_request",
+        "call": "c1",
+    }
+    assert proposals.origin(http_request("/items/42"), ["run_shell", "http_request"]) == {
+        "action": 4,
+        "tool": "run_shell",
+    }
+    assert proposals.origin(http_request("/items/7"), ["http_request"]) is None
+    assert proposals.origin(http_request("/items/42", agent="other"), ["http_request"]) is None
+    assert proposals.origin(http_request("/"), ["http_request"]) is None  # a bare host says too little

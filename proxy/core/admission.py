@@ -147,7 +147,7 @@ class Admission:
             redactor=self.redactor,
             bodies=bodies,
             rules_digest=self.ruleset.digest,
-            proposed_by=self.proposals.origin(action),
+            proposed_by=self.proposals.origin(action, decision.proposed_as),
             **kw,
         )
         if (problem := unloggable(record)) is not None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,14 +96,45 @@ class ModelAnswer:
     problem: str | None = None
 
 
+TEXTS_KEPT = 16  # string values of a proposed call's arguments remembered, to find the request
+TEXT_KEPT = 2048  # characters of each
+
+
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """A proposed call remembered: the model call (`turn`) whose answer proposed it."""
+    """A proposed call remembered: the model call (`turn`) whose answer proposed it, the tool,
+    the provider's id for the call, its arguments' digest, and their first string values (what
+    an HTTP request that carries the call out may be found by)."""
 
     turn: ActionRef
-    call: ProposedCall
+    tool: str
+    call_id: str | None
     digest: str
+    texts: tuple[str, ...]
     at: float
+
+    def link(self) -> dict[str, Any]:
+        """How the intent of the action that carries it out names it."""
+        assert self.turn.id is not None
+        return {"action": self.turn.id, "tool": self.tool} | ({"call": self.call_id} if self.call_id else {})
+
+
+def _texts(arguments: Any) -> tuple[str, ...]:
+    """The first string values in arguments (a JSON string's, when they are one), each cut."""
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError, RecursionError):
+            arguments = json.loads(arguments)
+    found: list[str] = []
+    stack = [arguments]
+    while stack and len(found) < TEXTS_KEPT:
+        value = stack.pop()
+        if isinstance(value, str):
+            found.append(value[:TEXT_KEPT])
+        elif isinstance(value, dict):
+            stack.extend(reversed(list(value.values())))
+        elif isinstance(value, list):
+            stack.extend(reversed(value))
+    return tuple(found)
 
 
 def same_tool(proposed: str, called: str) -> bool:
@@ -127,32 +158,49 @@ class Proposals:
         now = time.monotonic()
         kept = self._by_agent.setdefault(agent, deque())
         for call in calls:
-            kept.append(Proposal(turn, call, call.digest, now))
+            kept.append(Proposal(turn, call.name, call.id, call.digest, _texts(call.arguments), now))
             self._count += 1
         while self._count > self.size:
             self._drop_oldest()
 
-    def origin(self, action: Action) -> dict[str, Any] | None:
-        """The model call whose answer proposed this tool call (the newest, within `ttl`), as
-        the action's intent names it; None when no remembered answer proposed it."""
-        if action.tool is None or action.args is None or isinstance(action.args, str):
+    def origin(self, action: Action, carriers: Iterable[str] = ()) -> dict[str, Any] | None:
+        """The model call whose answer proposed this action (the newest, within `ttl`), as the
+        action's intent names it; None when no remembered answer proposed it.
+
+        A tool call is proposed when a proposal names its tool with the same arguments. An HTTP
+        request is, when a rule names the tools that carry requests out (`carriers`: a tool
+        such as `http_request` or `bash`) and a proposal of one of them holds the request's
+        host (with its port, unless the scheme's) and path in one of its string arguments (a
+        URL, a command line)."""
+        if action.tool is not None:
+            if action.args is None or isinstance(action.args, str):
+                return None
+            digest = arguments_digest(action.args)
+            tool = action.tool
+            found = self._newest(action.agent, lambda p: p.digest == digest and same_tool(p.tool, tool))
+        elif carriers:
+            tools = tuple(carriers)
+            if action.path in ("", "/"):
+                return None  # a bare host says too little
+            where = action.url.partition("://")[2].partition("?")[0]  # host[:port]/path
+            found = self._newest(
+                action.agent,
+                lambda p: any(same_tool(p.tool, t) for t in tools) and any(where in t for t in p.texts),
+            )
+        else:
             return None
-        kept = self._by_agent.get(action.agent)
+        return found.link() if found is not None else None
+
+    def _newest(self, agent: str, test: Callable[[Proposal], bool]) -> Proposal | None:
+        kept = self._by_agent.get(agent)
         if not kept:
             return None
         now = time.monotonic()
         while kept and now - kept[0].at > self.ttl:
             kept.popleft()
             self._count -= 1
-        digest = arguments_digest(action.args)
-        for proposal in reversed(kept):
-            if proposal.digest == digest and same_tool(proposal.call.name, action.tool):
-                if proposal.turn.id is None:
-                    continue  # its model call's intent was never written
-                return {"action": proposal.turn.id, "tool": proposal.call.name} | (
-                    {"call": proposal.call.id} if proposal.call.id else {}
-                )
-        return None
+        # A proposal whose model call's intent was never written names nothing.
+        return next((p for p in reversed(kept) if p.turn.id is not None and test(p)), None)
 
     def _drop_oldest(self) -> None:
         oldest = min((k for k in self._by_agent.values() if k), key=lambda k: k[0].at, default=None)
