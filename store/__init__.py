@@ -9,12 +9,15 @@ from .entry import Entry
 from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAction
 from .freeze import FreezeState, Frozen
 from .keys import Claim, KeyOutcome, KeyTaken
+from .locks import LockInfo
+from .locks import release as release_lock
 from .log import Log
 from .prune import Retention, removed_bytes
 from .pruned import Pruned
 from .query import Query
 from .record import ActionRef, Record
 from .recovery import INERT
+from .sessions import SessionInfo, session_ended, session_started, takeover
 from .signing import (
     KEY_FILE,
     SIGNATURE,
@@ -49,6 +52,7 @@ __all__ = [
     "LimitCheck",
     "LimitReached",
     "LockClaim",
+    "LockInfo",
     "Locked",
     "Log",
     "NoLog",
@@ -57,6 +61,7 @@ __all__ = [
     "Query",
     "Record",
     "Retention",
+    "SessionInfo",
     "Signer",
     "State",
     "StateError",
@@ -69,7 +74,11 @@ __all__ = [
     "parse_head",
     "parse_public",
     "public_text",
+    "release_lock",
     "removed_bytes",
+    "session_ended",
+    "session_started",
     "signature_ok",
     "signed_payload",
+    "takeover",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import attrs, checkpoints, formats, freeze
+from . import attrs, checkpoints, coordinate, formats, freeze
 from . import keys as keyrec
 from .chain import canonical, seal
 from .entry import Entry
@@ -125,6 +125,7 @@ class Appender:
         if record.unless_frozen:
             # In the transaction that writes the record: a freeze durable before it holds.
             freeze.refuse_if_frozen(txn, self._dbs)
+        coordinate.refuse_if_fenced(view, record, time.time())
         ref = record.action
         index: dict[str, Any] | None = None
         if record.new_action:
@@ -151,6 +152,7 @@ class Appender:
             action_id = None
 
         body = self._body(seq, record, action_id, index)
+        coordinate.before_seal(view, self.path, self.writer_id, record, body, action_id)
         if record.sign is not None:
             # Here, where the entry's seq and the hash before it are known for certain.
             body["data"][SIGNATURE] = record.sign(signed_payload(seq, prev, record.kind, body["data"]))
@@ -183,6 +185,7 @@ class Appender:
                 assert record.key_outcome is not None
                 keyrec.keep_or_release(txn, self._dbs, index["key"], entry, record.key_outcome.reply)
             txn.put(seq_key(action_id), orjson.dumps(index), db=actions_db)
+        coordinate.after_write(view, entry, index)
         if record.then is not None:
             record.then(view, entry)
         return entry

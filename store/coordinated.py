@@ -9,12 +9,18 @@ counts, and no action slips in between a takeover, a lock or a count and its che
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import StoreError
 
 # The longest lock or limit key (it is part of a database key: LMDB's maximum is 511 bytes).
 MAX_COORD_KEY_BYTES = 400
+
+
+def when(ts: float) -> str:
+    """A time as the refusals say it: ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,8 @@ class Locked(StoreError):
 
     def __init__(self, key: str, holder: str, since: float, action_id: int | None, *, expires: float | None):
         for_what = f"for action {action_id}" if action_id is not None else "held across its actions"
-        until = f" until {expires:.3f}" if expires is not None else ""
-        super().__init__(f"lock {key!r} is held by {holder} ({for_what}) since {since:.3f}{until}")
+        until = f" until {when(expires)}" if expires is not None else ""
+        super().__init__(f"lock {key!r} is held by {holder} ({for_what}) since {when(since)}{until}")
         self.key = key
         self.holder = holder
         self.since = since

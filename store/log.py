@@ -24,7 +24,7 @@ from typing import Any
 import lmdb
 
 from . import archive as archived
-from . import attrs, checkpoints, freeze, prune
+from . import attrs, checkpoints, freeze, limits, locks, prune, sessions
 from . import keys as keyrec
 from .append import Appender
 from .chain import canonical
@@ -32,12 +32,14 @@ from .entry import Entry
 from .errors import Altered, NoLog, StoreError
 from .freeze import FreezeState
 from .links import linked
+from .locks import LockInfo
 from .prune import Retention
 from .pruned import Pruned
 from .query import Query
 from .query import newest as query_newest
 from .record import Record
 from .recovery import DIR_MODE, FILE_MODE, WriterLock, recover
+from .sessions import SessionInfo
 from .signing import PublicKey
 from .stored import MAX_NUMBER, in_range
 from .sweep import Swept, sweep_step
@@ -193,6 +195,36 @@ class Log:
         """The freeze in force, as its entry says (None when the log is not frozen)."""
         with self._view() as view:
             return freeze.current(view.txn, self._dbs)
+
+    def session(self, session_id: str) -> SessionInfo | None:
+        """Session `session_id`, with when and by what it was superseded (None: unknown)."""
+        with self._view() as view:
+            return sessions.info(sessions.Stored(view.txn, self._dbs), session_id)
+
+    def session_by_token(self, digest: str) -> SessionInfo | None:
+        """The session whose token has SHA-256 `digest` (hex), stale or not: check `stale()`."""
+        with self._view() as view:
+            return sessions.by_token(sessions.Stored(view.txn, self._dbs), digest)
+
+    def epoch(self, name: str) -> int:
+        """Agent `name`'s current epoch (0 before its first session or takeover)."""
+        with self._view() as view:
+            return sessions.epoch_of(sessions.Stored(view.txn, self._dbs), name)
+
+    def sessions(self, name: str | None = None) -> list[SessionInfo]:
+        """Every session the log holds (of agent `name` only, if given), by agent and epoch."""
+        with self._view() as view:
+            return list(sessions.every(view, name))
+
+    def locks(self) -> list[LockInfo]:
+        """Every lock record, in key order, each saying whether it binds now."""
+        with self._view() as view:
+            return list(locks.every(view, self.path, self.writer_id))
+
+    def counted(self, key: str, window: float) -> int:
+        """The weight limit `key` has counted in the last `window` seconds."""
+        with self._view() as view:
+            return limits.counted(view.txn, self._dbs, key, window, time.time())
 
     def last_action(self) -> int:
         """The id of the newest action (0 for none): ids are dense, so the newest N are the ids

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .append import Appender
 from .errors import StoreError
+from .liveness import alive
 from .record import ActionRef, Record
 from .states import State
 from .stored import as_bytes, index_record
@@ -50,22 +51,6 @@ class WriterLock:
             os.close(self._fd)
             self.file.unlink(missing_ok=True)
             self._fd = None
-
-
-def alive(path: Path, writer: str) -> bool:
-    """True while writer `writer` holds its lock under `path`/writers."""
-    lock = path / "writers" / f"{writer}.lock"
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def recover(appender: Appender) -> None:

@@ -29,9 +29,20 @@ from .stored import (
     state_key,
 )
 
-DBS = (b"entries", b"actions", b"states", b"meta", b"keys", b"attrs")
+DBS = (
+    b"entries",
+    b"actions",
+    b"states",
+    b"meta",
+    b"keys",
+    b"attrs",
+    b"sessions",  # store/sessions.py
+    b"epochs",
+    b"locks",  # store/locks.py
+    b"limits",  # store/limits.py
+)
 # Databases a later version added: a read-only open of a log an older airlock wrote lacks them.
-ADDED = frozenset({b"attrs"})
+ADDED = frozenset({b"attrs", b"sessions", b"epochs", b"locks", b"limits"})
 HEAD = b"head"
 NEXT_ACTION = b"next_action"
 

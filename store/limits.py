@@ -1,0 +1,78 @@
+"""Sliding-window limit counters, shared by every process appending to the log: counted in the
+transaction that writes an intent, so concurrent actions can never pass a limit together.
+
+The `limits` database holds one row per counted intent: the limit's key and window, the time
+and entry of the intent, and its weight. A check sums the rows inside its window and drops the
+older ones first, so it reads at most `maximum` rows when every weight is at least 1 (weight 0
+adds no row). The database is kept out of `verify`: what counts depends on the clock, and
+retention may remove the intents long before or after their rows go. Each intent's entry
+records the checks it passed (its `limits`).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import lmdb
+
+from .coordinated import LimitCheck, LimitReached
+from .stored import as_bytes, seq_key
+
+LIMITS = b"limits"
+
+
+def _prefix(key: str, window: float) -> bytes:
+    """The rows of one limit: its key (length first, so no key is a prefix of another's rows)
+    and its window in milliseconds (a key counted over two windows keeps two sets of rows)."""
+    raw = key.encode()
+    return struct.pack(">H", len(raw)) + raw + seq_key(round(window * 1000))
+
+
+def _micros(ts: float) -> bytes:
+    return seq_key(max(round(ts * 1_000_000), 0))
+
+
+def counted(txn: lmdb.Transaction, dbs: dict[bytes, Any], key: str, window: float, now: float) -> int:
+    """The weight counted on `key` in the `window` seconds before `now` (read only)."""
+    if LIMITS not in dbs:
+        return 0
+    prefix = _prefix(key, window)
+    total = 0
+    cur = txn.cursor(db=dbs[LIMITS])
+    if cur.set_range(prefix + _micros(now - window)):
+        for raw_key, raw in cur:
+            if not as_bytes(raw_key).startswith(prefix):
+                break
+            total += int.from_bytes(as_bytes(raw), "big")
+    return total
+
+
+def _drop_older(txn: lmdb.Transaction, db: Any, prefix: bytes, cutoff: bytes) -> None:
+    cur = txn.cursor(db=db)
+    if not cur.set_range(prefix):
+        return
+    while True:
+        key = as_bytes(cur.key())
+        if not key.startswith(prefix) or key[len(prefix) : len(prefix) + 8] >= cutoff:
+            return
+        if not cur.delete():
+            return
+
+
+def count(
+    txn: lmdb.Transaction, dbs: dict[bytes, Any], checks: tuple[LimitCheck, ...], now: float, seq: int
+) -> None:
+    """Count entry `seq`'s weight against each check, in order, or raise LimitReached naming
+    the first it would cross (the caller's transaction then keeps none of the counts)."""
+    db = dbs[LIMITS]
+    for place, check in enumerate(checks):
+        prefix = _prefix(check.key, check.window)
+        cutoff = _micros(now - check.window)
+        _drop_older(txn, db, prefix, cutoff)
+        passed = counted(txn, dbs, check.key, check.window, now)
+        if passed + check.weight > check.maximum:
+            raise LimitReached(check.key, passed, check.maximum, check.window, check.weight)
+        if check.weight > 0:
+            row = prefix + _micros(now) + seq_key(seq) + place.to_bytes(2, "big")
+            txn.put(row, check.weight.to_bytes(8, "big"), db=db)
