@@ -26,7 +26,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import formats, freeze, pruned
+from . import formats, freeze, pruned, sessions
 from .chain import GENESIS, link, unseal
 from .entry import Entry
 from .errors import Altered
@@ -117,6 +117,8 @@ def _entries(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFacts) ->
             last_prune = seq
         elif freeze.changes_freeze(fields):
             chain.frozen = freeze.after(chain.frozen, fields)
+        elif sessions.changes_sessions(fields):
+            chain.sessions.append(Entry.parse(raw))
         if upgrade:
             if chain.since is not None:
                 raise Bad(
@@ -173,6 +175,8 @@ def _island(seq: int, raw: bytes, chain: ChainFacts) -> None:
         chain.about_actions += 1
     elif freeze.changes_freeze(fields):
         chain.frozen = freeze.after(chain.frozen, fields)
+    elif sessions.changes_sessions(fields):
+        chain.sessions.append(Entry.parse(raw))
     if upgrade:
         chain.since = seq
     chain.checked += 1

@@ -16,7 +16,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from . import attrs, freeze
+from . import attrs, freeze, verify_sessions
 from . import keys as keyrec
 from .chain import GENESIS
 from .entry import Entry
@@ -49,6 +49,7 @@ class ChainFacts:
     unchecked: int = 0
     pruned: Pruned = NEVER  # where the log starts, as the last prune entry says
     island_states: dict[int, str] = field(default_factory=dict)  # kept actions below the first action
+    sessions: list[Entry] = field(default_factory=list)  # session entries (store/sessions.py), in order
 
     def state_of(self, action_id: int) -> str | None:
         """An action's state as the check of the actions index found it (None: no such action)."""
@@ -71,6 +72,8 @@ def check_indexes(txn: lmdb.Transaction, dbs: dict[bytes, Any], chain: ChainFact
     _freeze(txn, dbs, chain)
     if (problem := attrs.disagreement(txn, dbs)) is not None:
         raise Bad(f"attrs index: {problem}")
+    if (problem := verify_sessions.disagreement(txn, dbs, chain.sessions, chain.pruned.start)) is not None:
+        raise Bad(problem)
     raw = txn.get(b"next_action", db=dbs[b"meta"])
     recorded = int.from_bytes(as_bytes(raw), "big") if raw is not None and len(raw) == 8 else None
     if (raw is None and chain.opened) or (raw is not None and recorded != chain.opened + 1):
