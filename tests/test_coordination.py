@@ -4,6 +4,7 @@ verified against the chain."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -17,6 +18,7 @@ import lmdb
 import orjson
 import pytest
 
+from proxy.core.coordination import Coordination, Embedded
 from store import (
     ActionRef,
     Entry,
@@ -31,6 +33,7 @@ from store import (
     Retention,
     State,
     StateError,
+    StoreError,
     release_lock,
     session_ended,
     session_started,
@@ -499,3 +502,52 @@ def test_a_log_with_sessions_locks_and_limits_prunes_and_still_verifies(tmp_path
     verified(tmp_path)
     shown = json.dumps([s.as_dict() for s in Log.open(tmp_path, readonly=True).sessions()])
     assert fence.session in shown and current.session in shown
+
+
+def test_airlock_verify_is_ok_on_a_log_with_sessions_locks_and_limits(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    log = opened(data / "log")
+    old = start(log, "builder", ttl=3600)
+    new = start(log, "builder")
+    log.append_blocking(intent(new, LockClaim("deploy", new.session, hold=600)))
+    done = log.append_blocking(intent(new, LockClaim("db", new.session), (LimitCheck("deletes", 3, 20, 60),)))
+    log.append_blocking(outcome(done))
+    with pytest.raises(Fenced):
+        log.append_blocking(intent(old))
+    log.append_blocking(release_lock("deploy", new.session))
+    log.append_blocking(takeover("builder", by="alice"))
+    log.append_blocking(session_ended(new.session))
+    log.close()
+    airlock = str(Path(sys.executable).parent / "airlock")
+    verify = subprocess.run(
+        [airlock, "verify", "--data", str(data)], capture_output=True, text=True, timeout=60
+    )
+    assert verify.returncode == 0 and verify.stdout.startswith("ok: 8 entries verified"), verify
+
+
+def test_the_embedded_coordination_is_the_log_behind_the_seam(tmp_path: Path) -> None:
+    async def story(coordination: Coordination) -> None:
+        first = await coordination.start_session("builder", digest("one"))
+        second = await coordination.start_session("builder", digest("two"), ttl=600)
+        assert (first.epoch, second.epoch) == (1, 2)
+        assert (await coordination.session_by_token(digest("two"))) == second
+        fence = Fence("builder", second.epoch, second.id)
+        went = await coordination.admit(intent(), fence=fence, lock=LockClaim("t", second.id))
+        with pytest.raises(Locked):
+            await coordination.admit(intent(), lock=LockClaim("t", "other"))
+        await coordination.settle(outcome(went))
+        await coordination.admit(intent(), lock=LockClaim("t", second.id, hold=60))
+        assert [lock.key for lock in await coordination.locks() if lock.live] == ["t"]
+        await coordination.release("t", second.id)
+        with pytest.raises(StoreError):
+            await coordination.release("t", second.id)
+        assert await coordination.takeover("builder", by="alice") == 3
+        with pytest.raises(Fenced, match="takeover by alice"):
+            await coordination.admit(intent(), fence=fence)
+        await coordination.end_session(first.id)
+        assert [s.ended is not None for s in await coordination.sessions("builder")] == [True, False]
+
+    log = opened(tmp_path)
+    asyncio.run(story(Embedded(log)))
+    log.close()
+    verified(tmp_path)
