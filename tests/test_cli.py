@@ -132,7 +132,7 @@ def test_log_json_lines_carry_every_field_newest_last(busy: Busy) -> None:
     for action in actions:
         assert set(action) >= JSON_KEYS, action
         assert ISO.fullmatch(str(action["ts"])), action["ts"]
-        assert action["agent"] == "agent" and action["host"] == "127.0.0.1"
+        assert action["agent"] == "anonymous" and action["host"] == "127.0.0.1"
         assert "entries" not in action and "writer" not in action
     assert [x["id"] for x in actions] == [1, 2, 3, 4, 5]
     assert [(x["method"], x["state"], x["status"], x["effect"]) for x in actions] == [

@@ -249,7 +249,7 @@ def test_records_carry_the_entry_under_opentelemetrys_names(
     assert get["server.address"] == "127.0.0.1"
     assert get["server.port"] == upstream.port
     assert get["airlock.kind"] == "intent" and get["airlock.state"] == "pending"
-    assert get["airlock.decision"] == "allow" and get["airlock.agent"] == "agent"
+    assert get["airlock.decision"] == "allow" and get["airlock.agent"] == "anonymous"
     assert get["airlock.effect"] == "read" and get["airlock.protocol"] == "http"
     entry = log[get["airlock.seq"]]
     assert get["airlock.action"] == entry["action"]

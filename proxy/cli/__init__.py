@@ -11,7 +11,7 @@ from proxy.ops.datadir import DataDirError
 from rules import RulesError
 from store import NoLog, StoreError
 
-from . import export, freeze, key, log, route, rules, run, votes
+from . import export, freeze, key, log, route, rules, run, sessions, votes
 from .args import Parser, UserError, commands
 
 
@@ -27,6 +27,7 @@ def build_parser() -> Parser:
     freeze.add(sub)
     rules.add(sub)
     route.add(sub)
+    sessions.add(sub)
     return parser
 
 
@@ -36,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (UserError, RulesError, DataDirError, StartupError, NoLog, StoreError, CAFileError) as e:
-        command = " ".join(filter(None, [args.command, getattr(args, "rules_command", None)]))
+        command = " ".join(
+            filter(
+                None,
+                [args.command, getattr(args, "rules_command", None), getattr(args, "session_command", None)],
+            )
+        )
         print(f"airlock {command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -91,7 +91,7 @@ def rules_arg(p: argparse.ArgumentParser) -> None:
 def agent_arg(p: argparse.ArgumentParser, help: str) -> None:
     """--agent NAME."""
     p.add_argument(
-        "--agent", type=typed(parse_agent), default=os.environ.get("AIRLOCK_AGENT") or "agent", help=help
+        "--agent", type=typed(parse_agent), default=os.environ.get("AIRLOCK_AGENT") or "anonymous", help=help
     )
 
 

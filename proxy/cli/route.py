@@ -6,11 +6,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
-from proxy.ops.config import TRANSPARENT, Address, RunConfig, parse_port, parse_resolver, parse_uid
+from proxy.ops.config import (
+    TRANSPARENT,
+    Address,
+    RunConfig,
+    parse_agent,
+    parse_port,
+    parse_resolver,
+    parse_uid,
+)
 from proxy.ops.datadir import DataDir
 from proxy.routing.environ import agent_environment
 from rules import default_path
@@ -30,6 +40,14 @@ def add(sub: Commands) -> None:
         "listener, with airlock's files hidden (Linux, root); proxy variables are then not needed",
     )
     address_arg(ex, "--transparent", TRANSPARENT, "with --isolate: the proxy's --transparent address")
+    ex.add_argument(
+        "--agent",
+        type=typed(parse_agent),
+        default=None,
+        metavar="NAME",
+        help="start a session for agent NAME (fencing its older ones), put its credentials in the proxy "
+        "variables, and end it when the command exits (default: no session; the proxy's --agent)",
+    )
     ex.add_argument(
         "--user",
         help="with --isolate: run the command as this unprivileged user (name or UID; default nobody; "
@@ -101,6 +119,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UserError(
             f"no proxy is listening on {listener}: start `airlock run` first, or give exec its {flag} address"
         )
+    if args.isolate and args.agent is not None:
+        raise UserError(
+            "--agent gives credentials in proxy variables, which --isolate does not use: name the isolated "
+            "command's agent with `airlock run --agent`, or run it without --isolate"
+        )
     if args.isolate:
         from proxy.routing.isolate import IsolateError, Isolation, run_isolated
 
@@ -110,6 +133,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
             return asyncio.run(run_isolated(cmd, os.environ, isolation))
         except IsolateError as e:
             raise UserError(str(e)) from e
+    if args.agent is not None:
+        return run_as_session(cmd, args, cert)
     env = agent_environment(os.environ, f"http://{args.listen}", cert)
     try:
         os.execvpe(cmd[0], cmd, env)
@@ -119,6 +144,42 @@ def cmd_exec(args: argparse.Namespace) -> int:
     except PermissionError:
         print(f"airlock exec: permission denied: {cmd[0]}", file=sys.stderr)
         return 126
+
+
+def run_as_session(cmd: list[str], args: argparse.Namespace, cert: Path) -> int:
+    """Run the command with a new session's credentials in its proxy variables; end the session
+    when it exits, whatever way it exits. Signals this process gets are passed on to it."""
+    from proxy.core import sessions
+    from proxy.core.credentials import proxy_url
+
+    from .args import writing
+
+    start = sessions.start(args.agent)
+    with writing(args.data, missing="start `airlock run` with this --data first") as log:
+        log.append_blocking(start.record)
+        session = start.minted(log).session
+    try:
+        url = proxy_url(args.agent, start.token, args.listen.host, args.listen.port)
+        env = agent_environment(os.environ, url, cert)
+        try:
+            child = subprocess.Popen(cmd, env=env)
+        except FileNotFoundError:
+            print(f"airlock exec: command not found: {cmd[0]}", file=sys.stderr)
+            return 127
+        except PermissionError:
+            print(f"airlock exec: permission denied: {cmd[0]}", file=sys.stderr)
+            return 126
+        passed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+        previous = {s: signal.signal(s, lambda n, _f: child.send_signal(n)) for s in passed}
+        try:
+            code = child.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return 128 - code if code < 0 else code
+    finally:
+        with writing(args.data, missing="its session could not be ended") as log:
+            log.append_blocking(sessions.ended(session.id))
 
 
 def listening(address: Address) -> bool:

@@ -18,6 +18,7 @@ from proxy.ops.config import (
     RunConfig,
     parse_address,
     parse_age,
+    parse_agent_uid,
     parse_body_limit,
     parse_count,
     parse_otlp_endpoint,
@@ -59,7 +60,20 @@ def add(sub: Commands) -> None:
         "with tools=http://h:9000/mcp@9001, GET / on 9001 reaches /mcp (the URL as written) and "
         "GET /x reaches /mcp/x; rules and the log see the path the upstream receives",
     )
-    agent_arg(run, "agent name recorded on actions (a request may say X-Airlock-Agent)")
+    agent_arg(
+        run,
+        "the agent of requests that carry no credentials (default anonymous; a session's proxy URL "
+        "names its own, see `airlock session new`; a request's X-Airlock-Agent is only a claim)",
+    )
+    run.add_argument(
+        "--agent-uid",
+        dest="agent_uids",
+        type=typed(parse_agent_uid),
+        action="append",
+        default=[],
+        metavar="UID=NAME",
+        help="under transparent capture, connections from user UID are agent NAME's (repeatable)",
+    )
     run.add_argument(
         "--body-limit",
         type=typed(parse_body_limit),
@@ -67,7 +81,15 @@ def add(sub: Commands) -> None:
         default=BodyPolicy(),
         metavar="[EFFECT=]SIZE",
         help="request body bytes kept in the log, for every effect not named or for one effect "
-        "(read, write, destructive; repeatable); size and digest always kept (default 64KiB, read=0)",
+        "(read, inference, write, destructive; repeatable); size and digest always kept "
+        "(default 64KiB, read=0, inference=0)",
+    )
+    run.add_argument(
+        "--keep-prompts",
+        action=KeepPrompts,
+        dest="body_limit",
+        help="keep model calls' prompts and the arguments of the tool calls their answers propose "
+        "in the log, redacted, as much as a write's body (by default only size and digest)",
     )
     run.add_argument(
         "--stream-above",
@@ -214,6 +236,23 @@ class BodyLimits(argparse.Action):
         setattr(namespace, self.dest, policy.with_limit(Effect(effect) if effect else None, size))
 
 
+class KeepPrompts(argparse.Action):
+    """--keep-prompts: model calls keep as much of their bodies as the policy's limit."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        value: Any,
+        option: str | None = None,
+    ) -> None:
+        policy: BodyPolicy = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, policy.with_limit(Effect.INFERENCE, policy.limit))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the proxy until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -221,7 +260,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Every flag of `run` whose name is a RunConfig field is that field.
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
     cfg = RunConfig(
-        **given | {"data": Path(args.data), "upstreams": tuple(args.upstream), "upstream_ca": None}
+        **given
+        | {
+            "data": Path(args.data),
+            "upstreams": tuple(args.upstream),
+            "upstream_ca": None,
+            "agent_uids": dict(args.agent_uids),
+        }
     )
     ports = [cfg.listen.port, cfg.control.port, *(u.port for u in cfg.upstreams)]
     ports += [cfg.transparent.port] if cfg.transparent else []

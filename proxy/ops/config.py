@@ -67,7 +67,8 @@ class RunConfig:
     control: Address = Address("127.0.0.1", 8081)
     rules: Path = field(default_factory=default_path)
     upstreams: tuple[Upstream, ...] = ()
-    agent: str = "agent"
+    agent: str = "anonymous"  # who sends a request that carries no credentials
+    agent_uids: dict[int, str] = field(default_factory=dict)  # --agent-uid: a captured UID's agent
     body_limit: BodyPolicy = field(default_factory=BodyPolicy)  # request body bytes kept, by effect
     stream_above: int = STREAM_ABOVE  # request bodies past this many bytes stream upstream unread
     log_max_size: int = 64 << 30
@@ -209,6 +210,14 @@ def parse_uid(text: str) -> int:
     if not text.isdigit() or int(text) > 2**32 - 2:
         raise ConfigError(f"{text!r} is not a numeric user ID (e.g. 1000; `id -u NAME` prints it)")
     return int(text)
+
+
+def parse_agent_uid(text: str) -> tuple[int, str]:
+    """UID=NAME (`run --agent-uid`): connections captured from user UID are agent NAME's."""
+    uid, eq, name = text.partition("=")
+    if not eq or not uid.isdigit() or int(uid) > 2**32 - 2 or not name.strip() or not name.isprintable():
+        raise ConfigError(f"{text!r} is not UID=NAME (e.g. 1001=billing-bot; `id -u USER` prints the UID)")
+    return int(uid), name
 
 
 def parse_port(text: str) -> int:

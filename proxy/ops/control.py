@@ -16,7 +16,7 @@ from proxy.core.reload import RulesReloader
 from rules import RulesError
 from store import Altered, Log, NoLog, Query, State, StateError, StoreError, UnknownAction, parse_head
 
-from . import approvals, events
+from . import agents, approvals, events
 from .events import EVENTS, Events
 from .metrics import CONTENT_TYPE, Metrics
 from .readiness import Readiness
@@ -355,6 +355,7 @@ def make_app(log: Log, token: str, reloader: RulesReloader) -> web.Application:
     """The control API application over one log and the rules it keeps current."""
     app = web.Application(middlewares=[json_errors, require_token])
     app[LOG] = log
+    app[agents.LOG] = log
     app[TOKEN] = token
     app[RELOADER] = reloader
     app[VERIFYING] = asyncio.Lock()
@@ -384,6 +385,7 @@ def make_app(log: Log, token: str, reloader: RulesReloader) -> web.Application:
             web.get("/v1/freeze", show_freeze),
             web.post("/v1/freeze", freeze_log),
             web.post("/v1/thaw", thaw_log),
+            *agents.routes(),
         ]
     )
     return app

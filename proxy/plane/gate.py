@@ -31,6 +31,7 @@ from store import Log
 
 from . import answers, replays, uploads
 from .egress import Egress
+from .identity import Identities, identified
 from .model_calls import AnswerTap
 from .streams import EventStream, Exchange, json_answer, receive_json
 from .triage import Route, Triage, triage
@@ -69,6 +70,7 @@ class Gate:
         dedup: DedupPolicy | None = None,
         reads_pass_unlogged: bool = False,
         stream_above: int = uploads.DEFAULT_ABOVE,
+        agent_uids: dict[int, str] | None = None,
     ):
         self.agent = agent
         self.stream_above = stream_above  # request bodies past this stream upstream unread
@@ -82,9 +84,11 @@ class Gate:
         )
         self.calls = ToolCalls(self.admission)
         self.egress = Egress(lambda: self.ruleset)
+        # Who sent each request (its CONNECT's credentials kept per connection: a child addon).
+        self.identities = Identities(log, self.admission, self.upstreams, agent=agent, by_uid=agent_uids)
         # Registered with the gate as its child addon: mitmproxy runs a child's hooks right after
         # its parent's, so every connection the gate lets open is pinned to a checked address.
-        self.addons = [self.egress]
+        self.addons = [self.egress, self.identities]
         self.evidence = Evidence()  # which servers have shown they are MCP
         # Run from the gate's hooks rather than as addons of their own: every addon hook costs
         # each request a dispatch, and the guards must run before the gate anyway.
@@ -141,6 +145,9 @@ class Gate:
         """Decide and log a request, whole or (`upload`) without its streaming body."""
         if flow.response or flow.error or not flow.live:
             return
+        identity = await self.identities.request(flow)
+        if identity is None:
+            return  # its credentials prove nothing: refused (407) and logged
         for guard in self.guards:
             if (refusing := guard.request(flow)) is not None:
                 await refusing
@@ -150,7 +157,7 @@ class Gate:
             upstream = self.upstreams.get(flow.client_conn.proxy_mode)
             if isinstance(flow.client_conn.proxy_mode, TransparentMode):
                 _name_by_host_header(flow)
-            action = classify(flow, agent=self.agent, upstream=upstream)
+            action = identified(classify(flow, agent=identity.name, upstream=upstream), identity)
             if upload is not None:
                 action = uploads.unseen(action, upload, self.stream_above)
             flow.request.headers.pop(AGENT_HEADER, None)

@@ -127,6 +127,7 @@ def build(cfg: RunConfig, data: DataDir, log: Log, ruleset: Ruleset) -> tuple[ma
         upstreams=named,
         reads_pass_unlogged=cfg.reads_when_log_down == "pass",
         stream_above=cfg.stream_above,
+        agent_uids=cfg.agent_uids,
     )
     m.addons.add(BasePaths.of(named, cfg.upstreams))  # first: every later hook sees the upstream's path
     m.addons.add(*gated(gate, named, cfg.agent))
