@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -450,3 +451,42 @@ def test_the_uid_of_a_local_client_socket_is_its_owners() -> None:
                     # The server's own end is not a client.
                     assert socket_uid(host, free_port()) is None
     assert socket_uid("not an address", 1) is None
+
+
+NODE_CLIENTS = {
+    "fetch": """
+fetch(process.argv[1], {method: "POST", body: "x"})
+  .then(async (r) => { console.log(r.status); })
+  .catch((e) => { console.error(String(e.cause || e)); process.exit(1); });
+""",
+    "http": """
+const http = require(process.argv[1].startsWith("https:") ? "https" : "http");
+const req = http.request(process.argv[1], {method: "POST"}, (r) => {
+  console.log(r.statusCode); r.resume();
+});
+req.on("error", (e) => { console.error(String(e)); process.exit(1); });
+req.end("x");
+""",
+}
+NODE24_GLOB = ".node24/node_modules/node-linux-*/bin/node"
+
+
+@pytest.mark.parametrize("client", list(NODE_CLIENTS))
+def test_node24_sends_the_session_of_exec_agent(
+    tls_airlock: Airlock, upstream: Upstream, tls_upstream: Upstream, client: str
+) -> None:
+    """Node 24's built-in fetch and http take the credentials from the proxy variables exec sets,
+    over HTTP and through CONNECT."""
+    found = sorted(Path(__file__).resolve().parent.parent.glob(NODE24_GLOB))
+    if not found:
+        pytest.skip("no Node 24 in .node24: `make test` installs it from the npm registry")
+    a = tls_airlock
+    for url in (f"{upstream.url}/node-{client}", f"https://localhost:{tls_upstream.port}/node-{client}"):
+        out = exec_agent(a, "node-bot", str(found[0]), "-e", NODE_CLIENTS[client], url)
+        assert out.returncode == 0 and out.stdout.strip() == "200", (url, out.stdout, out.stderr)
+    assert len(upstream.effects()) == 1 and len(tls_upstream.effects()) == 1
+    no_credentials_reached(upstream)
+    no_credentials_reached(tls_upstream)
+    plain, tls = a.log()
+    assert plain["agent"] == tls["agent"] == "node-bot"
+    assert intent_of(a, plain["id"])["session"] != intent_of(a, tls["id"])["session"]  # one per exec
