@@ -76,3 +76,32 @@ def count(
         if check.weight > 0:
             row = prefix + _micros(now) + seq_key(seq) + place.to_bytes(2, "big")
             txn.put(row, check.weight.to_bytes(8, "big"), db=db)
+
+
+SEEN_PER_TXN = 5000  # rows a sweep looks at in one write transaction
+
+
+def sweep_step(
+    txn: lmdb.Transaction, dbs: dict[bytes, Any], start: bytes, now: float
+) -> tuple[bytes | None, int]:
+    """Delete rows older than their limit's window from `start` on (at most SEEN_PER_TXN
+    looked at): rows of keys no intent counts against any more would otherwise stay. Return
+    where to go on from (None at the end) and how many rows went."""
+    if LIMITS not in dbs:
+        return None, 0
+    cur = txn.cursor(db=dbs[LIMITS])
+    if not cur.set_range(start):
+        return None, 0
+    deleted = 0
+    for _seen in range(SEEN_PER_TXN):
+        key = as_bytes(cur.key())
+        length = int.from_bytes(key[:2], "big")
+        window_ms = int.from_bytes(key[2 + length : 10 + length], "big")
+        counted_at = int.from_bytes(key[10 + length : 18 + length], "big")
+        if counted_at < (now - window_ms / 1000) * 1_000_000:
+            deleted += 1
+            if not cur.delete() or cur.key() == b"":
+                return None, deleted
+        elif not cur.next():
+            return None, deleted
+    return as_bytes(cur.key()), deleted

@@ -172,3 +172,18 @@ def every(view: View, path: Path, writer: str, now: float | None = None) -> Iter
             expires=record.get("expires"),
             live=_live(view, path, writer, record, now),
         )
+
+
+def sweep(view: View, path: Path, writer: str, now: float) -> int:
+    """Delete the lock records that bind no more (expired, their action or session over, their
+    writer dead); return how many went. Locks are few: one transaction sweeps them all."""
+    if LOCKS not in view.dbs:
+        return 0
+    dead = [
+        as_bytes(key)
+        for key, raw in view.txn.cursor(db=view.dbs[LOCKS])
+        if not _live(view, path, writer, _record(as_bytes(key), as_bytes(raw)), now)
+    ]
+    for key in dead:
+        view.txn.delete(key, db=view.dbs[LOCKS])
+    return len(dead)

@@ -337,7 +337,8 @@ class Log:
 
     def sweep_keys(self) -> Swept:
         """Delete expired idempotency keys and their stored replies, in short write
-        transactions (store/sweep.py); StoreError if the log cannot be written."""
+        transactions (store/sweep.py), then limit counts older than their window and locks
+        that bind no more; StoreError if the log cannot be written."""
         swept = Swept()
         start: bytes | None = b""
         while start is not None:
@@ -354,7 +355,30 @@ class Log:
                 raise StoreError(f"cannot write the log at {self.path}: its map keeps being resized")
             swept.add(step)
             start = going
+        self._sweep_coordination()
         return swept
+
+    def _sweep_coordination(self) -> None:
+        """Delete limit counts older than their window and locks that bind no more, in short
+        write transactions (outside the chain: neither is anything an entry says)."""
+        at: bytes | None = b""
+        while at is not None:
+            with self._writing() as txn:
+                at, _ = limits.sweep_step(txn, self._dbs, at, time.time())
+        with self._writing() as txn:
+            locks.sweep(View(txn, self._dbs), self.path, self.writer_id, time.time())
+
+    @contextmanager
+    def _writing(self) -> Iterator[lmdb.Transaction]:
+        """One short write transaction outside the chain (StoreError if the log cannot be written)."""
+        try:
+            with self._env.begin(write=True) as txn:
+                yield txn
+        except lmdb.MapResizedError:
+            self._env.set_mapsize(0)
+            raise StoreError(f"cannot write the log at {self.path}: its map was resized; try again") from None
+        except lmdb.Error as e:
+            raise StoreError(f"cannot write the log at {self.path}: {e}") from e
 
     def pruned(self) -> Pruned:
         """Where the log starts, as its last prune left it (`NEVER` if it was never pruned)."""

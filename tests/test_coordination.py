@@ -551,3 +551,23 @@ def test_the_embedded_coordination_is_the_log_behind_the_seam(tmp_path: Path) ->
     asyncio.run(story(Embedded(log)))
     log.close()
     verified(tmp_path)
+
+
+def test_the_sweep_drops_counts_past_their_window_and_locks_that_bind_no_more(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    for target in ("t1", "t2", "t3"):  # keys no intent counts against again
+        log.append_blocking(intent(limits=(LimitCheck(f"target:{target}", 1, 5, 0.05),)))
+    log.append_blocking(intent(limits=(LimitCheck("agent:builder", 2, 5, 3600),)))
+    done = log.append_blocking(intent(lock=LockClaim("db", "alice")))
+    log.append_blocking(outcome(done))  # released by the outcome already
+    log.append_blocking(intent(lock=LockClaim("brief", "alice", hold=0.05)))
+    log.append_blocking(intent(lock=LockClaim("deploy", "bob", hold=3600)))
+    time.sleep(0.1)  # past the short windows and the brief hold
+    log.sweep_keys()
+    assert [(lock.key, lock.live) for lock in log.locks()] == [("deploy", True)]
+    assert log.counted("agent:builder", 3600) == 2
+    log.close()
+    env = lmdb.open(str(tmp_path), max_dbs=16, readonly=True, lock=False)
+    with env.begin() as txn:
+        assert txn.stat(env.open_db(b"limits", txn=txn))["entries"] == 1
+    env.close()
