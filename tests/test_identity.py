@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ import aiohttp
 import httpx
 import pytest
 import requests
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+from websockets.sync.server import ServerConnection, serve
 
 from proxy.core.credentials import BadCredentials, from_basic, from_pair, proxy_url, token_digest
 from proxy.plane.identity import socket_uid
@@ -490,3 +495,43 @@ def test_node24_sends_the_session_of_exec_agent(
     plain, tls = a.log()
     assert plain["agent"] == tls["agent"] == "node-bot"
     assert intent_of(a, plain["id"])["session"] != intent_of(a, tls["id"])["session"]  # one per exec
+
+
+def test_websocket_messages_are_the_session_that_opened_the_socket(
+    make_airlock: Callable[..., Airlock],
+) -> None:
+    a = make_airlock()
+    url, session = new_session(a, "socket-bot")
+    seen_headers: list[dict[str, str]] = []
+
+    def echo(conn: ServerConnection) -> None:
+        seen_headers.append(
+            {k.lower(): v for k, v in conn.request.headers.raw_items()} if conn.request else {}
+        )
+        with contextlib.suppress(ConnectionClosed):
+            for message in conn:
+                conn.send(f"echo {message!s}")
+
+    port = free_port()
+    with serve(echo, "127.0.0.1", port) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        with ws_connect(f"ws://127.0.0.1:{port}/socket", proxy=url, open_timeout=10) as client:
+            client.send("hello")
+            assert client.recv(timeout=10) == "echo hello"
+        server.shutdown()
+    assert seen_headers and not set(CREDENTIAL_HEADERS) & set(seen_headers[0])
+    actions = wait_settled(a, 3)
+    assert [(x["protocol"], x["method"]) for x in actions] == [
+        ("http", "GET"),
+        ("ws", "SEND"),
+        ("ws", "RECEIVE"),
+    ]
+    assert {x["agent"] for x in actions} == {"socket-bot"}
+    assert {intent_of(a, x["id"]).get("session") for x in actions} == {session}
+
+
+def wait_settled(a: Airlock, n: int) -> list[dict[str, Any]]:
+    wait_for(
+        lambda: len(a.log()) == n and all(x["state"] != "pending" for x in a.log()), f"{n} actions settle"
+    )
+    return a.log()

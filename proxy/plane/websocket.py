@@ -27,6 +27,7 @@ from proxy.plane.adapters.http import AGENT_HEADER
 from rules import Action
 
 from .adapters import websocket as ws
+from .identity import IDENTITY, Identity, identified
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,12 @@ class WebSockets:
         if claimed := flow.metadata.get(CLAIMED):
             request.headers[AGENT_HEADER] = claimed
         upstream = self.upstreams.get(flow.client_conn.proxy_mode)
-        base = flow.metadata[BASE] = ws.base_of(request, agent=self.agent, upstream=upstream)
+        identity: Identity | None = flow.metadata.get(IDENTITY)  # who sent the upgrade (the gate's)
+        if identity is None:
+            base = ws.base_of(request, agent=self.agent, upstream=upstream)
+        else:
+            base = identified(ws.base_of(request, agent=identity.name, upstream=upstream), identity)
+        flow.metadata[BASE] = base
         return base
 
     async def _send(self, flow: http.HTTPFlow, message: WebSocketMessage, base: Action) -> None:
