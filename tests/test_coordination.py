@@ -405,8 +405,9 @@ def test_counts_are_all_or_nothing_across_the_checks_of_one_intent(tmp_path: Pat
     log.append_blocking(intent(limits=(wide, narrow)))
     log.append_blocking(intent(limits=(wide, narrow)))
     with pytest.raises(LimitReached, match="target:t1"):
-        log.append_blocking(intent(limits=(wide, narrow)))
+        log.append_blocking(intent(lock=LockClaim("t1", "alice"), limits=(wide, narrow)))
     assert log.counted("rule:deletes", 60) == 2 and log.counted("target:t1", 60) == 2
+    assert "t1" not in {lock.key for lock in log.locks()}  # nor was the lock taken
     log.close()
 
 
@@ -424,10 +425,11 @@ def test_the_window_slides(tmp_path: Path) -> None:
     with pytest.raises(LimitReached):
         log.append_blocking(intent(limits=(limit,)))
     log.close()
-    # The older rows were dropped by the checks: what is stored is what the window holds.
+    # The older rows were dropped by the checks: what is stored is what the window holds (and
+    # the limit's running total).
     env = lmdb.open(str(tmp_path), max_dbs=16, readonly=True, lock=False)
     with env.begin() as txn:
-        assert txn.stat(env.open_db(b"limits", txn=txn))["entries"] == 3
+        assert txn.stat(env.open_db(b"limits", txn=txn))["entries"] == 3 + 1
     env.close()
 
 
@@ -569,5 +571,5 @@ def test_the_sweep_drops_counts_past_their_window_and_locks_that_bind_no_more(tm
     log.close()
     env = lmdb.open(str(tmp_path), max_dbs=16, readonly=True, lock=False)
     with env.begin() as txn:
-        assert txn.stat(env.open_db(b"limits", txn=txn))["entries"] == 1
+        assert txn.stat(env.open_db(b"limits", txn=txn))["entries"] == 1 + 1  # its row and total
     env.close()
