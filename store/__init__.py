@@ -4,7 +4,7 @@ Knows nothing of HTTP or rules: it stores plain records about numbered actions.
 """
 
 from .checkpoints import record as checkpoint_record
-from .coordinated import Fence, Fenced, LimitCheck, LimitReached, LockClaim, Locked
+from .coordinated import Fence, Fenced, LimitCheck, LimitReached, LockClaim, Locked, when
 from .entry import Entry
 from .errors import Altered, NoLog, StateError, StoreError, StoreFull, UnknownAction
 from .freeze import FreezeState, Frozen
@@ -81,4 +81,5 @@ __all__ = [
     "signature_ok",
     "signed_payload",
     "takeover",
+    "when",
 ]
