@@ -319,10 +319,10 @@ def test_a_held_lock_covers_its_holders_actions_until_released_or_expired(tmp_pa
     with pytest.raises(StateError, match="bob holds no lock"):
         log.append_blocking(release_lock("deploy", "bob"))
     log.append_blocking(release_lock("deploy", "alice"))
-    log.append_blocking(intent(lock=LockClaim("deploy", "bob", hold=0.05)))
+    log.append_blocking(intent(lock=LockClaim("deploy", "bob", hold=1)))
     with pytest.raises(Locked):
         log.append_blocking(intent(lock=LockClaim("deploy", "carol")))
-    time.sleep(0.1)  # past bob's hold
+    time.sleep(1.1)  # past bob's hold
     log.append_blocking(intent(lock=LockClaim("deploy", "carol")))
     log.close()
     verified(tmp_path)
@@ -413,13 +413,13 @@ def test_counts_are_all_or_nothing_across_the_checks_of_one_intent(tmp_path: Pat
 
 def test_the_window_slides(tmp_path: Path) -> None:
     log = opened(tmp_path)
-    limit = LimitCheck("burst", 1, 3, 0.2)
+    limit = LimitCheck("burst", 1, 3, 1)
     for _ in range(3):
         log.append_blocking(intent(limits=(limit,)))
     with pytest.raises(LimitReached):
         log.append_blocking(intent(limits=(limit,)))
-    time.sleep(0.25)  # the three counted are now older than the window
-    assert log.counted("burst", 0.2) == 0
+    time.sleep(1.1)  # the three counted are now older than the window
+    assert log.counted("burst", 1) == 0
     for _ in range(3):
         log.append_blocking(intent(limits=(limit,)))
     with pytest.raises(LimitReached):
@@ -568,8 +568,12 @@ def test_the_sweep_drops_counts_past_their_window_and_locks_that_bind_no_more(tm
     log.sweep_keys()
     assert [(lock.key, lock.live) for lock in log.locks()] == [("deploy", True)]
     assert log.counted("agent:builder", 3600) == 2
+    # The sweep took what it dropped off the limits' totals: a full limit of 1 passes again.
+    log.append_blocking(intent(limits=(LimitCheck("target:t1", 1, 1, 0.05),)))
+    with pytest.raises(LimitReached):
+        log.append_blocking(intent(limits=(LimitCheck("agent:builder", 4, 5, 3600),)))
     log.close()
     env = lmdb.open(str(tmp_path), max_dbs=16, readonly=True, lock=False)
-    with env.begin() as txn:
-        assert txn.stat(env.open_db(b"limits", txn=txn))["entries"] == 1 + 1  # its row and total
+    with env.begin() as txn:  # a row and a total for each of the two limits counted since
+        assert txn.stat(env.open_db(b"limits", txn=txn))["entries"] == 2 + 2
     env.close()
