@@ -535,3 +535,18 @@ def wait_settled(a: Airlock, n: int) -> list[dict[str, Any]]:
         lambda: len(a.log()) == n and all(x["state"] != "pending" for x in a.log()), f"{n} actions settle"
     )
     return a.log()
+
+
+def test_a_guards_refusal_names_the_session_that_sent_the_request(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
+    a = make_airlock()
+    url, session = new_session(a, "fronting-bot")
+    r = requests.get(
+        f"{upstream.url}/x", headers={"Host": "elsewhere.test"}, proxies={"http": url}, timeout=10
+    )
+    assert r.status_code == 403 and r.json()["error"] == "name_mismatch"
+    assert upstream.effects() == []
+    (refused,) = a.log()
+    assert (refused["agent"], refused["rule"]) == ("fronting-bot", "domain-fronting")
+    assert intent_of(a, refused["id"])["session"] == session

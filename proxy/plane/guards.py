@@ -15,6 +15,7 @@ from proxy.plane.adapters.http import classify
 from rules import Decision
 
 from . import answers
+from .identity import IDENTITY, Identity, identified
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,11 @@ class RequestGuard:
     async def _refuse(self, flow: http.HTTPFlow, refusal: Decision) -> None:
         try:
             upstream = self.upstreams.get(flow.client_conn.proxy_mode)
-            answer = await self.admission.refuse(classify(flow, agent=self.agent, upstream=upstream), refusal)
+            identity: Identity | None = flow.metadata.get(IDENTITY)  # who sent it, as the gate established
+            agent = self.agent if identity is None else identity.name
+            action = classify(flow, agent=agent, upstream=upstream)
+            refused = action if identity is None else identified(action, identity)
+            answer = await self.admission.refuse(refused, refusal)
             flow.response = answers.refusal(answer.decision, answer.action_id, answer.status)
             if self.closes:
                 flow.response.headers["connection"] = "close"
