@@ -17,7 +17,17 @@ from .holds import DEFAULT_HOLD, Hold
 from .limits import Limit, LimitScope, Lock
 from .parsed import BODIES, ParsedBodies, ParsedJson, json_of
 from .readings import Readings, readings_of
-from .repeats import Dedup, StatusSet, Storm, VerifyRead, fingerprint, parse_dedup, seconds, signed_stably
+from .repeats import (
+    Dedup,
+    StatusSet,
+    Storm,
+    VerifyRead,
+    duration_text,
+    fingerprint,
+    parse_dedup,
+    seconds,
+    signed_stably,
+)
 from .rule import Rule
 from .ruleset import Explanation, Ruleset
 from .source import RulesError, rule_files_in
@@ -66,6 +76,7 @@ __all__ = [
     "address_of",
     "bom_codec",
     "default_path",
+    "duration_text",
     "fingerprint",
     "json_of",
     "non_public",

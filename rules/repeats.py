@@ -36,6 +36,14 @@ def seconds(value: float | str) -> float:
     return float(m[1]) * _UNITS[m[2]]
 
 
+def duration_text(value: float) -> str:
+    """A number of seconds as a rule file would write it: `1h`, `5m`, `90s`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{int(value // size)}{unit}"
+    return f"{value:g}s"
+
+
 class StatusSet:
     """HTTP statuses given as codes (`404`) and classes (`2xx`), plus `error` for no response."""
 

@@ -27,11 +27,23 @@ from typing import Any
 import orjson
 
 from rules import Action, Decision, Effect, Ruleset, Storm, Verdict
-from store import ActionRef, Frozen, KeyOutcome, KeyTaken, Log, Record, StoreError
+from store import (
+    ActionRef,
+    Fenced,
+    Frozen,
+    KeyOutcome,
+    KeyTaken,
+    LimitReached,
+    Locked,
+    Log,
+    Record,
+    StoreError,
+)
 
-from . import freeze, keys, records
+from . import contention, freeze, keys, records
 from .breaker import Breaker
 from .budgets import Ledger, Overspent
+from .coordination import Coordination, Embedded
 from .holds import Fate, Holds
 from .keys import DedupPolicy, Keyed
 from .proposals import ModelAnswer, Proposals
@@ -117,6 +129,8 @@ class Admission:
         self.decided: DecisionObserver = _unobserved
         self.used: UsageObserver = _unspent
         self.ledger = Ledger()  # the tokens model calls used, against their rules' budgets
+        self.coordination: Coordination = Embedded(log)  # epochs, locks and limit counters
+        self._settling: set[asyncio.Task[Any]] = set()
         self.proposals = Proposals()  # the tool calls models proposed, to link the actions to
         self.use_rules(ruleset)
         self.holds = Holds(
@@ -189,20 +203,33 @@ class Admission:
         )
         if (wait := self._storm_wait(tracking, storm)) is not None:
             return await self._storm(action, storm, wait)
+        checks = contention.checks_for(action, decision)
         try:
             if keyed is not None:
                 tracking.meter = Meter(keep=keep)
-                return await self._admit_keyed(action, decision, tracking, keyed)
+                return await self._admit_keyed(action, decision, tracking, keyed, checks)
             intent = self.intent(action, decision, tracking.ref, unless_frozen=action.effect.mutating)
         except Unloggable as e:
             return await self._unloggable(action, str(e))
+        deadline = contention.lock_deadline(checks.lock_rule)
         try:
-            if action.effect is Effect.INFERENCE:
-                self.log.append_soon(intent)  # written soon: nothing waits for its fsync
+            if action.effect is Effect.INFERENCE and checks.lock is None and not checks.limits:
+                # Written soon: nothing waits for its fsync. A model call changes nothing
+                # upstream, so its session's fence is read here rather than in the commit.
+                if checks.fence is not None:
+                    contention.check_fence(self.log, checks.fence)
+                self.log.append_soon(intent)
             else:
-                await self.log.append(intent)
+                while went := await self._coordinated(action, decision, intent, checks, deadline):
+                    if not isinstance(went, bool):
+                        return went
+                    tracking.ref = ActionRef()  # the lock may have come free: a fresh intent
+                    intent = self.intent(action, decision, tracking.ref, unless_frozen=action.effect.mutating)
+                tracking.locked = checks.lock is not None and checks.lock.hold is None
         except Frozen as e:
             return await self._frozen(action, e)
+        except Fenced as e:
+            return await self._fenced(action, e)
         except StoreError as e:
             if action.effect.mutating or not self.reads_pass_unlogged:
                 return unavailable(f"{e}; the request was not forwarded")
@@ -222,10 +249,40 @@ class Admission:
         decision = Decision(Verdict.DENY, over.budget.rule, over.message, "budget_spent")
         return await self.refuse(action, decision, 429, {"Retry-After": str(retry)})
 
+    async def _coordinated(
+        self, action: Action, decision: Decision, intent: Record, checks: contention.Checks, deadline: float
+    ) -> Tracking | Answer | bool:
+        """Append an intent with its checks: False once written; an Answer when its lock stayed
+        taken past its wait or a limit stops it (a limit that holds: what the hold came to,
+        which may be the approved action running); True when the lock may have come free (try
+        a fresh intent). Fenced and other StoreErrors propagate."""
+        try:
+            await self.coordination.admit(intent, fence=checks.fence, lock=checks.lock, limits=checks.limits)
+        except Locked as e:
+            if time.monotonic() >= deadline:
+                return await self.refuse(action, contention.lock_refusal(e, checks.lock_rule), 409)
+            await asyncio.sleep(contention.LOCK_POLL)
+            return True
+        except LimitReached as e:
+            limited = contention.limit_decision(e, checks.limit_of(e))
+            if limited.verdict is Verdict.HOLD:
+                return await self._hold(
+                    action, dataclasses.replace(limited, hold=decision.hold or self.ruleset.hold)
+                )
+            retry = {"Retry-After": str(contention.retry_after(e))}
+            return await self.refuse(action, limited, 429, retry)
+        return False
+
+    async def _fenced(self, action: Action, refusal: Fenced) -> Answer:
+        """Refuse an action of a superseded session (409), logged as fenced."""
+        return await self.refuse(action, contention.fenced(refusal), 409)
+
     def _held_intent(
         self, action: Action, decision: Decision, ref: ActionRef, held: dict[str, Any]
     ) -> Record:
-        return self.intent(action, decision, ref, held=held, unless_frozen=action.effect.mutating)
+        intent = self.intent(action, decision, ref, held=held, unless_frozen=action.effect.mutating)
+        fence = contention.fence_of(action)
+        return dataclasses.replace(intent, fence=fence) if fence is not None else intent
 
     async def _hold(self, action: Action, decision: Decision) -> Tracking | Answer:
         """Park a held action until a decision; run it (a Tracking) on a commit, else answer."""
@@ -235,6 +292,8 @@ class Admission:
             return await self._unloggable(action, str(e))
         except Frozen as e:  # held while frozen, or approved and run while frozen: neither goes
             return await self._frozen(action, e)
+        except Fenced as e:
+            return await self._fenced(action, e)
         except StoreError as e:
             return unavailable(f"{e}; the request was not forwarded")
         held = parked.action_id
@@ -304,10 +363,11 @@ class Admission:
         return await self.refuse(action, decision, 429, {"Retry-After": str(retry)})
 
     async def _admit_keyed(
-        self, action: Action, decision: Decision, tracking: Tracking, keyed: Keyed
+        self, action: Action, decision: Decision, tracking: Tracking, keyed: Keyed, checks: contention.Checks
     ) -> Tracking | Answer:
         """Claim the action's dedup key with its intent, or answer as its holder allows."""
         deadline = time.monotonic() + keyed.wait
+        locking = contention.lock_deadline(checks.lock_rule)
         while True:
             tracking.ref = ActionRef()
             intent = self.intent(
@@ -319,9 +379,16 @@ class Admission:
                 unless_frozen=action.effect.mutating,
             )
             try:
-                await self.log.append(intent)
+                went = await self._coordinated(action, decision, intent, checks, locking)
+                if not isinstance(went, bool):
+                    return went
+                if went:
+                    continue  # the lock may have come free
+                tracking.locked = checks.lock is not None and checks.lock.hold is None
             except Frozen as e:
                 return await self._frozen(action, e)
+            except Fenced as e:
+                return await self._fenced(action, e)
             except KeyTaken as taken:
                 answer = await self._duplicate(action, keyed, taken, deadline)
                 if answer is not None:
@@ -419,7 +486,7 @@ class Admission:
             keep_arguments=call is not None and call.keep_prompts,
             redactor=self.redactor,
         )
-        self.append_soon(record)
+        self._settle(tracking, record)
 
     def _answered(self, tracking: Tracking, call: ModelCall, answer: ModelAnswer) -> None:
         if answer.usage is not None:
@@ -443,7 +510,22 @@ class Admission:
             keep_key=final,
             request_body=tracking.upload.seen() if tracking.upload is not None else None,
         )
-        self.append_soon(record)
+        self._settle(tracking, record)
+
+    def _settle(self, tracking: Tracking, outcome: Record) -> None:
+        """Write an outcome without waiting for it; one that releases the action's lock goes
+        through the coordination that holds the lock."""
+        if not tracking.locked:
+            self.append_soon(outcome)
+            return
+        task = asyncio.get_running_loop().create_task(self.coordination.settle(outcome))
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("an outcome that releases a lock was not written: %s", error)
 
 
 def _model_call(action: Action, decision: Decision, bodies: records.BodyPolicy) -> ModelCall | None:

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from rules import Budget
+from rules import Budget, duration_text
 
 Clock = Callable[[], float]
 
@@ -31,7 +31,7 @@ class Overspent:
     @property
     def message(self) -> str:
         """What the agent (a model or a person) is told: the budget, what was used, when to retry."""
-        window = _duration(self.budget.per)
+        window = duration_text(self.budget.per)
         whose = "this agent's model calls" if self.budget.scope == "agent" else "the model calls it covers"
         return (
             f"the token budget of rule {self.budget.rule} is spent: {whose} used {self.used} tokens "
@@ -82,10 +82,3 @@ class Ledger:
             if used < budget.tokens:
                 return max(at + budget.per - now, 1.0)
         return 1.0
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"

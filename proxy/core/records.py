@@ -19,6 +19,7 @@ from .redact import Redactor
 ARGS_SHOWN = 256  # bytes of arguments (JSON) the summary holds whole (`airlock log`); larger: the intent
 TARGETS_KEPT = 100  # targets an intent lists (a batch may name thousands: `count` says how many)
 TARGETS_SHOWN = 10  # targets the summary lists (`airlock log`)
+FENCED = "fenced"  # a Decision's error for an action of a superseded session
 ARGS_KEPT = 64 * 1024  # bytes of a proposed tool call's arguments (JSON) an outcome keeps, when kept
 
 
@@ -132,6 +133,8 @@ def intent(
         if whole:
             del described["args"]  # in the summary, which the entry carries too
     state = State.DENIED if decision.verdict is Verdict.DENY else State.PENDING
+    if decision.error == FENCED:
+        state = State.FENCED  # refused because its session was superseded
     extra: dict[str, Any] = {}
     if replay_of is not None:
         state, extra = State.REPLAYED, {"replay_of": replay_of}
@@ -251,6 +254,8 @@ def describe(action: Action, *, redactor: Redactor, bodies: BodyPolicy) -> dict[
         "region",
         "tool",
         "configured_agent",
+        "session",
+        "epoch",
         "body_problem",
     ):
         if (value := getattr(action, optional)) is not None:

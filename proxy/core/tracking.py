@@ -73,6 +73,7 @@ class Tracking:
     upload: Meter | None = None  # the request body, when it streams upstream (proxy/plane/uploads.py)
     logged: bool = True  # False: a read let through while the log was down; no outcome is due
     model_call: ModelCall | None = None
+    locked: bool = False  # holds a lock for its duration: its outcome releases it
     _breaker_key: str | None = None
 
     def breaker_key(self) -> str | None:
