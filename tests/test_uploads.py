@@ -16,8 +16,9 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from io import BufferedIOBase
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 import requests
@@ -126,7 +127,7 @@ def sink_handler(sink: Sink) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _read_exactly(rfile: BinaryIO, length: int, digest: Any) -> int:
+def _read_exactly(rfile: BufferedIOBase, length: int, digest: Any) -> int:
     seen = 0
     while seen < length:
         data = rfile.read(min(length - seen, MIB))
@@ -137,7 +138,7 @@ def _read_exactly(rfile: BinaryIO, length: int, digest: Any) -> int:
     return seen
 
 
-def _read_chunked(rfile: BinaryIO, digest: Any) -> int:
+def _read_chunked(rfile: BufferedIOBase, digest: Any) -> int:
     seen = 0
     while True:
         size = int(rfile.readline().split(b";")[0].strip() or b"0", 16)

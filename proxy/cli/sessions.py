@@ -11,7 +11,7 @@ import time
 from proxy.core import sessions
 from proxy.core.credentials import proxy_url
 from proxy.ops.config import RunConfig, parse_age, parse_agent
-from store.coordinated import when
+from store import when
 
 from .args import Commands, UserError, address_arg, commands, data_arg, operator, typed, writing
 from .log import open_log

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from store import Log, Record, SessionInfo
-from store import sessions as records
+import store
+from store import Log, Record, SessionInfo, session_ended, session_started
 
 from .credentials import mint_token, token_digest
 
@@ -41,17 +41,17 @@ def start(name: str, ttl: float | None = None) -> Start:
     """A new session for agent `name` (expiring after `ttl` seconds, if given): its epoch is the
     name's next, which fences every older session of the name."""
     token = mint_token()
-    return Start(records.session_started(name, token_digest(token), ttl), token)
+    return Start(session_started(name, token_digest(token), ttl), token)
 
 
 def ended(session_id: str) -> Record:
     """The record that ends a session: its credentials stop passing, its held locks are freed."""
-    return records.session_ended(session_id)
+    return session_ended(session_id)
 
 
 def takeover(name: str, by: str) -> Record:
     """The record that moves `name`'s epoch on without a new session, fencing all of its sessions."""
-    return records.takeover(name, by=by)
+    return store.takeover(name, by=by)
 
 
 def live(log: Log, name: str) -> list[SessionInfo]:

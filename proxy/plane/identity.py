@@ -43,8 +43,7 @@ from proxy.core.credentials import (
 )
 from proxy.plane.adapters.http import classify
 from rules import Action, Decision, Verdict
-from store import Log
-from store.coordinated import when
+from store import Log, when
 
 from . import answers
 
