@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from store import Log
 
-from .support import Airlock, environ_without_proxy, free_port, serving, wait_for
+from .support import Airlock, Upstream, environ_without_proxy, free_port, serving, wait_for
 from .support.moto import Moto, moto_server, proxied
 from .support.outcomes import final
 
@@ -236,6 +236,47 @@ def test_a_gib_upload_streams_through_in_bounded_memory(
     declared = {"length": GIB} if framing == "content-length" else {}
     assert asked["body"] == {"streamed": True} | declared  # not read, so neither kept nor hashed there
     assert peak_rss(a) < PEAK_RSS, f"peak RSS {peak_rss(a) / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_refused_gib_upload_gets_its_refusal_in_bounded_memory(
+    proxy: Callable[..., Airlock], sink: Sink, tmp_path: Path, framing: str
+) -> None:
+    """mitmproxy reads a body whole before it answers: a refused upload streams into a loopback
+    endpoint that drops it and answers with the refusal (proxy/plane/discard.py)."""
+    a = proxy()
+    if framing == "content-length":
+        sparse = tmp_path / "gib"
+        with sparse.open("wb") as f:
+            f.truncate(GIB)
+        done = through(a, "-T", str(sparse), f"{sink.url}/vault/object")
+    else:
+        head = subprocess.Popen(["head", "-c", str(GIB), "/dev/zero"], stdout=subprocess.PIPE)
+        done = through(a, "-X", "PUT", "-T", "-", f"{sink.url}/vault/object", stdin=head.stdout)
+        head.wait(10)
+    assert done.returncode == 0, done.stderr
+    refusal = json.loads(done.stdout)
+    assert (
+        refusal["rule"] == "no-uploads-to-vault" and refusal["message"] == "Nothing is uploaded to the vault."
+    )
+    assert not sink.received and not sink.heads  # the upstream saw nothing, not even the headers
+    action = only_action(a)
+    assert (action["state"], action["rule"]) == ("denied", "no-uploads-to-vault")
+    assert peak_rss(a) < PEAK_RSS, f"peak RSS {peak_rss(a) / 1e6:.0f} MB"
+
+
+def test_a_refused_upload_inside_a_tunnel_gets_its_refusal(
+    proxy: Callable[..., Airlock], tls_upstream: Upstream
+) -> None:
+    """Through CONNECT (HTTPS), the refused body goes to the loopback endpoint in plain HTTP, and
+    the client reads the refusal inside its tunnel."""
+    a = proxy("--stream-above", "1MiB")
+    body = b"z" * (4 * MIB)
+    r = requests.put(
+        f"{tls_upstream.url}/vault/object", data=body, proxies=a.proxies, verify=str(a.ca_cert), timeout=60
+    )
+    assert r.status_code == 403 and r.json()["rule"] == "no-uploads-to-vault"
+    assert not tls_upstream.seen
 
 
 # ---- decided on the headers, before anything goes upstream -----------------------------------

@@ -30,6 +30,8 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from rules import ALLOWED, Action, Address, Ruleset, address_of
 
+from .discard import Discard
+
 logger = logging.getLogger(__name__)
 
 TTL = 10.0  # seconds an answer is used for; the check and the connect see the same one
@@ -86,9 +88,12 @@ class Resolver:
 class Egress:
     """The mitmproxy addon that connects only to checked addresses, and the check itself."""
 
-    def __init__(self, rules: Callable[[], Ruleset], resolver: Resolver | None = None):
+    def __init__(
+        self, rules: Callable[[], Ruleset], resolver: Resolver | None = None, discard: Discard | None = None
+    ):
         self.rules = rules
         self.resolver = resolver or Resolver()
+        self.discard = discard  # where refused uploads stream to: the one loopback it lets through
         self._names: dict[str, tuple[str, int]] = {}  # connection id -> the address as named
         self._pinned: dict[str, Address] = {}  # connection id -> the address it was checked for
         # (client connection id, host, port) -> that client's open connections named by the host
@@ -122,9 +127,11 @@ class Egress:
         server = data.server
         if server.error or server.via is not None or server.address is None:
             return
+        host, port = str(server.address[0]), int(server.address[1])
+        if self.discard is not None and self.discard.owns(host, port):
+            return  # a refused upload's body, on its way to be dropped (proxy/plane/discard.py)
         if isinstance(data.client.proxy_mode, ReverseMode):
             return  # an upstream the operator named on the command line
-        host, port = str(server.address[0]), int(server.address[1])
         try:
             addresses = await self.resolver.addresses(host)
         except Unresolvable as e:

@@ -30,6 +30,7 @@ from rules import Action, Decision, Inference, Ruleset, Verdict
 from store import Log
 
 from . import answers, replays, uploads
+from .discard import Discard
 from .egress import Egress
 from .identity import Identities, identified
 from .model_calls import AnswerTap
@@ -83,7 +84,8 @@ class Gate:
             reads_pass_unlogged=reads_pass_unlogged,
         )
         self.calls = ToolCalls(self.admission)
-        self.egress = Egress(lambda: self.ruleset)
+        self.discard = Discard()  # where a refused upload's body goes instead of into memory
+        self.egress = Egress(lambda: self.ruleset, discard=self.discard)
         # Who sent each request (its CONNECT's credentials kept per connection: a child addon).
         self.identities = Identities(log, self.admission, self.upstreams, agent=agent, by_uid=agent_uids)
         # Registered with the gate as its child addon: mitmproxy runs a child's hooks right after
@@ -118,8 +120,13 @@ class Gate:
         if upload is None or flow.response or flow.error or not flow.live:
             return
         await self._decide(flow, upload)
-        if flow.response or flow.error:
-            return  # refused: mitmproxy reads the body, then answers
+        if flow.error:
+            return
+        if flow.response:
+            # Refused: mitmproxy would read the whole body before answering. It streams into
+            # a loopback endpoint that drops it and answers with the refusal instead.
+            await self.discard.redirect(flow)
+            return
         try:
             if (rechecking := self.egress.request(flow)) is not None:
                 await rechecking  # its open connections checked now: its `request` hook is too late
