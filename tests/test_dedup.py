@@ -102,7 +102,7 @@ def test_a_retry_after_completion_replays_and_a_new_payload_is_422(
     assert entries(airlock, 2) == [("intent", "replayed", "replayed from action 1")]
     [(kind, state, message)] = entries(airlock, 3)
     assert (kind, state) == ("intent", "denied") and "used by action 1 for a different request" in message
-    assert [x["agent"] for x in settled(airlock)] == ["agent", "agent", "agent", "other"]
+    assert [x["agent"] for x in settled(airlock)] == ["anonymous", "anonymous", "anonymous", "other"]
 
 
 def test_a_5xx_is_not_an_effect_so_the_retry_goes_through(airlock: Airlock, upstream: Upstream) -> None:
