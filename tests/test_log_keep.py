@@ -83,7 +83,7 @@ def test_a_malformed_body_limit_is_one_line_naming_it(tmp_path: Path) -> None:
         (
             "huge=1MiB",
             "'huge=1MiB': 'huge' is not an effect; give SIZE or EFFECT=SIZE with EFFECT one of "
-            "read, write, destructive (e.g. read=0, destructive=1MiB)",
+            "read, inference, write, destructive (e.g. read=0, destructive=1MiB)",
         ),
         ("read=lots", "'read=lots' is not SIZE or EFFECT=SIZE (e.g. 64KiB, read=0, destructive=1MiB)"),
         ("12 parsecs", "'12 parsecs' is not SIZE or EFFECT=SIZE (e.g. 64KiB, read=0, destructive=1MiB)"),
