@@ -57,6 +57,11 @@ deps:
 	  elif ! command -v curl >/dev/null; then \
 	    echo "the tests need curl: install it (apt-get install curl)" >&2; exit 1; fi; fi
 
+# The suite runs on every core (pytest-xdist): a module's tests on one worker, and the tests that
+# change the host's network set-up one after another (tests/conftest.py). WORKERS=0 runs it all
+# in one process, e.g. with pdb.
+WORKERS ?= auto
+
 WHERE := airlock is not on PATH: run it as $(VENV)/bin/airlock (or 'source $(VENV)/bin/activate' first)
 
 run: $(RUN_STAMP)
@@ -68,7 +73,7 @@ test: $(STAMP) deps $(NODE24)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(WORKERS) --dist loadgroup $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

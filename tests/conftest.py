@@ -80,6 +80,36 @@ def airlock(make_airlock: Callable[..., Airlock]) -> Airlock:
     return make_airlock()
 
 
+# ---- running in parallel (`make test` runs `pytest -n auto --dist loadgroup`) -----------------
+
+# Modules whose names, imported into a test module, say it changes the host's network set-up.
+HOST_NETWORK_SUPPORT = frozenset({"tests.support.namespaces", "tests.support.capture"})
+HOST_NETWORK_FIXTURES = frozenset({"netns", "processes"})
+
+
+def changes_host_network(item: pytest.Item) -> bool:
+    """Whether a test makes network namespaces, links or iptables rules, or writes /etc/netns:
+    it uses the fixtures that do, or its module imports what does."""
+    if HOST_NETWORK_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    module = getattr(item, "module", None)
+    return module is not None and any(
+        getattr(value, "__module__", None) in HOST_NETWORK_SUPPORT for value in vars(module).values()
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, a module's tests run on one worker, in order, as they do without it:
+    its module-scoped fixtures (servers, a proxy, emulators) start once. Tests that change the
+    host's network set-up all run on one worker, one after another: each compares what the host
+    holds before and after it (namespaces, links, iptables rules), so another's, running at the
+    same time, would look like its leftovers. Modules share nothing else: each test has its own
+    ports, data and temp dirs."""
+    for item in items:
+        group = "host-network" if changes_host_network(item) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests say which proxy each client uses; nothing leaks in from the environment.

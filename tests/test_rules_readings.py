@@ -270,7 +270,7 @@ def zlib_bomb(size: int, wbits: int) -> bytes:
     [
         ("compress", b"anything", "cannot decode"),
         ("gzip, gzip, gzip, gzip", b"anything", f"more than {MAX_LAYERS}"),
-        ("gzip", gzip.compress(b"x" * 100)[:-12], "ends early"),
+        ("gzip", gzip.compress(b"x" * 100, mtime=0)[:-12], "ends early"),
         ("gzip", zlib_bomb(32 << 20, 16 + zlib.MAX_WBITS), "expands past"),
         ("deflate", zlib_bomb(32 << 20, zlib.MAX_WBITS), "expands past"),
     ],
