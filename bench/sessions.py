@@ -14,12 +14,15 @@ its own:
   limit     session, and a rule `limit: {count: 100000000, per: 1m}` matches (never refuses)
   all       session, lock and limit together
 
-Each variant runs at concurrency 1 and 8, in every round, the order rotating per round. The
-load generator is bench/overhead.py's aiohttp client with keep-alive, in a process of its own
-per measurement. Printed: per-action latency (median, p90) and requests per second, medians
-over rounds, with each variant's ratio to the baseline (the median of the rounds' paired
-comparisons), and the proxy's CPU time per request (from /proc, all its threads), the figure a
-busy machine blurs least. A measurement, never a test: it exits 0 once it has measured.
+Each variant runs at concurrency 1 and 8 in every round; the order rotates per round and is
+reversed every other round. The load generator is an aiohttp client with keep-alive (as in
+bench/overhead.py), in a process of its own per measurement. Printed: per-action latency
+(median, p90) and requests per second, medians over rounds, with each variant's ratio to the
+baseline (the median of the rounds' paired comparisons), the proxy's CPU time per request
+(from /proc, all its threads) and the durable (fsync'd) commits of its log per request (from
+/metrics), the figure a busy machine does not blur. At the end the log is read through the
+store: every variant's intents are counted with the session, fence, lock and limits they carry.
+A measurement, never a test: it exits 0 once it has measured.
 
 Internal role (started by the orchestrator): ``sessions.py load --url URL ...``.
 """
@@ -205,7 +208,8 @@ Figures = dict[tuple[str, int], list[float]]  # per variant and concurrency, one
 def run_rounds(
     airlock: Airlock, upstream: str, session_url: str, args: argparse.Namespace
 ) -> tuple[Runs, Figures, Figures]:
-    """Every variant at both concurrencies, `args.rounds` times, the order rotating per round."""
+    """Every variant at both concurrencies, `args.rounds` times; the order rotates per round and
+    is reversed every other round, so no variant always runs first or after the same one."""
     runs: Runs = {}
     cpu: Figures = {}
     commits: Figures = {}
@@ -213,7 +217,8 @@ def run_rounds(
     for r in range(args.rounds):
         for conc in CONCURRENCIES:
             k = r % len(VARIANTS)
-            for v in VARIANTS[k:] + VARIANTS[:k]:
+            order = VARIANTS[k:] + VARIANTS[:k]
+            for v in order[::-1] if r % 2 else order:
                 proxy = session_url if v.session else plain
                 time.sleep(SETTLE)
                 used, committed = cpu_seconds(airlock.pid), airlock.commits()
