@@ -60,7 +60,7 @@ deps:
 # The suite runs on every core (pytest-xdist): a module's tests on one worker, and the tests that
 # change the host's network set-up one after another (tests/conftest.py). WORKERS=0 runs it all
 # in one process, e.g. with pdb.
-WORKERS ?= auto
+WORKERS ?= logical
 
 WHERE := airlock is not on PATH: run it as $(VENV)/bin/airlock (or 'source $(VENV)/bin/activate' first)
 

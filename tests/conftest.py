@@ -80,7 +80,7 @@ def airlock(make_airlock: Callable[..., Airlock]) -> Airlock:
     return make_airlock()
 
 
-# ---- running in parallel (`make test` runs `pytest -n auto --dist loadgroup`) -----------------
+# ---- running in parallel (`make test` runs `pytest -n logical --dist loadgroup`) --------------
 
 # Modules whose names, imported into a test module, say it changes the host's network set-up.
 HOST_NETWORK_SUPPORT = frozenset({"tests.support.namespaces", "tests.support.capture"})
