@@ -123,3 +123,21 @@ def test_a_bad_budget_is_refused_naming_it(tmp_path: Path, budget: str, problem:
     rules.write_text(f"version: 1\nrules:\n  - id: b\n    match: {{protocol: llm}}\n    budget: {budget}\n")
     with pytest.raises(RulesError, match=problem.replace("[", r"\[").replace("]", r"\]")):
         Ruleset.load(rules)
+
+
+def test_calls_in_flight_count_by_estimate_until_their_answers_correct_them() -> None:
+    """Calls sent side by side cannot all pass on a budget's last tokens: each is counted as it
+    goes (its prompt, estimated) and corrected when its answer says what it used."""
+    clock = Clock()
+    ledger = Ledger(clock)
+    budget = Budget("b", tokens=100, per=60)
+    first = ledger.spend([budget], "a", 80)  # in flight
+    assert ledger.overspent([budget], "a") is None
+    second = ledger.spend([budget], "a", 80)
+    assert ledger.overspent([budget], "a") is not None  # a third call waits for answers
+    ledger.correct(first, 10)
+    ledger.correct(second, 15)
+    assert ledger.overspent([budget], "a") is None  # 25 of 100
+    clock.now += 61
+    ledger.correct(first, 500)  # an answer after its window: nothing left to correct
+    assert ledger.overspent([budget], "a") is None

@@ -285,7 +285,7 @@ def test_a_budget_refuses_the_calls_after_the_one_that_spent_it(
         for family in text_string_to_metric_families(scraped.text)
         for s in family.samples
     }
-    key = (("agent", "agent"), ("kind", "input"), ("model", "gpt-4o"), ("provider", "openai-compatible"))
+    key = (("agent", "anonymous"), ("kind", "input"), ("model", "gpt-4o"), ("provider", "openai-compatible"))
     assert samples[("airlock_model_tokens_total", key)] == 12
 
 

@@ -46,7 +46,7 @@ from .budgets import Ledger, Overspent
 from .coordination import Coordination, Embedded
 from .holds import Fate, Holds
 from .keys import DedupPolicy, Keyed
-from .proposals import ModelAnswer, Proposals
+from .proposals import ModelAnswer, Proposals, estimate_usage
 from .redact import Redactor
 from .tracking import Meter, ModelCall, Tracking
 
@@ -203,6 +203,11 @@ class Admission:
         )
         if (wait := self._storm_wait(tracking, storm)) is not None:
             return await self._storm(action, storm, wait)
+        if decision.budgets:
+            # Counted as it goes (its prompt, by estimate): calls sent side by side cannot all
+            # pass on a budget's last tokens. Its answer corrects the count.
+            prompt = estimate_usage(len(action.body or b""), 0).total
+            tracking.spending = self.ledger.spend(decision.budgets, action.agent, prompt)
         checks = contention.checks_for(action, decision)
         try:
             if keyed is not None:
@@ -489,8 +494,8 @@ class Admission:
         self._settle(tracking, record)
 
     def _answered(self, tracking: Tracking, call: ModelCall, answer: ModelAnswer) -> None:
-        if answer.usage is not None:
-            self.ledger.spend(call.budgets, call.agent, answer.usage.total)
+        if answer.usage is not None and tracking.spending is not None:
+            self.ledger.correct(tracking.spending, answer.usage.total)
         if answer.calls:
             self.proposals.remember(call.agent, tracking.ref, answer.calls)
         try:

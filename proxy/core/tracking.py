@@ -11,6 +11,7 @@ from rules import Action, Budget, Inference, Storm, fingerprint
 from store import ActionRef
 
 from . import keys
+from .budgets import Spending
 from .keys import Keyed
 
 
@@ -74,6 +75,7 @@ class Tracking:
     logged: bool = True  # False: a read let through while the log was down; no outcome is due
     model_call: ModelCall | None = None
     locked: bool = False  # holds a lock for its duration: its outcome releases it
+    spending: Spending | None = None  # a model call's tokens, counted as it went
     _breaker_key: str | None = None
 
     def breaker_key(self) -> str | None:
