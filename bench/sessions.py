@@ -348,7 +348,7 @@ def orchestrate(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the benchmark, and the internal role it starts itself in."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=400, help="requests per measurement (default 400)")
+    p.add_argument("--requests", type=int, default=300, help="requests per measurement (default 300)")
     p.add_argument("--rounds", type=int, default=5, help="rounds over all variants (default 5)")
     p.add_argument("--warmup", type=int, default=50, help="warm-up requests per measurement (default 50)")
     sub = p.add_subparsers(dest="role", metavar="")
