@@ -130,7 +130,6 @@ class Admission:
         self.used: UsageObserver = _unspent
         self.ledger = Ledger()  # the tokens model calls used, against their rules' budgets
         self.coordination: Coordination = Embedded(log)  # epochs, locks and limit counters
-        self._settling: set[asyncio.Task[Any]] = set()
         self.proposals = Proposals()  # the tool calls models proposed, to link the actions to
         self.use_rules(ruleset)
         self.holds = Holds(
@@ -435,10 +434,10 @@ class Admission:
             logger.error("a replay was not logged: %s", e)
         return Answer(decision, ref.id, 200, reply=taken.reply, replay_of=taken.holder_id)
 
-    def append_soon(self, record: Record) -> None:
-        """Write a record without waiting for it (reads, outcomes)."""
+    def append_soon(self, record: Record, by: Callable[[Record], None] | None = None) -> None:
+        """Write a record without waiting for it (reads, outcomes), to the log or `by`."""
         try:
-            self.log.append_soon(record)
+            (by or self.log.append_soon)(record)
         except StoreError as e:
             logger.error("a %s entry was not written: %s", record.kind, e)
 
@@ -518,19 +517,9 @@ class Admission:
         self._settle(tracking, record)
 
     def _settle(self, tracking: Tracking, outcome: Record) -> None:
-        """Write an outcome without waiting for it; one that releases the action's lock goes
-        through the coordination that holds the lock."""
-        if not tracking.locked:
-            self.append_soon(outcome)
-            return
-        task = asyncio.get_running_loop().create_task(self.coordination.settle(outcome))
-        self._settling.add(task)
-        task.add_done_callback(self._settled)
-
-    def _settled(self, task: asyncio.Task[Any]) -> None:
-        self._settling.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            logger.error("an outcome that releases a lock was not written: %s", error)
+        """Write an outcome without waiting for it (it shares the next commit); one that releases
+        the action's lock goes through the coordination that holds the lock."""
+        self.append_soon(outcome, self.coordination.settle_soon if tracking.locked else None)
 
 
 def _model_call(action: Action, decision: Decision, bodies: records.BodyPolicy) -> ModelCall | None:

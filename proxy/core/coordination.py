@@ -18,7 +18,8 @@ Locked, LimitReached from store), so the gate's handling stays as it is.
   count in the window first (else LimitReached). Only then the intent is appended to the
   local log with the same record fields, and a failed local append gives the lock and
   counts back. That etcd transaction is the durable step a takeover serializes against.
-- `settle` deletes the action's lock key in etcd when it holds it, then appends the outcome.
+- `settle` (and `settle_soon`, from a task of its own) deletes the action's lock key in etcd
+  when it holds it, then appends the outcome.
 - `start_session` and `takeover` increment the epoch key in one etcd transaction and record
   the epoch etcd gave in the local `session_started` or `takeover` entry (the trail); tokens'
   digests and sessions live in etcd so any sidecar finds a session by its token.
@@ -67,6 +68,11 @@ class Coordination(Protocol):
 
     async def settle(self, outcome: Record) -> Entry:
         """Append an action's outcome; it releases the lock the action held for its duration."""
+        ...
+
+    def settle_soon(self, outcome: Record) -> None:
+        """Queue an action's outcome without waiting for it (it shares the log's next commit);
+        the lock the action held is released when it is written."""
         ...
 
     async def start_session(self, name: str, token_digest: str, ttl: float | None = None) -> SessionInfo:
@@ -120,6 +126,10 @@ class Embedded:
     async def settle(self, outcome: Record) -> Entry:
         """Append the outcome (the writer releases the action's lock in the same transaction)."""
         return await self.log.append(outcome)
+
+    def settle_soon(self, outcome: Record) -> None:
+        """Queue the outcome for the next commit (the writer releases the lock in it)."""
+        self.log.append_soon(outcome)
 
     async def start_session(self, name: str, token_digest: str, ttl: float | None = None) -> SessionInfo:
         """Append a `session_started` entry; the writer gives it the name's next epoch."""
