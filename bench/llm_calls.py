@@ -24,8 +24,9 @@ calls, is the bytes per model call, and the syncs its threads make meanwhile (co
 strace, when it is installed), the syncs per call. With `--before PATH` (a checkout of an
 earlier version, e.g. `git worktree add /tmp/before 36672b7`), its airlock is measured the same
 way, with PATH first on PYTHONPATH; `--now PATH` measures another checkout as "now" instead of
-this one (a worktree of a commit, when this checkout has changes not committed). The rules are the same for both, except that only versions that know model calls
-get `llm: endpoints` naming the fake provider's host (the providers' own hosts need none).
+this one (a worktree of a commit, when this checkout has changes not committed). The rules are
+the same for both, except that only versions that know model calls get `llm: endpoints`
+naming the fake provider's host (the providers' own hosts need none).
 
 A measurement, never a test: it exits 0 once it has measured. Internal roles of the same file:
 ``llm_calls.py provider ...`` and ``llm_calls.py calls ...``.
