@@ -3,11 +3,13 @@ are built from lives in tests/support/."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
 import signal
 import ssl
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -80,7 +82,7 @@ def airlock(make_airlock: Callable[..., Airlock]) -> Airlock:
     return make_airlock()
 
 
-# ---- running in parallel (`make test` runs `pytest -n logical --dist loadgroup`) --------------
+# ---- running in parallel (`make test` runs `pytest -n logical --dist loadfile`) ---------------
 
 # Modules whose names, imported into a test module, say it changes the host's network set-up.
 HOST_NETWORK_SUPPORT = frozenset({"tests.support.namespaces", "tests.support.capture"})
@@ -98,16 +100,30 @@ def changes_host_network(item: pytest.Item) -> bool:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, a module's tests run on one worker, in order, as they do without it:
-    its module-scoped fixtures (servers, a proxy, emulators) start once. Tests that change the
-    host's network set-up all run on one worker, one after another: each compares what the host
+# Held by the module that changes the host's network set-up while it runs, whichever worker
+# runs it: such modules run one after another.
+HOST_NETWORK_LOCK = Path(tempfile.gettempdir()) / "airlock-tests-host-network.lock"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _host_network_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under pytest-xdist (`--dist loadfile`) a module's tests run on one worker, in order, as
+    they do without it: its module-scoped fixtures (servers, a proxy, emulators) start once.
+    Modules that change the host's network set-up run one at a time: each compares what the host
     holds before and after it (namespaces, links, iptables rules), so another's, running at the
     same time, would look like its leftovers. Modules share nothing else: each test has its own
     ports, data and temp dirs."""
-    for item in items:
-        group = "host-network" if changes_host_network(item) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+    module = request.module
+    items = [i for i in request.session.items if getattr(i, "module", None) is module]
+    if not any(changes_host_network(i) for i in items):
+        yield
+        return
+    with HOST_NETWORK_LOCK.open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)

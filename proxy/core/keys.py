@@ -51,6 +51,20 @@ class Keyed:
         return is_final(status) if self.final_statuses is None else status in self.final_statuses
 
 
+# Requests that carry no credentials were the agent `agent` before agents had sessions (the
+# default name is `anonymous` since): their keys keep that scope, so that a retry across the
+# upgrade finds the key its first attempt took, and is neither run twice nor refused wrongly.
+UNNAMED = "anonymous"
+UNNAMED_SCOPE = "agent"
+
+
+def key_scope(action: Action) -> str:
+    """Whose keys an action's key is among: its agent's (a request without credentials, under
+    the default name, keeps the scope that name had before sessions: UNNAMED_SCOPE)."""
+    unnamed = action.agent == UNNAMED and action.session is None and not action.agent_claimed
+    return UNNAMED_SCOPE if unnamed else action.agent
+
+
 def claim_for(action: Action, decision: Decision, policy: DedupPolicy) -> Keyed | None:
     """The key an action claims: its Idempotency-Key (mutating requests), else its rule's key."""
     rule = decision.dedup
@@ -62,7 +76,7 @@ def claim_for(action: Action, decision: Decision, policy: DedupPolicy) -> Keyed 
         key = f"{rule.rule}:{hashlib.sha256(rendered.encode()).hexdigest()}"
     else:
         return None
-    scope = "*" if rule is not None and rule.shared else action.agent
+    scope = "*" if rule is not None and rule.shared else key_scope(action)
     claim = Claim(
         key=f"{scope}|{action.host}|{key}",
         payload=fingerprint(action),
