@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -52,8 +53,12 @@ def browser() -> Iterator[WebDriver]:
 
 
 def until(driver: WebDriver, found: Callable[[WebDriver], object], what: str) -> None:
-    """Wait for a condition the page reaches by itself (no reload)."""
-    WebDriverWait(driver, 30, poll_frequency=0.1).until(lambda d: found(d), message=what)
+    """Wait for a condition the page reaches by itself (no reload). The page redraws its tables
+    as they change: an element read while it is replaced is looked for again."""
+    waiting = WebDriverWait(
+        driver, 30, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    waiting.until(lambda d: found(d), message=what)
 
 
 def test_an_operator_approves_a_held_delete_and_freezes_and_thaws_from_the_page(
