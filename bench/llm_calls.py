@@ -48,8 +48,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from http.server import ThreadingHTTPServer
@@ -61,6 +59,9 @@ import lmdb
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE.parent))
+
+from overhead import Processes, free_port, http_ok, tail  # noqa: E402  (the sibling script)
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
 STARTUP_SECONDS = 60.0
@@ -203,69 +204,6 @@ def make_calls(kind: str, base: str, proxy: str | None, ca: Path, n: int, warmup
 # ---- processes ---------------------------------------------------------------------------------
 
 
-class Processes:
-    """Child processes of the orchestrator; all are stopped on exit, whatever happens."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, cmd: Sequence[str], output: Path, *, env: dict[str, str] | None = None, pipe: bool = False
-    ) -> subprocess.Popen[bytes]:
-        """Start `cmd` in its own session, its output to a file (stdout piped back with `pipe`)."""
-        with output.open("ab") as sink:
-            proc = subprocess.Popen(
-                list(cmd),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipe else sink,
-                stderr=sink if pipe else subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM one child and wait for it (SIGKILL after 20 s)."""
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def stop_all(self) -> None:
-        """Stop every child still running."""
-        for proc in self.procs:
-            self.stop(proc)
-        self.procs.clear()
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a child's output."""
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def healthy(url: str) -> bool:
-    """Whether GET `url` answers 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @dataclass(frozen=True)
 class Version:
     """An airlock to measure: this checkout's, or another's (its path first on PYTHONPATH)."""
@@ -316,7 +254,7 @@ def start_airlock(procs: Processes, version: Version, work: Path, upstream_ca: P
     output = work / "airlock.out"
     proc = procs.start(cmd, output, env=version.env())
     deadline = time.monotonic() + STARTUP_SECONDS
-    while not healthy(f"http://127.0.0.1:{control}/healthz"):
+    while not http_ok(f"http://127.0.0.1:{control}/healthz"):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"airlock ({version.name}) did not start:\n{tail(output)}")
         time.sleep(0.05)
@@ -332,7 +270,9 @@ def provider(procs: Processes, work: Path, prompt_kib: int) -> Iterator[tuple[st
     port = free_port()
     output = work / "provider.err"
     cmd = [sys.executable, str(HERE), "provider", "--port", str(port), "--prompt-kib", str(prompt_kib)]
-    proc = procs.start([*cmd, "--cert", str(ca.server_cert), "--key", str(ca.server_key)], output, pipe=True)
+    proc = procs.start(
+        [*cmd, "--cert", str(ca.server_cert), "--key", str(ca.server_key)], output, pipe_stdout=True
+    )
     assert proc.stdout is not None
     if not proc.stdout.readline().strip().isdigit():
         raise RuntimeError(f"the provider did not start (exit status {proc.wait()}):\n{tail(output)}")

@@ -177,9 +177,15 @@ class Processes:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, cmd: Sequence[str], output: Path, *, pipe_stdout: bool = False
+        self,
+        cmd: Sequence[str],
+        output: Path,
+        *,
+        pipe_stdout: bool = False,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start `cmd` in its own session (so a Ctrl-C reaches only us), its output to a file.
+        """Start `cmd` in its own session (so a Ctrl-C reaches only us), its output to a file,
+        in `env` when given.
 
         With `pipe_stdout`, stdout stays readable by us and only stderr goes to the file.
         """
@@ -190,23 +196,30 @@ class Processes:
                 stdout=subprocess.PIPE if pipe_stdout else sink,
                 stderr=sink if pipe_stdout else subprocess.STDOUT,
                 start_new_session=True,
+                env=env,
             )
         self.procs.append(proc)
         return proc
 
+    def stop(self, proc: subprocess.Popen[bytes], wait: float = 10) -> None:
+        """SIGTERM one child and wait for it, SIGKILL if it has not exited in `wait` s."""
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
     def stop_all(self) -> None:
-        """SIGTERM every child still running, then SIGKILL whichever has not exited in 10 s."""
+        """Stop every child still running (SIGTERM, then SIGKILL after 10 s)."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            self.stop(proc)
         self.procs.clear()
 
 
@@ -217,7 +230,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a child's output."""
     text = path.read_text(errors="replace") if path.exists() else ""
     return "\n".join(text.splitlines()[-lines:])
 
@@ -227,11 +241,11 @@ def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: s
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode}:\n{_tail(output)}")
+            raise RuntimeError(f"{what} exited with status {proc.returncode}:\n{tail(output)}")
         if ready():
             return
         time.sleep(0.05)
-    raise RuntimeError(f"{what} was not ready after {STARTUP_SECONDS:.0f} s:\n{_tail(output)}")
+    raise RuntimeError(f"{what} was not ready after {STARTUP_SECONDS:.0f} s:\n{tail(output)}")
 
 
 def port_open(port: int) -> bool:
@@ -257,7 +271,7 @@ def start_upstream(procs: Processes, work: Path) -> int:
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the port, or nothing if it exits first
     if not line.strip().isdigit():
-        raise RuntimeError(f"the upstream did not start (exit status {proc.wait()}):\n{_tail(output)}")
+        raise RuntimeError(f"the upstream did not start (exit status {proc.wait()}):\n{tail(output)}")
     return int(line)
 
 
