@@ -61,7 +61,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE.parent))
 
-from overhead import Processes, free_port, http_ok, tail  # noqa: E402  (the sibling script)
+from overhead import Processes, free_port, http_ok, orchestrated, tail  # noqa: E402  (the sibling script)
 
 AIRLOCK = str(Path(sys.executable).parent / "airlock")
 STARTUP_SECONDS = 60.0
@@ -553,16 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, checkout in (("--before", args.before), ("--now", args.now)):
         if checkout is not None and not (checkout / "proxy" / "cli").is_dir():
             build_parser().error(f"{flag} {checkout}: not a checkout of airlock (no proxy/cli in it)")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        orchestrate(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; all benchmark processes stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
-        print(f"llm_calls: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return orchestrated("llm_calls", orchestrate, args)
 
 
 if __name__ == "__main__":

@@ -538,6 +538,23 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+def orchestrated(
+    name: str, orchestrate: Callable[[argparse.Namespace], None], args: argparse.Namespace
+) -> int:
+    """Run a benchmark's orchestrator: every child stops on SIGTERM or Ctrl-C (130), and a
+    failure is one line naming the benchmark (1)."""
+    _exit_on_sigterm()
+    try:
+        orchestrate(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; all benchmark processes stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to the orchestrator or to one of the internal roles."""
     args = build_parser().parse_args(argv)
@@ -555,16 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.requests < 2 or args.rounds < 1 or args.warmup < 0:
         build_parser().error("--requests must be at least 2, --rounds at least 1, --warmup at least 0")
-    _exit_on_sigterm()
-    try:
-        orchestrate(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; all benchmark processes stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
-        print(f"overhead: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return orchestrated("overhead", orchestrate, args)
 
 
 if __name__ == "__main__":

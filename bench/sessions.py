@@ -373,15 +373,7 @@ def main() -> int:
         return 0
     if args.requests < 2 or args.rounds < 1 or args.warmup < 0:
         build_parser().error("--requests must be at least 2, --rounds at least 1, --warmup at least 0")
-    try:
-        orchestrate(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; all benchmark processes stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
-        print(f"sessions: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return overhead.orchestrated("sessions", orchestrate, args)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,8 @@ class Proposals:
         such as `http_request` or `bash`) and a proposal of one of them holds the request's
         host (with its port, unless the scheme's) and path in one of its string arguments (a
         URL, a command line)."""
+        if not self._by_agent.get(action.agent):
+            return None  # nothing proposed for this agent: no digest to compute
         if action.tool is not None:
             if action.args is None or isinstance(action.args, str):
                 return None
