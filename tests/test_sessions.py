@@ -289,3 +289,25 @@ def test_bad_credentials_get_407_and_are_logged(
     assert refused.status_code == 407 and "Proxy-Authenticate" in refused.headers
     assert not upstream.seen
     assert any(x["status"] is None and x["state"] == "denied" for x in a.log())
+
+
+HELD_DELETES = """\
+- id: deletes-need-a-person
+  match: {method: DELETE}
+  action: hold
+"""
+
+
+def test_a_zombies_held_action_approved_after_a_takeover_does_not_run_when_it_asks_again(
+    make_airlock: Callable[..., Airlock], upstream: Upstream
+) -> None:
+    a = make_airlock(rules=rules(HELD_DELETES))
+    url, _ = session(a, "migrator")
+    held = requests.delete(f"{upstream.url}/items/7", proxies={"http": url}, timeout=30)
+    assert held.status_code == 503 and held.json()["error"] == "held"
+    a.cli("takeover", "migrator")
+    a.cli("approve", str(held.json()["action_id"]), "--voter", "alice")
+    again = requests.delete(f"{upstream.url}/items/7", proxies={"http": url}, timeout=30)
+    assert again.status_code == 409 and "superseded" in again.json()["message"]
+    assert not upstream.seen
+    assert [x["state"] for x in actions(a, method="DELETE")] == ["approved", "fenced"]

@@ -24,10 +24,10 @@ from enum import StrEnum
 from typing import Any
 
 from rules import Action, Decision, Hold, Voter, fingerprint, signed_stably
-from store import ActionRef, Log, Record, State, StateError, StoreError
+from store import ActionRef, Fence, Log, Record, State, StateError, StoreError
 
+from . import contention, votes
 from . import voters as automated
-from . import votes
 from .redact import Redactor
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Holds:
             found = ref.id
             self._made[mark] = (found, until)
             self._ask(found, policy, intent)
-        return await self._wait(found, time.monotonic() + policy.wait)
+        return await self._wait(found, time.monotonic() + policy.wait, contention.fence_of(action))
 
     def _ask(self, action_id: int, policy: Hold, intent: Record) -> None:
         """Ask the declared voters the hold names for their votes, off the request's path."""
@@ -155,13 +155,13 @@ class Holds:
                     return int(index["id"])
         return None
 
-    async def _wait(self, action_id: int, deadline: float) -> Parked:
+    async def _wait(self, action_id: int, deadline: float, fence: Fence | None) -> Parked:
         while True:
             index = self.log.action(action_id)
             state = index["state"] if index is not None else None
             if state == State.APPROVED:
                 try:
-                    await self.log.append(votes.execution(action_id, _last_decision(self.log, index)))
+                    await self.log.append(votes.execution(action_id, _last_decision(self.log, index), fence))
                     return Parked(Fate.RUN, action_id)
                 except StateError:
                     pass  # another request ran it first, or the hold just ended

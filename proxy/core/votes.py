@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules import Hold
-from store import ActionRef, Entry, Log, Record, State, StateError, UnknownAction
+from store import ActionRef, Entry, Fence, Log, Record, State, StateError, UnknownAction
 
 from .redact import text
 
@@ -79,8 +79,10 @@ def expired(action_id: int, state: State, held: dict[str, Any]) -> Record:
     )
 
 
-def execution(action_id: int, decided: int | None) -> Record:
-    """An approved action's request goes upstream: once, by whichever request is first."""
+def execution(action_id: int, decided: int | None, fence: Fence | None = None) -> Record:
+    """An approved action's request goes upstream: once, by whichever request is first. With
+    `fence` (the session of the request that runs it) it runs only while that session is
+    current: a zombie's held action approved after a takeover does not run when it asks again."""
     return Record(
         kind="execute",
         action=ActionRef(action_id),
@@ -88,6 +90,7 @@ def execution(action_id: int, decided: int | None) -> Record:
         if_state=State.APPROVED,
         data={"decision": decided},
         unless_frozen=True,  # an operator's freeze stops approved actions too
+        fence=fence,
     )
 
 
